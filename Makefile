@@ -1,0 +1,41 @@
+# clawd — two commands set everything up: `make run` and `make test`.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+HOME_DIR ?= .clawd-home
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit bench clean system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Starts the daemon on the JSON backend with a home under the checkout.
+run: $(STAMP)
+	@if [ ! -f $(HOME_DIR)/config.json ]; then \
+	    mkdir -p $(HOME_DIR) && chmod 700 $(HOME_DIR) && \
+	    install -m 600 config.example.json $(HOME_DIR)/config.json && \
+	    echo "created $(HOME_DIR)/config.json from config.example.json"; fi
+	CLAW_HOME=$(abspath $(HOME_DIR)) $(BIN)/clawd run
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check clawd tests bench
+	$(BIN)/ruff format --check clawd tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/pytest
+
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

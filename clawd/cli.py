@@ -1,0 +1,181 @@
+"""`clawd` command line. User errors print `error: …` and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from clawd import __version__
+from clawd.errors import ClawdError
+from clawd.logs import configure_logging
+from clawd.settings import Settings, load_settings
+
+EXIT_USER_ERROR = 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from clawd.daemon import Daemon
+
+    settings = _settings(args)
+    configure_logging(settings.log.level)
+    return asyncio.run(Daemon(settings, args.config).run())
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    print(_settings(args).summary())
+    return 0
+
+
+def _with_pg(
+    args: argparse.Namespace, work: Callable[[Settings, Any], Coroutine[Any, Any, int]]
+) -> int:
+    from clawd.store.pg_store import PgStore
+
+    settings = _settings(args)
+    configure_logging("warning")
+
+    async def main() -> int:
+        store = await PgStore.open(settings.postgres)
+        try:
+            return await work(settings, store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from clawd.store.migrations import applied_migrations
+
+    async def work(settings: Settings, store: Any) -> int:
+        # PgStore.open has migrated; report what is recorded now.
+        async with store.pool.acquire() as conn:
+            applied = await applied_migrations(conn)
+        print(f"database {settings.postgres.target()} is at: {', '.join(sorted(applied))}")
+        return 0
+
+    return _with_pg(args, work)
+
+
+def cmd_db_import_json(args: argparse.Namespace) -> int:
+    from clawd.store.importer import import_json
+    from clawd.store.json_store import JsonStore
+
+    async def work(settings: Settings, store: Any) -> int:
+        report = await import_json(JsonStore(settings.home), store, dry_run=args.dry_run)
+        if args.dry_run:
+            print(f"dry run: would import into {settings.postgres.target()}")
+            print(f"{'table':<16} {'in JSON':>8} {'in PostgreSQL now':>18}")
+            for t in report.tables:
+                print(f"{t.table:<16} {t.in_json:>8} {t.before:>18}")
+            return 0
+        print(f"imported into {settings.postgres.target()}")
+        print(f"{'table':<16} {'in JSON':>8} {'before':>8} {'after':>8}  check")
+        for t in report.tables:
+            check = "ok" if t.missing == 0 else f"MISSING {t.missing}"
+            print(f"{t.table:<16} {t.in_json:>8} {t.before:>8} {t.after:>8}  {check}")
+        if not report.ok:
+            print(
+                "error: some JSON records are not in PostgreSQL after the import", file=sys.stderr
+            )
+            return EXIT_USER_ERROR
+        return 0
+
+    return _with_pg(args, work)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from clawd.store.json_store import JsonStore
+
+    settings = _settings(args)
+    configure_logging("error")
+    loaded = asyncio.run(JsonStore(settings.home).load())
+    snap = loaded.snapshot
+    rows: list[dict[str, Any]] = []
+    for gid, inst in sorted(snap.instances.items()):
+        state = snap.peers.get(gid)
+        rows.append(
+            {
+                "gatewayId": gid,
+                "name": inst.name,
+                "ip": inst.ip,
+                "status": state.status.value if state else "self",
+                "lastSeen": state.last_seen.isoformat() if state and state.last_seen else None,
+                "missedPings": state.missed_pings if state else 0,
+                "leader": gid == snap.leader,
+            }
+        )
+    if args.json:
+        print(json.dumps({"leader": snap.leader, "peers": rows}, indent=2))
+        return 0
+    print(f"{'NAME':<20} {'IP':<16} {'STATUS':<13} {'MISSED':>6}  LAST SEEN")
+    for r in rows:
+        mark = " *" if r["leader"] else ""
+        print(
+            f"{r['name'][:20]:<20} {(r['ip'] or '-')[:16]:<16} {r['status']:<13} "
+            f"{r['missedPings']:>6}  {r['lastSeen'] or '-'}{mark}"
+        )
+    print(f"leader: {snap.leader or 'none'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clawd", description="claw-clan fleet daemon")
+    parser.add_argument("--version", action="version", version=f"clawd {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config.json (default: $CLAW_HOME/config.json or ~/.openclaw/claw-clan/config.json)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", parents=[common], help="run the daemon").set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(
+        dest="config_command", required=True
+    )
+    config.add_parser("check", parents=[common], help="validate config.json").set_defaults(
+        func=cmd_config_check
+    )
+
+    db = sub.add_parser("db", help="PostgreSQL").add_subparsers(dest="db_command", required=True)
+    db.add_parser("migrate", parents=[common], help="apply schema migrations").set_defaults(
+        func=cmd_db_migrate
+    )
+    imp = db.add_parser(
+        "import-json", parents=[common], help="backfill PostgreSQL from the JSON store"
+    )
+    imp.add_argument("--dry-run", action="store_true", help="print counts, write nothing")
+    imp.set_defaults(func=cmd_db_import_json)
+
+    status = sub.add_parser("status", parents=[common], help="fleet status from the store")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ClawdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""structlog set-up: one event per line, key=value, secrets masked."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+SECRET_KEYS = ("password", "passwd", "pass", "secret", "token", "dsn")
+MASK = "***"
+
+# syslog priorities, as journald reads them from a "<N>" line prefix.
+PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def mask_secrets(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Replace the value of any key that names a secret."""
+    for key in list(event):
+        if any(hint in key.lower() for hint in SECRET_KEYS):
+            event[key] = MASK
+    return event
+
+
+def _journal_attached(stream: TextIO) -> bool:
+    """True when `stream` is the journal's stdout/stderr stream (systemd sets JOURNAL_STREAM)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    if ":" not in value:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return value == f"{st.st_dev}:{st.st_ino}"
+
+
+class PriorityPrefix:
+    """Prefix each line with <N> so journald files it at the right priority."""
+
+    def __init__(self, inner: structlog.types.Processor) -> None:
+        self.inner = inner
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        prio = PRIORITY.get(str(event.get("level", "info")), 6)
+        rendered = self.inner(logger, name, event)
+        text = rendered.decode() if isinstance(rendered, bytes) else str(rendered)
+        return f"<{prio}>{text}"
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    out = stream or sys.stderr
+    journal = _journal_attached(out)
+    renderer: structlog.types.Processor = structlog.processors.LogfmtRenderer(
+        key_order=["ts", "level", "event"], bool_as_flag=False
+    )
+    processors: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        mask_secrets,
+    ]
+    if journal:
+        renderer = PriorityPrefix(renderer)  # journald stamps the time itself
+    else:
+        processors.insert(0, structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"))
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )

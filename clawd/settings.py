@@ -1,0 +1,261 @@
+"""config.json + `CLAW_*` environment, resolved in one place.
+
+Precedence, highest first: `CLAW_PG_*` / `CLAW_HOME` environment variables,
+then config.json, then the defaults below. Keys in config.json are camelCase,
+like the seed's files (`sshUser`, `leadNumber`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from clawd.config_errors import describe_validation_error
+from clawd.errors import ConfigError
+
+DEFAULT_HOME = Path("~/.openclaw/claw-clan")
+
+# The seed's variable names; they win over config.json.
+PG_ENV_VARS: dict[str, str] = {
+    "CLAW_PG_HOST": "host",
+    "CLAW_PG_PORT": "port",
+    "CLAW_PG_DB": "database",
+    "CLAW_PG_USER": "user",
+    "CLAW_PG_PASS": "password",
+}
+
+
+class Section(BaseModel):
+    """A config.json object: camelCase keys, unknown keys are an error."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class PostgresSettings(Section):
+    host: str = "localhost"
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str = Field(default="claw_clan", min_length=1)
+    user: str = Field(default="claw", min_length=1)
+    password: SecretStr = SecretStr("")
+    pool_min: int = Field(default=5, ge=1, le=100)
+    pool_max: int = Field(default=20, ge=1, le=100)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+
+    def target(self) -> str:
+        """host:port/database, for messages (never includes the password)."""
+        return f"{self.host}:{self.port}/{self.database}"
+
+
+class InstanceSettings(Section):
+    gateway_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    lead_number: int = Field(default=100, ge=0)
+    ip: str = "127.0.0.1"
+    ssh_user: str = Field(default_factory=lambda: os.environ.get("USER", "claw"), min_length=1)
+    version: str = "0.1.0"
+    github_repo: str | None = None
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _safe_file_name(cls, value: str) -> str:
+        # The gateway id names a file under peers/; keep it a plain name.
+        if "/" in value or "\\" in value or value in {".", ".."} or "\x00" in value:
+            raise ValueError("must not contain '/', '\\', NUL or be '.' or '..'")
+        return value
+
+
+class StaticPeer(Section):
+    name: str = Field(min_length=1, max_length=200)
+    ip: str = Field(min_length=1, max_length=253)
+    ssh_user: str | None = None
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    gateway_id: str | None = None
+
+
+class PingSettings(Section):
+    interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    jitter_fraction: float = Field(default=0.1, ge=0, le=0.5)
+    offline_after_missed: int = Field(default=3, ge=1, le=1000)
+
+
+class StorageSettings(Section):
+    flush_interval_seconds: float = Field(default=0.2, gt=0, le=60)
+    batch_max_rows: int = Field(default=5000, ge=1, le=1_000_000)
+    retry_initial_seconds: float = Field(default=1.0, gt=0, le=600)
+    retry_max_seconds: float = Field(default=60.0, gt=0, le=3600)
+    queue_max_rows: int = Field(default=200_000, ge=1000)
+
+
+class BackupSettings(Section):
+    schedule: str = "03:00"
+    retention_days: int = Field(default=30, ge=1)
+    keep_min: int = Field(default=3, ge=1)
+    verify: bool = True
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ClawEnvSource(PydanticBaseSettingsSource):
+    """The seed's `CLAW_PG_*` variables and `CLAW_HOME`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        postgres = {
+            key: self._environ[var] for var, key in PG_ENV_VARS.items() if self._environ.get(var)
+        }
+        if postgres:
+            out["postgres"] = postgres
+        if self._environ.get("CLAW_HOME"):
+            out["home"] = self._environ["CLAW_HOME"]
+        return out
+
+
+class Settings(BaseSettings):
+    """The whole daemon configuration."""
+
+    model_config = SettingsConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    backend: Literal["json", "postgres"] = "json"
+    home: Path = DEFAULT_HOME
+    postgres: PostgresSettings = PostgresSettings()
+    instance: InstanceSettings = Field(default_factory=InstanceSettings)
+    peers: tuple[StaticPeer, ...] = ()
+    ping: PingSettings = PingSettings()
+    storage: StorageSettings = StorageSettings()
+    backup: BackupSettings = BackupSettings()
+    log: LogSettings = LogSettings()
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what load_settings() hands over through init: it has already
+        # merged the file and the environment in the documented order.
+        return (init_settings,)
+
+    @property
+    def peers_dir(self) -> Path:
+        return self.home / "peers"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    def summary(self) -> str:
+        """One line for `clawd config check`: no secrets."""
+        target = f" ({self.postgres.target()})" if self.backend == "postgres" else ""
+        return (
+            f"config ok: backend={self.backend}{target} home={self.home} "
+            f"gateway={self.instance.gateway_id} static_peers={len(self.peers)}"
+        )
+
+
+def default_home(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env.get("CLAW_HOME") or DEFAULT_HOME).expanduser()
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    return default_home(environ) / "config.json"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse config.json into a dict, with errors that name the file and position."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file (copy config.example.json there to start)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def settings_from_data(
+    data: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    config_dir: Path | None = None,
+    source: str = "config.json",
+) -> Settings:
+    """Validate config data plus environment overrides into Settings."""
+    env = os.environ if environ is None else environ
+    merged = _merge(dict(data), ClawEnvSource(Settings, env)())
+    if "home" not in merged and config_dir is not None:
+        merged["home"] = str(config_dir)
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate config.json (default `<home>/config.json`) plus environment.
+
+    Without a `home` key, the home is `CLAW_HOME`, else the config file's directory.
+    """
+    env = os.environ if environ is None else environ
+    config_path = (path or default_config_path(env)).expanduser()
+    data = read_config_file(config_path)
+    return settings_from_data(
+        data, env, config_dir=config_path.parent.resolve(), source=str(config_path)
+    )

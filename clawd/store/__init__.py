@@ -1,0 +1,1 @@
+"""Storage: the JSON store, the PostgreSQL store, and the repository over both."""

@@ -1,0 +1,36 @@
+"""Builds the repository the settings ask for."""
+
+from __future__ import annotations
+
+from clawd.model import Instance
+from clawd.settings import Settings
+from clawd.store.json_store import JsonStore
+from clawd.store.pg_sink import PgSink
+from clawd.store.pg_store import PgStore
+from clawd.store.repository import FleetRepository
+from clawd.store.spool import Spool
+
+
+def self_instance(settings: Settings) -> Instance:
+    me = settings.instance
+    return Instance(
+        gateway_id=me.gateway_id,
+        name=me.name,
+        lead_number=me.lead_number,
+        ip=me.ip,
+        ssh_user=me.ssh_user,
+        version=me.version,
+        github_repo=me.github_repo,
+    )
+
+
+def build_repository(settings: Settings) -> FleetRepository:
+    sink = None
+    if settings.backend == "postgres":
+        pg = settings.postgres
+
+        async def connect() -> PgStore:
+            return await PgStore.open(pg)
+
+        sink = PgSink(connect, Spool(settings.spool_dir), settings.storage)
+    return FleetRepository(JsonStore(settings.home), self_instance(settings), sink)

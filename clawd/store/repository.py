@@ -1,0 +1,156 @@
+"""The one storage interface the daemon talks to, and its JSON + PostgreSQL fan-out.
+
+The JSON files are always written (the seed's local fallback); with
+`backend: postgres` every write is also handed to the PostgreSQL sink, which
+never makes the caller wait for the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+
+from clawd.model import FleetSnapshot, Incident, Instance, PeerState, Ping, SkillAudit
+from clawd.store.history_sync import HistorySync
+from clawd.store.json_store import JsonStore, LoadResult
+from clawd.store.ops import PingBatch, WriteOp
+from clawd.store.pg_sink import PgSink
+
+log = structlog.get_logger("clawd.store")
+
+
+class Repository(Protocol):
+    """What sources, the reconciler's effects and the CLI may do with storage."""
+
+    def snapshot(self) -> FleetSnapshot: ...
+
+    async def upsert_instance(self, instance: Instance) -> None: ...
+
+    async def save_peer_state(self, state: PeerState) -> None: ...
+
+    async def record_pings(self, pings: Sequence[Ping]) -> None: ...
+
+    async def record_incident(self, incident: Incident) -> None: ...
+
+    async def record_skill_audit(self, audit: SkillAudit) -> None: ...
+
+    async def set_leader(self, gateway_id: str | None) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class FleetRepository:
+    """JSON always; PostgreSQL too when a sink is attached."""
+
+    def __init__(self, json_store: JsonStore, me: Instance, sink: PgSink | None = None) -> None:
+        self.json = json_store
+        self.me = me
+        self.sink = sink
+        self._snapshot = FleetSnapshot()
+        self._stopped = asyncio.Event()
+
+    async def open(self) -> LoadResult:
+        """Load the JSON store, register this instance, and queue the JSON state for
+        PostgreSQL so that switching to it loses nothing."""
+        loaded = await self.json.load()
+        self._snapshot = loaded.snapshot
+        previous = self._snapshot.instances.get(self.me.gateway_id)
+        if previous is not None:
+            self.me = dataclasses.replace(self.me, registered_at=previous.registered_at)
+        await self.json.write_state(self.me)
+        if self.sink is not None:
+            await self.sink.open()
+            await self._sync_json_to_sink(self.sink)
+        await self.upsert_instance(self.me)
+        return loaded
+
+    async def _sync_json_to_sink(self, sink: PgSink) -> None:
+        """Everything the JSON store holds goes to PostgreSQL too (idempotently), so a
+        switch from `json` to `postgres` loses nothing recorded meanwhile."""
+        history = HistorySync(self.json)
+        ops: list[WriteOp] = [*self._snapshot.instances.values(), *self._snapshot.peers.values()]
+        records = await asyncio.to_thread(history.pending_ops)
+        await sink.preload(ops + records)
+        await asyncio.to_thread(history.commit)
+        if records:
+            log.info("json_history_queued_for_postgres", records=len(records))
+
+    async def run(self, ready: asyncio.Event) -> None:
+        """Deliver to PostgreSQL until stop(); with JSON only, just wait."""
+        if self.sink is None:
+            ready.set()
+            await self._stopped.wait()
+            return
+        await self.sink.run(ready)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.sink is not None:
+            self.sink.stop()
+
+    async def close(self) -> None:
+        if self.sink is not None:
+            await self.sink.close()
+
+    # -- Repository -------------------------------------------------------
+
+    def snapshot(self) -> FleetSnapshot:
+        return FleetSnapshot(
+            instances=dict(self._snapshot.instances),
+            peers=dict(self._snapshot.peers),
+            leader=self._snapshot.leader,
+        )
+
+    async def upsert_instance(self, instance: Instance) -> None:
+        self._snapshot.instances[instance.gateway_id] = instance
+        if instance.gateway_id != self.me.gateway_id:
+            state = self._snapshot.peers.setdefault(
+                instance.gateway_id, PeerState(gateway_id=instance.gateway_id)
+            )
+            await self.json.write_peer(instance, state)
+        await self._write_fleet()
+        if self.sink is not None:
+            await self.sink.submit(instance)
+
+    async def save_peer_state(self, state: PeerState) -> None:
+        self._snapshot.peers[state.gateway_id] = state
+        instance = self._snapshot.instances.get(state.gateway_id)
+        if instance is None:
+            instance = Instance(gateway_id=state.gateway_id, name=state.gateway_id)
+            self._snapshot.instances[state.gateway_id] = instance
+        await self.json.write_peer(instance, state)
+        if self.sink is not None:
+            await self.sink.submit(state)
+
+    async def record_pings(self, pings: Sequence[Ping]) -> None:
+        # The JSON backend keeps current state only (the seed's contract);
+        # ping history lives in PostgreSQL.
+        if self.sink is not None and pings:
+            await self.sink.submit(PingBatch(tuple(pings)))
+
+    async def record_incident(self, incident: Incident) -> None:
+        await self.json.append_incident(incident)
+        if self.sink is not None:
+            await self.sink.submit(incident)
+
+    async def record_skill_audit(self, audit: SkillAudit) -> None:
+        await self.json.append_skill_audit(audit)
+        if self.sink is not None:
+            await self.sink.submit(audit)
+
+    async def set_leader(self, gateway_id: str | None) -> None:
+        if gateway_id != self._snapshot.leader:
+            self._snapshot.leader = gateway_id
+            await self._write_fleet()
+
+    async def flush(self) -> None:
+        if self.sink is not None:
+            await self.sink.flush()
+
+    async def _write_fleet(self) -> None:
+        instances = sorted(self._snapshot.instances.values(), key=lambda i: i.gateway_id)
+        await self.json.write_fleet(instances, self._snapshot.leader)

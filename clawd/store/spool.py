@@ -1,0 +1,129 @@
+"""A write-ahead spool for PostgreSQL writes.
+
+Every batch bound for PostgreSQL is appended here (fsynced) before it is sent;
+the read position advances only after PostgreSQL committed it. So a batch
+survives a database outage and a daemon crash alike, and is sent again until
+it lands; the idempotency keys make the second delivery a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import aiofiles
+import structlog
+
+from clawd.errors import StoreError
+from clawd.store.atomic import append_durable, write_atomic
+from clawd.store.ops import WriteOp, decode_op, encode_lines, op_rows
+
+log = structlog.get_logger("clawd.store.spool")
+
+SPOOL_FILE = "pg-spool.jsonl"
+OFFSET_FILE = "pg-spool.offset"
+REJECTED_FILE = "pg-rejected.jsonl"
+
+
+def _encode_and_append(path: Path, ops: list[WriteOp]) -> int:
+    data = encode_lines(ops)
+    append_durable(path, data)
+    return len(data)
+
+
+class Spool:
+    """Append-only file of pending writes plus the offset of the first unsent one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / SPOOL_FILE
+        self.offset_path = directory / OFFSET_FILE
+        self.rejected_path = directory / REJECTED_FILE
+        self.offset = 0
+        self.size = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.size - self.offset
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open_sync)
+        if self.pending_bytes:
+            log.info("spool_found", path=str(self.path), pending_bytes=self.pending_bytes)
+
+    def _open_sync(self) -> None:
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.size = self.path.stat().st_size if self.path.exists() else 0
+            offset = 0
+            if self.offset_path.exists():
+                try:
+                    offset = int(self.offset_path.read_text().strip() or 0)
+                except ValueError:
+                    # Unreadable offset: replay from the start; keys dedupe.
+                    log.warning("spool_offset_unreadable", path=str(self.offset_path))
+            self.offset = offset if 0 <= offset <= self.size else 0
+        except OSError as exc:
+            raise StoreError(f"cannot open the spool in {self.directory}: {exc}") from exc
+
+    async def append(self, ops: list[WriteOp]) -> tuple[int, int]:
+        """Durably append `ops`; returns the (start, end) byte range they occupy."""
+        start = self.size
+        try:
+            written = await asyncio.to_thread(_encode_and_append, self.path, ops)
+        except OSError as exc:
+            raise StoreError(f"cannot write the spool {self.path}: {exc}") from exc
+        self.size += written
+        return start, self.size
+
+    async def read(self, max_rows: int) -> tuple[list[WriteOp], int]:
+        """Ops from the current offset (at least one, about `max_rows` rows) and the end offset.
+
+        A torn final line (a crash mid-append) is left for later; it is never half-applied.
+        """
+        ops: list[WriteOp] = []
+        rows = 0
+        end = self.offset
+        async with aiofiles.open(self.path, "rb") as fh:
+            await fh.seek(self.offset)
+            while rows < max_rows and end < self.size:
+                line = await fh.readline()
+                if not line.endswith(b"\n"):
+                    break
+                end += len(line)
+                try:
+                    op = decode_op(json.loads(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("spool_record_unreadable", offset=end - len(line), error=str(exc))
+                    await self._keep_rejected(line)
+                    continue
+                ops.append(op)
+                rows += op_rows(op)
+        return ops, end
+
+    async def commit(self, end: int) -> None:
+        """Everything before byte `end` is in PostgreSQL."""
+        if end >= self.size:
+            await asyncio.to_thread(self._reset_sync)
+        else:
+            await asyncio.to_thread(write_atomic, self.offset_path, f"{end}\n".encode())
+            self.offset = end
+
+    def _reset_sync(self) -> None:
+        # The offset must never point into a file that was truncated and refilled:
+        # drop it first. A crash between the two steps replays old records, which
+        # the idempotency keys turn into no-ops.
+        if self.offset_path.exists():
+            self.offset_path.unlink()
+        os.truncate(self.path, 0)
+        self.size = 0
+        self.offset = 0
+
+    async def reject(self, ops: list[WriteOp]) -> None:
+        """Set aside writes PostgreSQL refuses (kept on disk, never silently dropped)."""
+        await asyncio.to_thread(_encode_and_append, self.rejected_path, ops)
+
+    async def _keep_rejected(self, line: bytes) -> None:
+        await asyncio.to_thread(append_durable, self.rejected_path, line)
