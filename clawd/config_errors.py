@@ -51,8 +51,16 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _path(loc: tuple[int | str, ...]) -> str:
+    """`peers[0].ip`, as a person would write it."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
 def _describe(err: ErrorDetails, model: type[BaseModel] | None) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    loc = _path(err["loc"])
     kind = err["type"]
     ctx = err.get("ctx", {})
     value = err.get("input")
@@ -73,7 +81,7 @@ def _describe(err: ErrorDetails, model: type[BaseModel] | None) -> str:
         return f"{loc}: {shown} is too small (minimum {ctx.get('ge', ctx.get('gt'))})"
     if kind == "missing":
         return f"{loc}: required but missing"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if _is_secret(loc):
         return f"{loc}: {msg}"
     return f"{loc}: {msg}, got {shown}"

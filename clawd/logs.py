@@ -55,8 +55,9 @@ class PriorityPrefix:
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     journal = _journal_attached(out)
+    key_order = ["level", "event"] if journal else ["ts", "level", "event"]
     renderer: structlog.types.Processor = structlog.processors.LogfmtRenderer(
-        key_order=["ts", "level", "event"], bool_as_flag=False
+        key_order=key_order, bool_as_flag=False
     )
     processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -83,3 +83,15 @@ def private_pg() -> Iterator[PgServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def no_blocking() -> Iterator[None]:
+    """Fail the test if clawd's code makes a blocking call on the event loop thread.
+
+    A stalled loop stalls every ping, so disk and socket work must run off-loop.
+    """
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx("clawd"):
+        yield

@@ -1,0 +1,138 @@
+"""`clawd run` as a user runs it: ready line, systemd notifications, clean stop on signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT = 20.0
+
+
+def _config(home: Path, **extra: object) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    data = {"instance": {"gatewayId": "gw-a", "name": "alpha", "sshUser": "claw"}} | extra
+    path = home / "config.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    os.set_blocking(proc.stderr.fileno(), False)
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if line:
+            lines.append(line)
+            if needle in line:
+                return lines
+        elif proc.poll() is not None:
+            break
+        else:
+            time.sleep(0.02)
+    raise AssertionError(f"no {needle!r} within {timeout}s; got: {''.join(lines)}")
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(START_TIMEOUT)
+    yield sock, path
+    sock.close()
+
+
+def _start(home: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = dict(os.environ, CLAW_HOME=str(home), **(env_extra or {}))
+    env.pop("JOURNAL_STREAM", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "clawd.cli", "run"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_logs_ready_then_stops_cleanly(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str], sig: signal.Signals
+) -> None:
+    home = tmp_path / "home"
+    _config(home, peers=[{"name": "gw-b", "ip": "127.0.0.2", "sshPort": 2222}])
+    sock, sock_path = notify_socket
+    proc = _start(home, {"NOTIFY_SOCKET": sock_path})
+    try:
+        lines = _wait_for_line(proc, "event=ready", START_TIMEOUT)
+        ready = lines[-1]
+        assert "level=info" in ready and "backend=json" in ready and "gateway=gw-a" in ready
+        assert sock.recv(4096).decode().startswith("READY=1")
+        # Static peers from config.json have peer files the seed's scripts can read.
+        peer = json.loads((home / "peers" / "gw-b.json").read_text())
+        assert (peer["ip"], peer["sshUser"], peer["status"]) == ("127.0.0.2", "claw", "unknown")
+        assert json.loads((home / "state.json").read_text())["sshUser"] == "claw"
+
+        started = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert sock.recv(4096).decode() == "STOPPING=1"
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+        assert "event=stopped" in rest
+        assert "Traceback" not in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_run_survives_a_malformed_peer_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _config(home)
+    (home / "peers").mkdir()
+    (home / "peers" / "gw-z.json").write_text("{ not json")
+    proc = _start(home)
+    try:
+        lines = _wait_for_line(proc, "event=ready", START_TIMEOUT)
+        text = "".join(lines)
+        assert "event=peer_file_quarantined" in text and "gw-z.json" in text
+        assert [p.name.startswith("gw-z.json.corrupt-") for p in (home / "peers").iterdir()] == [
+            True
+        ]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_run_with_invalid_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _config(home, backend="mysql")
+    proc = _start(home)
+    try:
+        assert proc.wait(timeout=20) == 2
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        assert "backend: 'mysql' is not one of json, postgres" in err
+        assert "Traceback" not in err
+    finally:
+        if proc.stderr:
+            proc.stderr.close()
