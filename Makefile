@@ -25,8 +25,8 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check clawd tests bench
-	$(BIN)/ruff format --check clawd tests bench
+	$(BIN)/ruff check clawd tests $(wildcard bench)
+	$(BIN)/ruff format --check clawd tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
