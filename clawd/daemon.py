@@ -12,6 +12,7 @@ from clawd.model import Instance
 from clawd.notify import Notifier
 from clawd.settings import Settings
 from clawd.store.factory import build_repository
+from clawd.store.migrations import install_migration_files
 from clawd.store.repository import FleetRepository
 
 log = structlog.get_logger("clawd.daemon")
@@ -68,6 +69,7 @@ class Daemon:
         self._install_signals(loop)
         repo = build_repository(self.settings)
         loaded = await repo.open()
+        await asyncio.to_thread(install_migration_files, self.settings.home)
         for path in loaded.quarantined:
             log.warning("peer_file_set_aside", path=str(path))
         await self._register_static_peers(repo)

@@ -82,6 +82,8 @@ def test_run_logs_ready_then_stops_cleanly(
         peer = json.loads((home / "peers" / "gw-b.json").read_text())
         assert (peer["ip"], peer["sshUser"], peer["status"]) == ("127.0.0.2", "claw", "unknown")
         assert json.loads((home / "state.json").read_text())["sshUser"] == "claw"
+        # The seed's `psql -f <home>/migrations/001-initial-schema.sql` finds its file.
+        assert (home / "migrations" / "001-initial-schema.sql").is_file()
 
         started = time.monotonic()
         proc.send_signal(sig)

@@ -13,6 +13,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from clawd.errors import MigrationError
+from clawd.store.atomic import write_atomic
 
 log = structlog.get_logger("clawd.migrations")
 
@@ -48,6 +49,23 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
         raise MigrationError(f"migrations folder not found at {folder}")
     files = sorted(p for p in folder.iterdir() if _NAME.match(p.name))
     return [Migration(p.name, p.read_text(encoding="utf-8")) for p in files]
+
+
+def install_migration_files(home: Path) -> list[Path]:
+    """Copy the schema files to `<home>/migrations`, where the seed's
+    `psql -f ~/.openclaw/claw-clan/migrations/001-initial-schema.sql` expects them.
+
+    Blocking; only files that are missing or differ are written.
+    """
+    target = home / "migrations"
+    target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    written: list[Path] = []
+    for migration in load_migrations():
+        path = target / migration.name
+        if not path.exists() or path.read_text(encoding="utf-8") != migration.sql:
+            write_atomic(path, migration.sql.encode(), mode=0o644)
+            written.append(path)
+    return written
 
 
 async def applied_migrations(conn: Conn) -> dict[str, str]:
