@@ -95,3 +95,12 @@ def no_blocking() -> Iterator[None]:
 
     with blockbuster_ctx("clawd"):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Tests that configure logging (to a StringIO, a captured stderr) must not leak it."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
