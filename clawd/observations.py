@@ -1,0 +1,57 @@
+"""What the sources report. Each observation is a fact about one peer at one time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from clawd.model import Instance
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    """One SSH ping attempt and what it found out."""
+
+    gateway_id: str
+    at: datetime
+    success: bool
+    response_ms: int | None = None
+    # Did the TCP port answer, even if SSH failed? None when not checked.
+    tcp_reachable: bool | None = None
+    # Is claw-clan installed there? None when this round did not check.
+    installed: bool | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MdnsSeen:
+    """The peer announced itself (or refreshed its announcement) over mDNS."""
+
+    instance: Instance
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MdnsGone:
+    """The peer's mDNS record was withdrawn (goodbye) or expired."""
+
+    gateway_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfigured:
+    """A static peer from config.json (networks without multicast)."""
+
+    instance: Instance
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; lets time-based rules (flap windows) settle without new facts."""
+
+    at: datetime
+
+
+Observation = PingResult | MdnsSeen | MdnsGone | PeerConfigured | Tick

@@ -1,0 +1,319 @@
+"""The reconciler's rules, one by one, with plain values (no I/O, no clock)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from clawd.model import EventType, Instance, PeerState, PeerStatus
+from clawd.observations import MdnsGone, MdnsSeen, Observation, PeerConfigured, PingResult, Tick
+from clawd.reconciler import (
+    Decision,
+    FleetView,
+    Reconciler,
+    Thresholds,
+    elect_leader,
+    initial_view,
+)
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+ME = Instance(gateway_id="gw-a", name="alpha", lead_number=5)
+THRESHOLDS = Thresholds(
+    offline_after_missed=3, flap_transitions=4, flap_window=timedelta(minutes=10)
+)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def peer(gid: str, lead: int | None = 10) -> Instance:
+    return Instance(gateway_id=gid, name=f"name-{gid}", ip="127.0.0.2", lead_number=lead)
+
+
+class Fleet:
+    """Feeds observations through the reconciler and keeps everything it decided."""
+
+    def __init__(self, view: FleetView | None = None, thresholds: Thresholds = THRESHOLDS):
+        self.view = view or FleetView(me=ME)
+        self.reconciler = Reconciler(thresholds)
+        self.decisions: list[Decision] = []
+
+    def feed(self, obs: Observation, now: datetime | None = None) -> Decision:
+        now = now or getattr(obs, "at", T0)
+        decision = self.reconciler.apply(self.view, obs, now)
+        self.view = decision.view
+        self.decisions.append(decision)
+        return decision
+
+    def ping(self, gid: str, t: float, ok: bool, tcp: bool | None = False) -> Decision:
+        return self.feed(PingResult(gid, at(t), ok, 3 if ok else None, tcp_reachable=tcp))
+
+    def status(self, gid: str) -> PeerStatus:
+        return self.view.peers[gid].state.status
+
+    def events(self, gid: str | None = None) -> list[EventType]:
+        return [
+            i.event_type
+            for d in self.decisions
+            for i in d.incidents
+            if gid is None or i.gateway_id == gid
+        ]
+
+    def notes(self) -> list[str]:
+        return [n.event for d in self.decisions for n in d.notes]
+
+
+def configured(*gids: str) -> Fleet:
+    fleet = Fleet()
+    for gid in gids:
+        fleet.feed(PeerConfigured(peer(gid), at(0)))
+    return fleet
+
+
+def test_new_peer_starts_unknown_and_is_persisted() -> None:
+    fleet = Fleet()
+    decision = fleet.feed(PeerConfigured(peer("gw-b"), at(0)))
+    assert fleet.status("gw-b") is PeerStatus.UNKNOWN
+    assert [i.gateway_id for i in decision.instances] == ["gw-b"]
+    assert [s.gateway_id for s in decision.states] == ["gw-b"]
+    assert [i for i in decision.incidents if i.gateway_id == "gw-b"] == []
+
+
+def test_first_success_brings_peer_online_with_one_incident() -> None:
+    fleet = configured("gw-b")
+    decision = fleet.ping("gw-b", 1, ok=True)
+    assert fleet.status("gw-b") is PeerStatus.ONLINE
+    (incident,) = [i for i in decision.incidents if i.event_type is EventType.ONLINE]
+    assert incident.gateway_id == "gw-b" and incident.timestamp == at(1)
+    state = fleet.view.peers["gw-b"].state
+    assert (state.last_seen, state.missed_pings, state.ssh_connectivity) == (at(1), 0, True)
+    fleet.ping("gw-b", 2, ok=True)
+    assert fleet.events("gw-b") == [EventType.ONLINE]  # no repeat while it stays up
+
+
+def test_misses_below_threshold_are_not_news() -> None:
+    fleet = configured("gw-b")
+    fleet.ping("gw-b", 1, ok=True)
+    fleet.ping("gw-b", 2, ok=False)
+    fleet.ping("gw-b", 3, ok=False)
+    assert fleet.status("gw-b") is PeerStatus.ONLINE
+    assert fleet.view.peers["gw-b"].state.missed_pings == 2
+    assert fleet.view.peers["gw-b"].state.ssh_connectivity is False
+    assert fleet.events("gw-b") == [EventType.ONLINE]
+
+
+def test_offline_after_threshold_with_no_sign_of_life() -> None:
+    fleet = configured("gw-b")
+    fleet.ping("gw-b", 1, ok=True)
+    for t in (2, 3, 4):
+        fleet.ping("gw-b", t, ok=False)
+    assert fleet.status("gw-b") is PeerStatus.OFFLINE
+    assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE]
+    offline = next(
+        i for d in fleet.decisions for i in d.incidents if i.event_type is EventType.OFFLINE
+    )
+    assert offline.details["missed_pings"] == 3
+    assert offline.details["last_seen"] == at(1).isoformat()
+    fleet.ping("gw-b", 5, ok=False)
+    assert fleet.events("gw-b").count(EventType.OFFLINE) == 1  # exactly one per transition
+
+
+def test_ssh_failing_while_tcp_answers_is_unresponsive_not_offline() -> None:
+    fleet = configured("gw-b")
+    fleet.ping("gw-b", 1, ok=True)
+    for t in range(2, 10):
+        fleet.ping("gw-b", t, ok=False, tcp=True)
+    assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE
+    assert EventType.OFFLINE not in fleet.events()
+    assert fleet.notes().count("peer_unresponsive") == 1
+
+
+def test_mdns_presence_keeps_a_silent_peer_unresponsive_until_it_goes() -> None:
+    fleet = Fleet()
+    fleet.feed(MdnsSeen(peer("gw-b"), at(0)))
+    fleet.ping("gw-b", 1, ok=True)
+    for t in (2, 3, 4, 5):
+        fleet.ping("gw-b", t, ok=False)
+    assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE
+    fleet.feed(MdnsGone("gw-b", at(6)))
+    assert fleet.status("gw-b") is PeerStatus.OFFLINE
+    assert fleet.view.peers["gw-b"].state.mdns_broadcasting is False
+    assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE]
+
+
+def test_coming_back_from_offline_is_a_recovery_with_downtime() -> None:
+    fleet = configured("gw-b")
+    fleet.ping("gw-b", 1, ok=True)
+    for t in (2, 3, 4):
+        fleet.ping("gw-b", t, ok=False)
+    decision = fleet.ping("gw-b", 64, ok=True)
+    assert fleet.status("gw-b") is PeerStatus.ONLINE
+    (recovery,) = [i for i in decision.incidents if i.gateway_id == "gw-b"]
+    assert recovery.event_type is EventType.RECOVERY
+    assert recovery.details["downtime_seconds"] == 60.0
+    assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE, EventType.RECOVERY]
+
+
+def test_back_from_unresponsive_is_not_an_incident() -> None:
+    fleet = configured("gw-b")
+    fleet.ping("gw-b", 1, ok=True)
+    fleet.ping("gw-b", 2, ok=False, tcp=True)
+    assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE
+    fleet.ping("gw-b", 3, ok=True)
+    assert fleet.status("gw-b") is PeerStatus.ONLINE
+    assert fleet.events("gw-b") == [EventType.ONLINE]
+
+
+def test_offline_then_unresponsive_then_online_is_one_recovery() -> None:
+    fleet = configured("gw-b")
+    fleet.ping("gw-b", 1, ok=True)
+    for t in (2, 3, 4):
+        fleet.ping("gw-b", t, ok=False)
+    fleet.ping("gw-b", 5, ok=False, tcp=True)
+    assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE
+    fleet.ping("gw-b", 6, ok=True)
+    assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE, EventType.RECOVERY]
+
+
+def _flap(fleet: Fleet, gid: str, cycles: int, t: float = 1.0) -> float:
+    """Up for one ping, down for three, `cycles` times; returns the time reached."""
+    for _ in range(cycles):
+        fleet.ping(gid, t, ok=True)
+        for _ in range(3):
+            t += 1
+            fleet.ping(gid, t, ok=False)
+        t += 1
+    return t
+
+
+UP, DOWN, BACK = EventType.ONLINE, EventType.OFFLINE, EventType.RECOVERY
+
+
+def test_flapping_is_reported_once_not_as_a_flood() -> None:
+    fleet = configured("gw-b", "gw-c")
+    fleet.ping("gw-c", 0, ok=True)
+    t = _flap(fleet, "gw-b", cycles=10)
+    fleet.ping("gw-b", t, ok=True)  # the flap ends up
+    # Four transitions make incidents; the fourth up/down change starts the flap.
+    assert fleet.events("gw-b") == [UP, DOWN, BACK, DOWN]
+    assert fleet.notes().count("flap_start") == 1
+    assert fleet.view.peers["gw-b"].flapping
+    fleet.feed(Tick(at(t + 300)))
+    assert fleet.view.peers["gw-b"].flapping  # not stable for a whole window yet
+    # Stable for a whole window: the flap ends with one incident for where it ended up.
+    fleet.feed(Tick(at(t + 601)))
+    assert fleet.notes().count("flap_stop") == 1
+    assert fleet.events("gw-b") == [UP, DOWN, BACK, DOWN, BACK]
+    assert not fleet.view.peers["gw-b"].flapping
+    assert fleet.events("gw-c") == [UP]  # the other peer is untouched
+
+
+def test_flap_that_ends_where_it_was_reported_adds_nothing() -> None:
+    fleet = configured("gw-b")
+    t = _flap(fleet, "gw-b", cycles=4)  # ends down, as last reported
+    before = fleet.events("gw-b")
+    fleet.feed(Tick(at(t + 700)))
+    assert fleet.status("gw-b") is PeerStatus.OFFLINE
+    assert fleet.notes().count("flap_stop") == 1
+    assert fleet.events("gw-b") == before
+
+
+def test_leader_is_lowest_lead_number_among_online_including_self() -> None:
+    fleet = Fleet()
+    fleet.feed(PeerConfigured(peer("gw-b", lead=1), at(0)))
+    fleet.feed(PeerConfigured(peer("gw-c", lead=9), at(0)))
+    assert fleet.view.leader == "gw-a"  # self (5) while the others are unknown
+    fleet.ping("gw-c", 1, ok=True)
+    assert fleet.view.leader == "gw-a"  # 9 does not beat 5
+    decision = fleet.ping("gw-b", 2, ok=True)
+    assert fleet.view.leader == "gw-b"
+    (change,) = [i for i in decision.incidents if i.event_type is EventType.LEADER_CHANGE]
+    assert change.details == {"old": "gw-a", "new": "gw-b"}
+    for t in (3, 4, 5):
+        fleet.ping("gw-b", t, ok=False)
+    assert fleet.view.leader == "gw-a"
+    assert fleet.events().count(EventType.LEADER_CHANGE) == 3  # none->a, a->b, b->a
+
+
+def test_leader_ties_break_by_gateway_id() -> None:
+    view = FleetView(me=Instance("gw-m", "m", lead_number=1))
+    fleet = Fleet(view)
+    fleet.feed(PeerConfigured(peer("gw-b", lead=1), at(0)))
+    fleet.ping("gw-b", 1, ok=True)
+    assert fleet.view.leader == "gw-b"
+
+
+def test_unresponsive_peer_cannot_lead() -> None:
+    fleet = Fleet()
+    fleet.feed(PeerConfigured(peer("gw-b", lead=1), at(0)))
+    fleet.ping("gw-b", 1, ok=True)
+    fleet.ping("gw-b", 2, ok=False, tcp=True)
+    assert elect_leader(fleet.view) == "gw-a"
+
+
+def test_restart_does_not_re_raise_incidents() -> None:
+    state = PeerState("gw-b", status=PeerStatus.ONLINE, last_seen=at(0), updated_at=at(0))
+    view = initial_view(ME, {"gw-b": peer("gw-b", lead=1), "gw-a": ME}, {"gw-b": state}, "gw-b")
+    fleet = Fleet(view)
+    fleet.ping("gw-b", 10, ok=True)
+    assert fleet.events() == []
+    assert "gw-a" not in fleet.view.peers  # self is never a peer
+
+
+def test_announcement_updates_identity_without_changing_status() -> None:
+    fleet = configured("gw-b")
+    fleet.ping("gw-b", 1, ok=True)
+    moved = Instance("gw-b", "renamed", ip="127.0.0.9", lead_number=10)
+    decision = fleet.feed(MdnsSeen(moved, at(2)))
+    (updated,) = decision.instances
+    assert (updated.name, updated.ip) == ("renamed", "127.0.0.9")
+    assert updated.updated_at == at(2)
+    assert fleet.status("gw-b") is PeerStatus.ONLINE
+    assert fleet.view.peers["gw-b"].state.mdns_broadcasting is True
+    again = fleet.feed(MdnsSeen(moved, at(3)))
+    assert again.instances == [] and again.states == []  # nothing new: nothing to write
+
+
+def test_ping_for_untracked_peer_changes_nothing() -> None:
+    fleet = Fleet()
+    decision = fleet.ping("gw-x", 1, ok=True)
+    assert decision.states == [] and decision.incidents == [] and fleet.view.peers == {}
+
+
+def test_own_announcement_is_ignored() -> None:
+    fleet = Fleet()
+    fleet.feed(MdnsSeen(ME, at(0)))
+    assert fleet.view.peers == {}
+
+
+@pytest.mark.parametrize("threshold", [1, 2, 5])
+def test_threshold_is_honoured(threshold: int) -> None:
+    fleet = Fleet(thresholds=Thresholds(offline_after_missed=threshold))
+    fleet.feed(PeerConfigured(peer("gw-b"), at(0)))
+    fleet.ping("gw-b", 1, ok=True)
+    for n in range(1, threshold):
+        fleet.ping("gw-b", 1 + n, ok=False)
+        assert fleet.status("gw-b") is PeerStatus.ONLINE
+    fleet.ping("gw-b", 1 + threshold, ok=False)
+    assert fleet.status("gw-b") is PeerStatus.OFFLINE
+
+
+def test_installed_flag_follows_the_check_and_is_kept_between_checks() -> None:
+    fleet = configured("gw-b")
+    fleet.feed(PingResult("gw-b", at(1), True, 2, installed=True))
+    assert fleet.view.peers["gw-b"].state.claw_clan_installed is True
+    fleet.feed(PingResult("gw-b", at(2), True, 2, installed=None))
+    assert fleet.view.peers["gw-b"].state.claw_clan_installed is True
+    fleet.feed(PingResult("gw-b", at(3), True, 2, installed=False))
+    assert fleet.view.peers["gw-b"].state.claw_clan_installed is False
+
+
+def test_reconciler_does_not_mutate_its_input() -> None:
+    fleet = configured("gw-b")
+    before = fleet.view
+    snapshot = dict(before.peers)
+    fleet.reconciler.apply(before, PingResult("gw-b", at(1), True, 1), at(1))
+    assert before.peers == snapshot
+    assert before.peers["gw-b"].state.status is PeerStatus.UNKNOWN
