@@ -70,6 +70,7 @@ class InstanceSettings(Section):
     lead_number: int = Field(default=100, ge=0)
     ip: str = "127.0.0.1"
     ssh_user: str = Field(default_factory=lambda: os.environ.get("USER", "claw"), min_length=1)
+    ssh_port: int = Field(default=22, ge=1, le=65535)
     version: str = "0.1.0"
     github_repo: str | None = None
 
@@ -95,6 +96,32 @@ class PingSettings(Section):
     timeout_seconds: float = Field(default=5.0, gt=0, le=600)
     jitter_fraction: float = Field(default=0.1, ge=0, le=0.5)
     offline_after_missed: int = Field(default=3, ge=1, le=1000)
+
+
+class SshSettings(Section):
+    """How clawd reaches peers over SSH."""
+
+    # known_hosts file(s) to trust; None = asyncssh's default (~/.ssh/known_hosts).
+    known_hosts: str | None = None
+    # known_hosts: only keys already there; accept-new: trust a peer's first key
+    # (recorded in <home>/known_hosts) and refuse any later change.
+    host_key_policy: Literal["known_hosts", "accept-new"] = "known_hosts"
+    # Private keys to offer; empty = asyncssh's defaults (~/.ssh/id_*).
+    client_keys: tuple[str, ...] = ()
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Below OpenSSH's MaxStartups (10) so a reconnect storm is not refused.
+    max_concurrent_handshakes: int = Field(default=8, ge=1, le=1000)
+    install_check_every_rounds: int = Field(default=10, ge=1, le=100_000)
+    install_check_command: str = "test -d ~/.openclaw/claw-clan"
+    reconnect_initial_seconds: float = Field(default=1.0, gt=0, le=600)
+    reconnect_max_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+
+class DiscoverySettings(Section):
+    enabled: bool = True
+    service_type: str = "_claw-clan._tcp.local."
+    # Interfaces (addresses) to use; None = all. ["127.0.0.1"] works on loopback.
+    interfaces: tuple[str, ...] | None = None
 
 
 class StorageSettings(Section):
@@ -151,6 +178,8 @@ class Settings(BaseSettings):
     instance: InstanceSettings = Field(default_factory=InstanceSettings)
     peers: tuple[StaticPeer, ...] = ()
     ping: PingSettings = PingSettings()
+    ssh: SshSettings = SshSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
     storage: StorageSettings = StorageSettings()
     backup: BackupSettings = BackupSettings()
     log: LogSettings = LogSettings()

@@ -31,6 +31,8 @@ def test_example_config_is_valid_and_complete() -> None:
         "instance",
         "peers",
         "ping",
+        "ssh",
+        "discovery",
         "storage",
         "backup",
         "log",

@@ -19,6 +19,7 @@ def self_instance(settings: Settings) -> Instance:
         lead_number=me.lead_number,
         ip=me.ip,
         ssh_user=me.ssh_user,
+        ssh_port=me.ssh_port,
         version=me.version,
         github_repo=me.github_repo,
     )
