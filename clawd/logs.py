@@ -27,6 +27,13 @@ def mask_secrets(
     return event
 
 
+def _drop_priority(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event.pop("syslog_priority", None)
+    return event
+
+
 def _journal_attached(stream: TextIO) -> bool:
     """True when `stream` is the journal's stdout/stderr stream (systemd sets JOURNAL_STREAM)."""
     value = os.environ.get("JOURNAL_STREAM", "")
@@ -46,7 +53,7 @@ class PriorityPrefix:
         self.inner = inner
 
     def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
-        prio = PRIORITY.get(str(event.get("level", "info")), 6)
+        prio = event.pop("syslog_priority", None) or PRIORITY.get(str(event.get("level")), 6)
         rendered = self.inner(logger, name, event)
         text = rendered.decode() if isinstance(rendered, bytes) else str(rendered)
         return f"<{prio}>{text}"
@@ -67,6 +74,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     if journal:
         renderer = PriorityPrefix(renderer)  # journald stamps the time itself
     else:
+        processors.append(_drop_priority)
         processors.insert(0, structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"))
     structlog.configure(
         processors=[*processors, renderer],

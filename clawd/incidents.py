@@ -1,0 +1,69 @@
+"""Incidents go to the store and to the journal, as one readable line with fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from clawd.journal import ERROR, INFO, NOTICE, WARNING, JournalSender
+from clawd.model import EventType, Incident
+from clawd.reconciler import Note
+from clawd.store.repository import Repository
+
+log = structlog.get_logger("clawd.incident")
+
+PRIORITY = {
+    EventType.OFFLINE: WARNING,
+    EventType.ONLINE: NOTICE,
+    EventType.RECOVERY: NOTICE,
+    EventType.LEADER_CHANGE: NOTICE,
+    EventType.REINSTALL: NOTICE,
+    EventType.SKILL_SYNC: INFO,
+}
+NOTE_PRIORITY = {"peer_unresponsive": WARNING, "flap_start": WARNING, "flap_stop": NOTICE}
+LEVEL = {ERROR: "error", WARNING: "warning", NOTICE: "info", INFO: "info"}
+
+
+def _printable(value: Any) -> Any:
+    """Peer-supplied text (names) must not forge log lines or terminal escapes."""
+    if isinstance(value, str):
+        return value.encode("unicode_escape").decode("ascii")
+    return value
+
+
+def _fields(gateway_id: str, details: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {"gateway": gateway_id}
+    for key, value in details.items():
+        if isinstance(value, str | int | float | bool) or value is None:
+            fields[key] = _printable(value)
+    return fields
+
+
+def _line(event: str, fields: dict[str, Any]) -> str:
+    parts = [f"event={event}"]
+    parts += [f"{k}={v}" for k, v in fields.items() if v is not None]
+    return " ".join(parts)
+
+
+class IncidentRecorder:
+    def __init__(self, repo: Repository, journal: JournalSender | None = None) -> None:
+        self.repo = repo
+        self.journal = journal
+
+    async def record(self, incident: Incident) -> None:
+        await self.repo.record_incident(incident)
+        fields = _fields(incident.gateway_id, incident.details)
+        self._emit(incident.event_type.value, PRIORITY[incident.event_type], fields)
+
+    def note(self, note: Note) -> None:
+        """A journal line that is not an incident (unresponsive, flapping)."""
+        fields = _fields(note.gateway_id, dict(note.fields))
+        self._emit(note.event, NOTE_PRIORITY.get(note.event, INFO), fields)
+
+    def _emit(self, event: str, priority: int, fields: dict[str, Any]) -> None:
+        if self.journal is not None and self.journal.send(
+            _line(event, fields), priority, {"event": event, **fields}
+        ):
+            return
+        getattr(log, LEVEL[priority])(event, syslog_priority=priority, **fields)
