@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 HOME_DIR ?= .clawd-home
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean system-deps
+.PHONY: run test lint typecheck bench clean system-deps install-systemd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(STAMP) system-deps lint typecheck
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run
+
+# As root: venv in /opt/clawd, user clawd, home /var/lib/clawd, systemd unit.
+install-systemd:
+	bash scripts/install-systemd.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,18 +1,58 @@
-"""systemd's notify protocol (Type=notify), a no-op outside systemd."""
+"""systemd's notify protocol (Type=notify): readiness, status, watchdog, reload, stop.
+
+A no-op outside systemd (no NOTIFY_SOCKET).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import sdnotify
+
+from clawd.reload import monotonic_usec
 
 
 class Notifier:
     def __init__(self) -> None:
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
+        self._status: str | None = None
 
     def send(self, *fields: str) -> None:
         """Send `fields` (e.g. "READY=1", "STATUS=…") in one datagram."""
         if self._notifier is not None:
             self._notifier.notify("\n".join(fields))
+
+    def status(self, text: str) -> None:
+        """STATUS= only when it changed, so a busy fleet does not spam systemd."""
+        if text != self._status:
+            self._status = text
+            self.send(f"STATUS={text}")
+
+    def reloading(self) -> None:
+        # Newer systemd waits for MONOTONIC_USEC in the same datagram;
+        # without it `systemctl reload` hangs.
+        self.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}")
+
+    def watchdog_interval(self) -> float | None:
+        """Half of WATCHDOG_USEC, when the watchdog is armed for this process."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not self.enabled or not usec or (pid and pid != str(os.getpid())):
+            return None
+        try:
+            return int(usec) / 2 / 1_000_000
+        except ValueError:
+            return None
+
+    async def feed_watchdog(self, ready: asyncio.Event) -> None:
+        """Pet the watchdog from the event loop itself: a stalled loop stops the petting
+        and systemd restarts the service."""
+        interval = self.watchdog_interval()
+        ready.set()
+        if interval is None:
+            return
+        while True:
+            self.send("WATCHDOG=1")
+            await asyncio.sleep(interval)

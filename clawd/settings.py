@@ -96,6 +96,8 @@ class PingSettings(Section):
     timeout_seconds: float = Field(default=5.0, gt=0, le=600)
     jitter_fraction: float = Field(default=0.1, ge=0, le=0.5)
     offline_after_missed: int = Field(default=3, ge=1, le=1000)
+    flap_transitions: int = Field(default=4, ge=2, le=1000)
+    flap_window_seconds: float = Field(default=600.0, gt=0, le=86_400)
 
 
 class SshSettings(Section):
@@ -130,6 +132,8 @@ class StorageSettings(Section):
     retry_initial_seconds: float = Field(default=1.0, gt=0, le=600)
     retry_max_seconds: float = Field(default=60.0, gt=0, le=3600)
     queue_max_rows: int = Field(default=200_000, ge=1000)
+    # A peer file is rewritten at once on a status change, otherwise at most this often.
+    peer_file_interval_seconds: float = Field(default=30.0, ge=0, le=3600)
 
 
 class BackupSettings(Section):

@@ -25,13 +25,15 @@ def self_instance(settings: Settings) -> Instance:
     )
 
 
+def build_sink(settings: Settings) -> PgSink:
+    pg = settings.postgres
+
+    async def connect() -> PgStore:
+        return await PgStore.open(pg)
+
+    return PgSink(connect, Spool(settings.spool_dir), settings.storage)
+
+
 def build_repository(settings: Settings) -> FleetRepository:
-    sink = None
-    if settings.backend == "postgres":
-        pg = settings.postgres
-
-        async def connect() -> PgStore:
-            return await PgStore.open(pg)
-
-        sink = PgSink(connect, Spool(settings.spool_dir), settings.storage)
+    sink = build_sink(settings) if settings.backend == "postgres" else None
     return FleetRepository(JsonStore(settings.home), self_instance(settings), sink)

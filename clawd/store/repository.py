@@ -79,6 +79,17 @@ class FleetRepository:
         if records:
             log.info("json_history_queued_for_postgres", records=len(records))
 
+    async def attach_sink(self, sink: PgSink) -> None:
+        """Start writing to PostgreSQL too (backend switched to postgres at run time)."""
+        self.sink = sink
+        await sink.open()
+        await self._sync_json_to_sink(sink)
+
+    def detach_sink(self) -> PgSink | None:
+        """Stop handing writes to PostgreSQL; the caller drains and closes the sink."""
+        sink, self.sink = self.sink, None
+        return sink
+
     async def run(self, ready: asyncio.Event) -> None:
         """Deliver to PostgreSQL until stop(); with JSON only, just wait."""
         if self.sink is None:

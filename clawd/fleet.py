@@ -1,0 +1,164 @@
+"""The fleet keeper: observations in, reconciler decisions out to the store and journal.
+
+This is where the clock is read (the reconciler itself reads none), where ping
+attempts become `ping_history` rows, and where peer-file writes are coalesced:
+a status change is written at once, a mere "still there" at most every
+`persist_interval` seconds per peer, so 1,000 peers do not mean 100 file writes
+a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from clawd.incidents import IncidentRecorder
+from clawd.model import PeerState, Ping, utcnow
+from clawd.observations import Observation, PingResult, Tick
+from clawd.reconciler import Decision, FleetView, Reconciler
+from clawd.store.repository import Repository
+
+log = structlog.get_logger("clawd.fleet")
+
+TICK_SECONDS = 1.0
+MAX_BATCH = 1000
+
+
+def _significant(state: PeerState) -> tuple[object, ...]:
+    return (
+        state.status,
+        state.missed_pings,
+        state.ssh_connectivity,
+        state.claw_clan_installed,
+        state.mdns_broadcasting,
+    )
+
+
+def summary(view: FleetView) -> str:
+    """One line for systemd's STATUS=: '5 peers: 4 online, 1 offline; leader gw-a'."""
+    counts = Counter(r.state.status.value for r in view.peers.values())
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    peers = f"{len(view.peers)} peer{'s' if len(view.peers) != 1 else ''}"
+    text = f"{peers}: {parts}" if parts else peers
+    return f"{text}; leader {view.leader or 'none'}"
+
+
+@dataclass(slots=True)
+class _Written:
+    state: PeerState
+    at: float
+
+
+class FleetKeeper:
+    def __init__(
+        self,
+        repo: Repository,
+        recorder: IncidentRecorder,
+        reconciler: Reconciler,
+        view: FleetView,
+        *,
+        persist_interval: float = 30.0,
+        on_change: Callable[[FleetView], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.recorder = recorder
+        self.reconciler = reconciler
+        self.view = view
+        self.persist_interval = persist_interval
+        self.on_change = on_change
+        self.queue: asyncio.Queue[Observation | None] = asyncio.Queue()
+        self._written: dict[str, _Written] = {}
+        self._dirty: dict[str, PeerState] = {}
+        self._pings: list[Ping] = []
+        self.observations = 0
+
+    def emit(self, obs: Observation) -> None:
+        """For sources: hand over an observation (never blocks)."""
+        self.queue.put_nowait(obs)
+
+    def stop(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def run(self, ready: asyncio.Event) -> None:
+        # The view as loaded may already have a different leader than persisted.
+        await self._apply(Tick(utcnow()))
+        ready.set()
+        while True:
+            try:
+                first = await asyncio.wait_for(self.queue.get(), TICK_SECONDS)
+            except TimeoutError:
+                first = Tick(utcnow())
+            batch = [first]
+            while len(batch) < MAX_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            stopping = None in batch
+            changed = False
+            for obs in batch:
+                if obs is not None:
+                    changed |= await self._apply(obs)
+            if self._pings:
+                pings, self._pings = self._pings, []
+                await self.repo.record_pings(pings)
+            if changed and self.on_change is not None:
+                self.on_change(self.view)
+            if stopping:
+                await self._write_dirty(force=True)
+                return
+
+    async def _apply(self, obs: Observation) -> bool:
+        now = utcnow()
+        self.observations += 1
+        previous_leader = self.view.leader
+        decision = self.reconciler.apply(self.view, obs, now)
+        self.view = decision.view
+        if isinstance(obs, PingResult):
+            self._pings.append(
+                Ping(
+                    source_gateway=self.view.me.gateway_id,
+                    target_gateway=obs.gateway_id,
+                    success=obs.success,
+                    timestamp=obs.at,
+                    response_ms=obs.response_ms,
+                )
+            )
+        await self._persist(decision)
+        if self.view.leader != previous_leader:
+            await self.repo.set_leader(self.view.leader)
+        if isinstance(obs, Tick):
+            await self._write_dirty(force=False)
+        return bool(decision.moved or decision.instances or decision.incidents)
+
+    async def _persist(self, decision: Decision) -> None:
+        for instance in decision.instances:
+            await self.repo.upsert_instance(instance)
+        for state in decision.states:
+            last = self._written.get(state.gateway_id)
+            if (
+                last is None
+                or _significant(last.state) != _significant(state)
+                or time.monotonic() - last.at >= self.persist_interval
+            ):
+                await self._write(state)
+            else:
+                self._dirty[state.gateway_id] = state
+        for incident in decision.incidents:
+            await self.recorder.record(incident)
+        for note in decision.notes:
+            self.recorder.note(note)
+
+    async def _write(self, state: PeerState) -> None:
+        self._dirty.pop(state.gateway_id, None)
+        await self.repo.save_peer_state(state)
+        self._written[state.gateway_id] = _Written(state, time.monotonic())
+
+    async def _write_dirty(self, *, force: bool) -> None:
+        now = time.monotonic()
+        for gid, state in list(self._dirty.items()):
+            last = self._written.get(gid)
+            if force or last is None or now - last.at >= self.persist_interval:
+                await self._write(state)
