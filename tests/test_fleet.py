@@ -1,0 +1,122 @@
+"""The fleet keeper end to end on the JSON store: observations in, files and incidents out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clawd.fleet import FleetKeeper, summary
+from clawd.incidents import IncidentRecorder
+from clawd.model import EventType, Instance, PeerStatus, utcnow
+from clawd.observations import PeerConfigured, PingResult
+from clawd.reconciler import FleetView, Reconciler, Thresholds, initial_view
+from clawd.store.json_store import JsonStore
+from clawd.store.repository import FleetRepository
+
+ME = Instance("gw-a", "alpha", lead_number=5)
+
+
+@dataclass
+class Running:
+    keeper: FleetKeeper
+    repo: FleetRepository
+    home: Path
+    changes: list[FleetView]
+
+    async def settle(self) -> None:
+        """Wait until the keeper consumed everything queued so far (bounded)."""
+        for _ in range(200):
+            if self.keeper.queue.empty():
+                await asyncio.sleep(0.02)
+                if self.keeper.queue.empty():
+                    return
+            await asyncio.sleep(0.01)
+        raise AssertionError("keeper did not drain its queue")
+
+    def peer_file(self, gid: str) -> dict[str, object]:
+        data: dict[str, object] = json.loads((self.home / "peers" / f"{gid}.json").read_text())
+        return data
+
+    def incidents(self) -> list[tuple[str, EventType]]:
+        return [(i.gateway_id, i.event_type) for _, i in JsonStore(self.home).read_incidents()]
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    repo = FleetRepository(JsonStore(tmp_path), ME)
+    loaded = await repo.open()
+    snap = loaded.snapshot
+    view = initial_view(ME, snap.instances, snap.peers, snap.leader)
+    changes: list[FleetView] = []
+    keeper = FleetKeeper(
+        repo,
+        IncidentRecorder(repo),
+        Reconciler(Thresholds(offline_after_missed=2)),
+        view,
+        persist_interval=3600,
+        on_change=changes.append,
+    )
+    ready = asyncio.Event()
+    task = asyncio.create_task(keeper.run(ready))
+    await asyncio.wait_for(ready.wait(), 5)
+    yield Running(keeper, repo, tmp_path, changes)
+    keeper.stop()
+    await asyncio.wait_for(task, 5)
+
+
+def _ping(gid: str, ok: bool) -> PingResult:
+    return PingResult(gid, utcnow(), ok, 4 if ok else None, tcp_reachable=False)
+
+
+async def test_peer_goes_online_then_offline_in_files_and_incidents(running: Running) -> None:
+    k = running.keeper
+    k.emit(PeerConfigured(Instance("gw-b", "beta", ip="127.0.0.2", lead_number=9), utcnow()))
+    k.emit(_ping("gw-b", True))
+    await running.settle()
+    assert running.peer_file("gw-b")["status"] == "online"
+    k.emit(_ping("gw-b", False))
+    k.emit(_ping("gw-b", False))
+    await running.settle()
+    peer = running.peer_file("gw-b")
+    assert (peer["status"], peer["missedPings"]) == ("offline", 2)
+    assert ("gw-b", EventType.ONLINE) in running.incidents()
+    assert ("gw-b", EventType.OFFLINE) in running.incidents()
+    assert summary(k.view) == "1 peer: 1 offline; leader gw-a"
+    assert running.changes, "on_change was never called"
+    assert json.loads((running.home / "fleet.json").read_text())["leader"] == "gw-a"
+
+
+async def test_unchanged_pings_do_not_rewrite_the_peer_file(running: Running) -> None:
+    k = running.keeper
+    k.emit(PeerConfigured(Instance("gw-b", "beta", ip="127.0.0.2"), utcnow()))
+    k.emit(_ping("gw-b", True))
+    await running.settle()
+    path = running.home / "peers" / "gw-b.json"
+    first = path.stat().st_mtime_ns, path.read_text()
+    for _ in range(20):
+        k.emit(_ping("gw-b", True))
+    await running.settle()
+    assert (path.stat().st_mtime_ns, path.read_text()) == first
+    # ...but the latest state is written when the keeper stops.
+    k.stop()
+    for _ in range(100):
+        if path.read_text() != first[1]:
+            break
+        await asyncio.sleep(0.02)
+    assert path.read_text() != first[1]
+
+
+async def test_leader_change_is_persisted(running: Running) -> None:
+    k = running.keeper
+    k.emit(PeerConfigured(Instance("gw-b", "beta", ip="127.0.0.2", lead_number=1), utcnow()))
+    k.emit(_ping("gw-b", True))
+    await running.settle()
+    assert k.view.leader == "gw-b"
+    assert json.loads((running.home / "fleet.json").read_text())["leader"] == "gw-b"
+    assert ("gw-b", EventType.LEADER_CHANGE) in running.incidents()
+    assert k.view.peers["gw-b"].state.status is PeerStatus.ONLINE
