@@ -4,7 +4,9 @@ No I/O and no clock reads: every rule here is unit-tested with plain values.
 
 Status rules (per peer):
 - a successful ping            -> online
-- SSH fails, peer still answers (mDNS present or its TCP port accepts) -> unresponsive
+- SSH fails, peer still answers (its TCP port accepts, or it is in mDNS) -> unresponsive;
+  mDNS alone is trusted for `mdns_grace_misses` misses only, because a peer that
+  died without a goodbye stays in other machines' mDNS caches for 20-75 minutes
 - `offline_after_missed` consecutive misses and no other sign of life -> offline
 - otherwise the status stays as it is (a miss or two is not news)
 
@@ -40,6 +42,7 @@ REPORTED = (PeerStatus.ONLINE, PeerStatus.OFFLINE)
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     offline_after_missed: int = 3
+    mdns_grace_misses: int = 10
     flap_transitions: int = 4
     flap_window: timedelta = timedelta(minutes=10)
 
@@ -119,7 +122,9 @@ def _decide_status(record: PeerRecord, last_ping_ok: bool | None, t: Thresholds)
         return PeerStatus.ONLINE
     if state.missed_pings == 0:
         return state.status
-    if state.mdns_broadcasting or record.tcp_reachable:
+    if record.tcp_reachable or (
+        state.mdns_broadcasting and state.missed_pings < t.mdns_grace_misses
+    ):
         return PeerStatus.UNRESPONSIVE
     if state.missed_pings >= t.offline_after_missed:
         return PeerStatus.OFFLINE

@@ -96,6 +96,8 @@ class PingSettings(Section):
     timeout_seconds: float = Field(default=5.0, gt=0, le=600)
     jitter_fraction: float = Field(default=0.1, ge=0, le=0.5)
     offline_after_missed: int = Field(default=3, ge=1, le=1000)
+    # mDNS presence alone keeps a silent peer "unresponsive" for this many misses.
+    mdns_grace_misses: int = Field(default=10, ge=1, le=100_000)
     flap_transitions: int = Field(default=4, ge=2, le=1000)
     flap_window_seconds: float = Field(default=600.0, gt=0, le=86_400)
 

@@ -143,6 +143,18 @@ def test_mdns_presence_keeps_a_silent_peer_unresponsive_until_it_goes() -> None:
     assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE]
 
 
+def test_mdns_cache_alone_is_trusted_only_for_a_grace_period() -> None:
+    fleet = Fleet(thresholds=Thresholds(offline_after_missed=3, mdns_grace_misses=6))
+    fleet.feed(MdnsSeen(peer("gw-b"), at(0)))
+    fleet.ping("gw-b", 1, ok=True)
+    for t in range(2, 7):
+        fleet.ping("gw-b", t, ok=False)
+    assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE  # 5 misses, still in mDNS
+    fleet.ping("gw-b", 7, ok=False)
+    assert fleet.status("gw-b") is PeerStatus.OFFLINE  # died without a goodbye
+    assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE]
+
+
 def test_coming_back_from_offline_is_a_recovery_with_downtime() -> None:
     fleet = configured("gw-b")
     fleet.ping("gw-b", 1, ok=True)
