@@ -43,8 +43,11 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def append_durable(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Append `data` to `path` and fsync it (blocking)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, mode)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, mode)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # a crash left a torn last line: keep it apart
         view = memoryview(data)
         while view:
             written = os.write(fd, view)

@@ -83,6 +83,9 @@ async def migrate(conn: Conn, directory: Path | None = None) -> list[str]:
     second runner wait, then find nothing left to do.
     """
     migrations = load_migrations(directory)
+    done = await applied_migrations(conn)
+    if all(m.name in done for m in migrations):
+        return []  # nothing to create: works with DML-only rights
     await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)
     try:
         await conn.execute(

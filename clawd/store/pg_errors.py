@@ -22,6 +22,7 @@ TRANSIENT = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InternalClientError,  # a connection the server just dropped, not yet seen closed
 )
 
 

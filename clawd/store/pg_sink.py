@@ -98,8 +98,8 @@ class PgSink:
             await self._spool.append(ops)
 
     async def run(self, ready: asyncio.Event) -> None:
+        ready.set()  # writes are spooled; the daemon never waits for PostgreSQL
         await self._try_connect()
-        ready.set()
         while True:
             if not self._queue and not self._closing:
                 with contextlib.suppress(TimeoutError):
@@ -205,6 +205,11 @@ class PgSink:
             return False
         except DatabaseError as exc:
             return await self._isolate_rejected(ops, exc)
+        except Exception as exc:
+            # Unknown failure: treat it as a lost connection (reconnect, back off,
+            # resend from the spool) rather than let the delivery task die.
+            await self._lost(f"unexpected {type(exc).__name__}: {exc}")
+            return False
 
     async def _isolate_rejected(self, ops: list[WriteOp], exc: DatabaseError) -> bool:
         """One bad record must not block the rest: send one by one, set aside refusals."""

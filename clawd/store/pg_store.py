@@ -182,8 +182,16 @@ class PgStore:
             if run_migrations:
                 async with pool.acquire() as conn:
                     await migrate(conn)
-        except BaseException:
+        except BaseException as exc:
             await store.close()
+            if isinstance(exc, DatabaseError):
+                raise
+            if isinstance(exc, TRANSIENT):
+                raise DatabaseUnavailable(
+                    f"lost PostgreSQL at {settings.target()}: {exc or type(exc).__name__}"
+                ) from None
+            if isinstance(exc, asyncpg.PostgresError):
+                raise DatabaseError(f"PostgreSQL at {settings.target()} refused: {exc}") from None
             raise
         return store
 
