@@ -93,10 +93,43 @@ def cmd_db_import_json(args: argparse.Namespace) -> int:
     return _with_pg(args, work)
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Synchronous reload through the running daemon: fit for systemd's ExecReload=."""
+    from clawd.control import request
+
+    settings = _settings(args)
+    answer = asyncio.run(request(settings.home, "reload"))
+    if not answer.get("ok"):
+        print(f"error: config rejected: {answer.get('error')}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    changed = answer.get("changed") or []
+    print(f"reloaded: {', '.join(changed)}" if changed else "reloaded: no change")
+    return 0
+
+
+def _live_status(settings: Settings, as_json: bool) -> int:
+    from clawd.control import request
+
+    answer = asyncio.run(request(settings.home, "status"))
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(f"{'GATEWAY':<20} {'NAME':<20} {'IP':<16} {'STATUS':<13} {'MISSED':>6}")
+    for gid, peer in sorted(answer.get("peers", {}).items()):
+        print(
+            f"{gid[:20]:<20} {str(peer['name'])[:20]:<20} {str(peer['ip'] or '-')[:16]:<16} "
+            f"{peer['status']:<13} {peer['missedPings']:>6}"
+        )
+    print(f"{answer.get('summary')}; postgres {answer.get('postgres')}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from clawd.store.json_store import JsonStore
 
     settings = _settings(args)
+    if args.live:
+        return _live_status(settings, args.json)
     configure_logging("error")
     loaded = asyncio.run(JsonStore(settings.home).load())
     snap = loaded.snapshot
@@ -159,8 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--dry-run", action="store_true", help="print counts, write nothing")
     imp.set_defaults(func=cmd_db_import_json)
 
+    sub.add_parser(
+        "reload", parents=[common], help="re-read config.json in the running daemon"
+    ).set_defaults(func=cmd_reload)
+
     status = sub.add_parser("status", parents=[common], help="fleet status from the store")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--live", action="store_true", help="ask the running daemon")
     status.set_defaults(func=cmd_status)
     return parser
 

@@ -1,38 +1,94 @@
-"""Wiring: one event loop, one TaskGroup, signals, readiness, ordered shutdown."""
+"""Wiring: one event loop, one TaskGroup, signals, readiness, live reload, ordered shutdown.
+
+Only this module creates long-lived tasks. Each component exposes
+`run(ready)`; READY=1 goes to systemd once every component said it is up.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Coroutine, Mapping
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from clawd.model import Instance
+from clawd.control import ControlServer, socket_path
+from clawd.discovery import Discovery
+from clawd.fleet import FleetKeeper, summary
+from clawd.incidents import IncidentRecorder
+from clawd.journal import JournalSender
+from clawd.logs import configure_logging
+from clawd.model import Instance, utcnow
 from clawd.notify import Notifier
-from clawd.settings import Settings
-from clawd.store.factory import build_repository
+from clawd.observations import PeerConfigured
+from clawd.pinger import Pinger, PingTarget
+from clawd.reconciler import FleetView, Reconciler, Thresholds, initial_view
+from clawd.reload import ConfigWatcher, Reloader
+from clawd.settings import Settings, default_config_path
+from clawd.store.factory import build_repository, build_sink, self_instance
 from clawd.store.migrations import install_migration_files
+from clawd.store.pg_sink import PgSink
 from clawd.store.repository import FleetRepository
 
 log = structlog.get_logger("clawd.daemon")
 
-SHUTDOWN_FLUSH_SECONDS = 5.0
+STOP_SOURCES_SECONDS = 2.0  # then in-flight pings are cancelled: SIGTERM exits within 5 s
+SHUTDOWN_FLUSH_SECONDS = 2.5
+START_SECONDS = 60.0
+
+
+def thresholds(settings: Settings) -> Thresholds:
+    return Thresholds(
+        offline_after_missed=settings.ping.offline_after_missed,
+        mdns_grace_misses=settings.ping.mdns_grace_misses,
+        flap_transitions=settings.ping.flap_transitions,
+        flap_window=timedelta(seconds=settings.ping.flap_window_seconds),
+    )
+
+
+def ping_targets(view: FleetView, default_user: str) -> dict[str, PingTarget]:
+    return {
+        gid: PingTarget(
+            gid, r.instance.ip, r.instance.ssh_port, r.instance.ssh_user or default_user
+        )
+        for gid, r in view.peers.items()
+        if r.instance.ip
+    }
+
+
+def static_peers(settings: Settings) -> list[Instance]:
+    return [
+        Instance(
+            gateway_id=p.gateway_id or p.name,
+            name=p.name,
+            ip=p.ip,
+            ssh_user=p.ssh_user or settings.instance.ssh_user,
+            ssh_port=p.ssh_port,
+            lead_number=p.lead_number,
+        )
+        for p in settings.peers
+    ]
 
 
 class Daemon:
     def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.settings = settings
-        self.config_path = config_path
+        self.config_path = config_path or default_config_path()
         self.notifier = Notifier()
         self._stop = asyncio.Event()
-        self._forced = False
+        self._tg: asyncio.TaskGroup | None = None
+        self._sink_task: asyncio.Task[None] | None = None
+        self._targets: Mapping[str, PingTarget] = {}
+
+    # -- signals ------------------------------------------------------------
 
     def request_stop(self, signame: str = "SIGTERM") -> None:
-        """Signal handler: first request stops gracefully, a second one forces exit."""
+        """First request stops gracefully; a second one forces the exit."""
         if self._stop.is_set():
             log.warning("stop_forced", signal=signame)
-            self._forced = True
             raise SystemExit(1)
         log.info("stop_requested", signal=signame)
         self._stop.set()
@@ -40,75 +96,217 @@ class Daemon:
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-        # Reload and backup arrive with later components; acknowledge them now.
+        loop.add_signal_handler(signal.SIGHUP, self._spawn, self._reload_from("SIGHUP"))
         loop.add_signal_handler(
-            signal.SIGHUP, lambda: log.info("reload_requested", signal="SIGHUP")
-        )
-        loop.add_signal_handler(
-            signal.SIGUSR1, lambda: log.info("backup_requested", signal="SIGUSR1")
+            signal.SIGUSR1,
+            lambda: log.info(
+                "backup_requested", signal="SIGUSR1", note="backups are not built yet"
+            ),
         )
 
-    async def _register_static_peers(self, repo: FleetRepository) -> None:
-        known = repo.snapshot().instances
-        for peer in self.settings.peers:
-            gateway_id = peer.gateway_id or peer.name
-            if gateway_id in known:
-                continue
-            await repo.upsert_instance(
-                Instance(
-                    gateway_id=gateway_id,
-                    name=peer.name,
-                    ip=peer.ip,
-                    ssh_user=peer.ssh_user or self.settings.instance.ssh_user,
-                    ssh_port=peer.ssh_port,
-                )
-            )
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        assert self._tg is not None
+        self._tg.create_task(coro)
+
+    async def _reload_from(self, source: str) -> dict[str, Any]:
+        self.notifier.reloading()
+        try:
+            result = await self.reloader.reload(source)
+        finally:
+            self.notifier.send("READY=1", f"STATUS={summary(self.keeper.view)}")
+        return {"ok": result.ok, "changed": result.changed, "error": result.error}
+
+    # -- start and stop -------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        s = self.settings
+        self.repo = build_repository(s)
+        loaded = await self.repo.open()
+        await asyncio.to_thread(install_migration_files, s.home)
+        snap = loaded.snapshot
+        me = self.repo.me
+        view = initial_view(me, snap.instances, snap.peers, snap.leader)
+        recorder = IncidentRecorder(self.repo, JournalSender.if_attached())
+        self.keeper = FleetKeeper(
+            self.repo,
+            recorder,
+            Reconciler(thresholds(s)),
+            view,
+            persist_interval=s.storage.peer_file_interval_seconds,
+            on_change=self._fleet_changed,
+        )
+        for instance in static_peers(s):
+            self.keeper.emit(PeerConfigured(instance, utcnow()))
+        self.pinger = Pinger(s.ping, s.ssh, s.home, self.keeper.emit)
+        self.discovery = (
+            Discovery(me, s.discovery, self.keeper.emit) if s.discovery.enabled else None
+        )
+        self.reloader = Reloader(self.config_path, s, self._apply_settings)
+        self.watcher = ConfigWatcher(self.config_path, lambda: self._reload_from("file"))
+        self.control = ControlServer(
+            socket_path(s.home),
+            {
+                "reload": lambda _req: self._reload_from("clawd reload"),
+                "status": self._status_request,
+            },
+        )
         self._install_signals(loop)
-        repo = build_repository(self.settings)
-        loaded = await repo.open()
-        await asyncio.to_thread(install_migration_files, self.settings.home)
-        for path in loaded.quarantined:
-            log.warning("peer_file_set_aside", path=str(path))
-        await self._register_static_peers(repo)
         try:
             async with asyncio.TaskGroup() as tg:
-                repo_ready = asyncio.Event()
-                tg.create_task(repo.run(repo_ready), name="repository")
-                await repo_ready.wait()
-                snapshot = repo.snapshot()
+                self._tg = tg
+                await self._start(tg)
                 log.info(
                     "ready",
-                    backend=self.settings.backend,
-                    home=str(self.settings.home),
-                    gateway=self.settings.instance.gateway_id,
-                    peers=len(snapshot.peers),
-                    postgres=self._pg_state(repo),
+                    backend=s.backend,
+                    home=str(s.home),
+                    gateway=me.gateway_id,
+                    peers=len(self.keeper.view.peers),
+                    postgres=self._pg_state(),
                 )
-                self.notifier.send("READY=1", f"STATUS={len(snapshot.peers)} peers known")
+                self.notifier.send("READY=1", f"STATUS={summary(self.keeper.view)}")
                 await self._stop.wait()
                 self.notifier.send("STOPPING=1")
-                await self._flush(repo)
-                repo.stop()
+                await self._shutdown()
         finally:
-            await repo.close()
+            await self.repo.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                loop.remove_signal_handler(sig)
         log.info("stopped")
         return 0
 
-    @staticmethod
-    def _pg_state(repo: FleetRepository) -> str:
-        if repo.sink is None:
-            return "off"
-        return "connected" if repo.sink.connected else "unavailable (spooling)"
+    async def _start(self, tg: asyncio.TaskGroup) -> None:
+        starting: list[tuple[str, asyncio.Event]] = []
 
-    async def _flush(self, repo: FleetRepository) -> None:
+        def start(name: str, run: Any) -> asyncio.Task[None]:
+            ready = asyncio.Event()
+            starting.append((name, ready))
+            task: asyncio.Task[None] = tg.create_task(run(ready), name=name)
+            return task
+
+        if self.repo.sink is not None:
+            self._sink_task = start("postgres", self.repo.sink.run)
+        self._keeper_task = start("fleet", self.keeper.run)
+        self._sources = [start("pinger", self.pinger.run)]
+        if self.discovery is not None:
+            self._sources.append(start("discovery", self.discovery.run))
+        self._sources += [
+            start("config-watch", self.watcher.run),
+            start("control", self.control.run),
+        ]
+        self._watchdog_task = start("watchdog", self.notifier.feed_watchdog)
+        for name, ready in starting:
+            try:
+                await asyncio.wait_for(ready.wait(), START_SECONDS)
+            except TimeoutError:
+                log.error("start_timeout", component=name, seconds=START_SECONDS)
+                raise
+
+    async def _shutdown(self) -> None:
+        """Stop taking in work, let in-flight work finish (bounded), flush, close."""
+        self.pinger.stop()
+        if self.discovery is not None:
+            self.discovery.stop()
+        self.watcher.stop()
+        self.control.stop()
+        _, late = await asyncio.wait(self._sources, timeout=STOP_SOURCES_SECONDS)
+        for task in late:
+            log.warning("stop_timeout", component=task.get_name())
+            task.cancel()
+        self.keeper.stop()
+        await self._keeper_task
         try:
-            await asyncio.wait_for(repo.flush(), SHUTDOWN_FLUSH_SECONDS)
+            await asyncio.wait_for(self.repo.flush(), SHUTDOWN_FLUSH_SECONDS)
         except TimeoutError:
             log.error(
                 "shutdown_flush_timeout",
                 seconds=SHUTDOWN_FLUSH_SECONDS,
                 note="pending writes stay in the spool and are sent at next start",
             )
+        await self._stop_sink(self.repo.detach_sink())
+        self.repo.stop()
+        self._watchdog_task.cancel()
+
+    async def _stop_sink(self, sink: PgSink | None) -> None:
+        if sink is None:
+            return
+        sink.stop()
+        if self._sink_task is not None:
+            await self._sink_task
+            self._sink_task = None
+        await sink.close()
+
+    # -- live changes ---------------------------------------------------------
+
+    def _fleet_changed(self, view: FleetView) -> None:
+        self.notifier.status(summary(view))
+        targets = ping_targets(view, self.settings.instance.ssh_user)
+        if targets != self._targets:
+            self._targets = targets
+            self.pinger.set_targets(targets)
+
+    async def _apply_settings(self, new: Settings, changed: list[str]) -> None:
+        old, self.settings = self.settings, new
+        sections = {key.split(".")[0] for key in changed}
+        if sections & {"ping", "ssh"}:
+            self.pinger.update_settings(new.ping, new.ssh)
+            self.keeper.reconciler = Reconciler(thresholds(new))
+        if "storage" in sections:
+            self.keeper.persist_interval = new.storage.peer_file_interval_seconds
+        if "peers" in sections:
+            for instance in static_peers(new):
+                self.keeper.emit(PeerConfigured(instance, utcnow()))
+        if "log" in sections:
+            configure_logging(new.log.level)
+        if "instance" in sections:
+            me = self_instance(new)
+            self.repo.me = me
+            await self.repo.json.write_state(me)
+            await self.repo.upsert_instance(me)
+            self.keeper.view = FleetView(me, self.keeper.view.peers, self.keeper.view.leader)
+            if self.discovery is not None:
+                await self.discovery.update_me(me)
+        if sections & {"backend", "postgres"} and (
+            new.backend != old.backend or new.backend == "postgres"
+        ):
+            await self._switch_backend(new)
+
+    async def _switch_backend(self, new: Settings) -> None:
+        await self._stop_sink(self.repo.detach_sink())
+        if new.backend == "postgres":
+            sink = build_sink(new)
+            await self.repo.attach_sink(sink)
+            ready = asyncio.Event()
+            assert self._tg is not None
+            self._sink_task = self._tg.create_task(sink.run(ready), name="postgres")
+            await ready.wait()
+        log.info("backend_switched", backend=new.backend, postgres=self._pg_state())
+
+    # -- control requests -----------------------------------------------------
+
+    async def _status_request(self, _request: Mapping[str, Any]) -> dict[str, Any]:
+        view = self.keeper.view
+        return {
+            "ok": True,
+            "summary": summary(view),
+            "leader": view.leader,
+            "postgres": self._pg_state(),
+            "peers": {
+                gid: {
+                    "name": r.instance.name,
+                    "ip": r.instance.ip,
+                    "status": r.state.status.value,
+                    "missedPings": r.state.missed_pings,
+                }
+                for gid, r in view.peers.items()
+            },
+        }
+
+    def _pg_state(self) -> str:
+        sink = self.repo.sink
+        if sink is None:
+            return "off"
+        return "connected" if sink.connected else "unavailable (spooling)"
+
+
+__all__ = ["Daemon", "FleetRepository"]

@@ -89,6 +89,8 @@ class StaticPeer(Section):
     ssh_user: str | None = None
     ssh_port: int = Field(default=22, ge=1, le=65535)
     gateway_id: str | None = None
+    # Leadership priority where mDNS cannot announce it (lower leads).
+    lead_number: int | None = Field(default=None, ge=0)
 
 
 class PingSettings(Section):

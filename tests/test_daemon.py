@@ -19,7 +19,10 @@ START_TIMEOUT = 20.0
 
 def _config(home: Path, **extra: object) -> Path:
     home.mkdir(parents=True, exist_ok=True)
-    data = {"instance": {"gatewayId": "gw-a", "name": "alpha", "sshUser": "claw"}} | extra
+    data = {
+        "instance": {"gatewayId": "gw-a", "name": "alpha", "sshUser": "claw", "leadNumber": 1},
+        "discovery": {"interfaces": ["127.0.0.1"]},
+    } | extra
     path = home / "config.json"
     path.write_text(json.dumps(data))
     return path
@@ -53,6 +56,16 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.close()
 
 
+def _datagrams_until(sock: socket.socket, needle: str) -> list[str]:
+    """Every notify message up to and including the first that contains `needle`."""
+    seen: list[str] = []
+    for _ in range(100):
+        seen.append(sock.recv(4096).decode())
+        if needle in seen[-1]:
+            return seen
+    raise AssertionError(f"{needle} never sent; got {seen}")
+
+
 def _start(home: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
     env = dict(os.environ, CLAW_HOME=str(home), **(env_extra or {}))
     env.pop("JOURNAL_STREAM", None)
@@ -77,7 +90,9 @@ def test_run_logs_ready_then_stops_cleanly(
         lines = _wait_for_line(proc, "event=ready", START_TIMEOUT)
         ready = lines[-1]
         assert "level=info" in ready and "backend=json" in ready and "gateway=gw-a" in ready
-        assert sock.recv(4096).decode().startswith("READY=1")
+        before_ready = _datagrams_until(sock, "READY=1")
+        assert before_ready[-1].startswith("READY=1")
+        assert "STATUS=1 peer: 1 unknown; leader gw-a" in before_ready[-1]
         # Static peers from config.json have peer files the seed's scripts can read.
         peer = json.loads((home / "peers" / "gw-b.json").read_text())
         assert (peer["ip"], peer["sshUser"], peer["status"]) == ("127.0.0.2", "claw", "unknown")
@@ -89,7 +104,7 @@ def test_run_logs_ready_then_stops_cleanly(
         proc.send_signal(sig)
         assert proc.wait(timeout=10) == 0
         assert time.monotonic() - started < 5
-        assert sock.recv(4096).decode() == "STOPPING=1"
+        assert _datagrams_until(sock, "STOPPING=1")[-1] == "STOPPING=1"
         assert proc.stderr is not None
         rest = proc.stderr.read()
         assert "event=stopped" in rest

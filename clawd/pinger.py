@@ -1,0 +1,456 @@
+"""The ping scheduler: every peer, every interval (jittered), over one persistent SSH link.
+
+Each peer has one long-lived round task in the TaskGroup owned by :meth:`Pinger.run`; a
+connection task exists only while the peer is (re)connecting. A round times one byte through
+the peer's echo channel (see :mod:`clawd.ssh_client`) and emits exactly one PingResult,
+also while the peer is disconnected, so misses are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import structlog
+
+from clawd.observations import Observation, PingResult
+from clawd.settings import PingSettings, SshSettings
+from clawd.ssh_client import Attempt, Connector, Link, LinkDown, SshConnectError
+
+log = structlog.get_logger("clawd.pinger")
+
+CLOSE_WAIT_SECONDS = 1.0  # how long stopping waits for each connection's goodbye
+BACKOFF_SPREAD = 0.2  # reconnect delays are cut by up to this fraction, so peers spread out
+# Rounds start on a shared grid of ticks (interval/20, at most 100 ms) so that peers due
+# within one tick share one event-loop wake-up: on these VMs the wake-ups, not the
+# SSH packets, are most of a ping's CPU (see bench/ssh_ping_cost.py).
+TICK_FRACTION = 0.05
+TICK_MAX_SECONDS = 0.1
+
+_rng = random.Random()  # noqa: S311 -- schedule jitter, nothing secret
+
+
+@dataclass(frozen=True)
+class PingTarget:
+    """One peer to ping."""
+
+    gateway_id: str
+    host: str
+    port: int
+    user: str
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Peer:
+    """A target's schedule and connection state; changed only on the event loop."""
+
+    def __init__(self, target: PingTarget, retry_delay: float) -> None:
+        self.target = target
+        self.task: asyncio.Task[None] | None = None  # the round loop
+        self.keeper: asyncio.Task[None] | None = None  # (re)connecting, while it does
+        self.link: Link | None = None
+        self.attempt: Attempt | None = None
+        self.attempt_done: asyncio.Future[None] | None = None
+        self.sleeper: asyncio.Future[None] | None = None
+        self.stopping = False
+        self.reschedule = False
+        self.proven = False  # an echo came back since connecting: reconnect at once if lost
+        self.last_error: str | None = None
+        self.tcp_reachable: bool | None = None
+        self.retry_at = 0.0
+        self.retry_delay = retry_delay
+        self.check_due = True
+        self.rounds_since_check = 0
+
+    def wake(self) -> None:
+        if self.sleeper is not None:
+            _wake(self.sleeper)
+
+
+class Pinger:
+    """Pings every target over asyncssh and reports each attempt through `emit`."""
+
+    def __init__(
+        self,
+        ping: PingSettings,
+        ssh: SshSettings,
+        home: Path,
+        emit: Callable[[Observation], None],
+    ) -> None:
+        self._ping = ping
+        self._ssh = ssh
+        self._emit = emit
+        self._connector = Connector(ssh, home)
+        self._peers: dict[str, _Peer] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self.pings_sent = 0  # attempts reported, successful or not
+        self.pings_failed = 0
+        self.connects = 0
+        self.connect_failures = 0
+        self.install_checks = 0
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def targets(self) -> dict[str, PingTarget]:
+        return {key: peer.target for key, peer in self._peers.items()}
+
+    @property
+    def connected(self) -> int:
+        """Peers with an open link right now."""
+        return sum(1 for peer in self._peers.values() if peer.link is not None)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "peers": len(self._peers),
+            "connected": self.connected,
+            "pings_sent": self.pings_sent,
+            "pings_failed": self.pings_failed,
+            "connects": self.connects,
+            "connect_failures": self.connect_failures,
+            "install_checks": self.install_checks,
+        }
+
+    def set_targets(self, targets: Mapping[str, PingTarget]) -> None:
+        """Ping exactly these peers from now on; links of removed or changed ones are closed."""
+        for key, peer in list(self._peers.items()):
+            if targets.get(key) != peer.target:
+                del self._peers[key]
+                self._retire(peer)
+        for key, target in targets.items():
+            if key not in self._peers:
+                peer = _Peer(target, self._ssh.reconnect_initial_seconds)
+                self._peers[key] = peer
+                if self._tg is not None and not self._stopping:
+                    self._launch(peer)
+
+    def update_settings(self, ping: PingSettings, ssh: SshSettings) -> None:
+        """Live reload: timings apply from each peer's next round, SSH options from its next
+        connection."""
+        old = self._ping
+        self._ping, self._ssh = ping, ssh
+        self._connector.update(ssh)
+        if ping.interval_seconds != old.interval_seconds:
+            for peer in self._peers.values():
+                if peer.sleeper is not None:  # a peer mid-round picks it up by itself
+                    peer.reschedule = True
+                    peer.wake()
+
+    def stop(self) -> None:
+        """Stop scheduling; run() lets rounds in flight finish, closes every link, returns."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for peer in self._peers.values():
+            self._halt(peer)
+        self._stop.set()
+
+    async def run(self, ready: asyncio.Event) -> None:
+        """Ping until stop() (or cancellation); `ready` is set once every peer is scheduled."""
+        if self._tg is not None:
+            raise RuntimeError("Pinger.run() is already running")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                if not self._stopping:
+                    for peer in self._peers.values():
+                        self._launch(peer)
+                log.info(
+                    "pinger started",
+                    peers=len(self._peers),
+                    interval_s=self._ping.interval_seconds,
+                    max_handshakes=self._ssh.max_concurrent_handshakes,
+                )
+                ready.set()
+                await self._stop.wait()
+        finally:
+            self._tg = None
+        log.info("pinger stopped", pings_sent=self.pings_sent, pings_failed=self.pings_failed)
+
+    # ----------------------------------------------------------------- peers
+
+    def _launch(self, peer: _Peer) -> None:
+        assert self._tg is not None
+        rounds = self._rounds(peer)
+        try:
+            peer.task = self._tg.create_task(rounds, name=f"clawd-ping-{peer.target.gateway_id}")
+        except RuntimeError:  # run() was cancelled: its task group takes no new tasks
+            rounds.close()
+
+    def _halt(self, peer: _Peer) -> None:
+        """No more rounds or connection attempts; a round in flight may finish."""
+        peer.stopping = True
+        peer.wake()
+        if peer.keeper is not None:
+            peer.keeper.cancel()
+
+    def _retire(self, peer: _Peer) -> None:
+        self._halt(peer)
+        if peer.task is not None:
+            peer.task.cancel()  # its finally closes the link
+        log.info("peer removed", gateway=peer.target.gateway_id, host=peer.target.host)
+
+    def _on_tick(self, when: float) -> float:
+        tick = min(TICK_MAX_SECONDS, self._ping.interval_seconds * TICK_FRACTION)
+        return round(when / tick) * tick
+
+    def _interval(self) -> float:
+        ping = self._ping
+        jitter = ping.jitter_fraction
+        return ping.interval_seconds * (1.0 + _rng.uniform(-jitter, jitter))
+
+    async def _rounds(self, peer: _Peer) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._start_keeper(peer)
+            # A random phase, so that rounds of all peers spread over the interval.
+            due = loop.time() + _rng.uniform(0.0, self._ping.interval_seconds)
+            last_due: float | None = None
+            while not peer.stopping:
+                await self._sleep_until(peer, self._on_tick(due))
+                if peer.stopping:
+                    break
+                if peer.reschedule:
+                    peer.reschedule = False
+                    if last_due is None:
+                        due = loop.time() + _rng.uniform(0.0, self._ping.interval_seconds)
+                    else:
+                        due = last_due + self._interval()
+                    continue
+                last_due = due
+                await self._round(peer)
+                peer.reschedule = False  # the next due time below uses the new settings
+                due = max(due + self._interval(), loop.time())
+        finally:
+            await self._release(peer)
+
+    async def _sleep_until(self, peer: _Peer, when: float) -> None:
+        # asyncio.sleep, but stop() and a new interval can wake it early.
+        loop = asyncio.get_running_loop()
+        peer.sleeper = sleeper = loop.create_future()
+        handle = loop.call_at(when, _wake, sleeper)
+        try:
+            await sleeper
+        finally:
+            handle.cancel()
+            peer.sleeper = None
+
+    async def _release(self, peer: _Peer) -> None:
+        self._halt(peer)
+        link, peer.link = peer.link, None
+        if link is None:
+            return
+        link.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_SECONDS):
+                await link.wait_closed()
+
+    # ----------------------------------------------------------------- one round
+
+    async def _round(self, peer: _Peer) -> None:
+        ping = self._ping
+        at = datetime.now(UTC)
+        link = peer.link
+        if link is None:
+            link, error, tcp_reachable = await self._wait_for_link(peer, ping.timeout_seconds)
+            if link is None:
+                if not peer.stopping:  # a round cut short by stop() is no attempt
+                    self._report_failure(peer, at, error, tcp_reachable)
+                return
+        try:
+            rtt = await link.round_trip(ping.timeout_seconds)
+        except LinkDown as exc:
+            self._link_down(peer, link, str(exc))
+            self._report_failure(peer, at, str(exc), None)
+            return
+        peer.proven = True
+        installed: bool | None = None
+        peer.rounds_since_check += 1
+        ssh = self._ssh
+        check = peer.check_due or peer.rounds_since_check >= ssh.install_check_every_rounds
+        if check and not peer.stopping:  # stopping: report the echo now, check next time
+            installed = await self._install_check(peer, link, ssh, ping.timeout_seconds)
+        self.pings_sent += 1
+        self._emit(
+            PingResult(
+                peer.target.gateway_id,
+                at,
+                True,
+                response_ms=round(rtt * 1000.0),
+                tcp_reachable=True,
+                installed=installed,
+            )
+        )
+
+    def _report_failure(
+        self, peer: _Peer, at: datetime, error: str | None, tcp_reachable: bool | None
+    ) -> None:
+        self.pings_sent += 1
+        self.pings_failed += 1
+        self._emit(
+            PingResult(
+                peer.target.gateway_id,
+                at,
+                False,
+                tcp_reachable=tcp_reachable,
+                error=error or "not connected",
+            )
+        )
+
+    async def _wait_for_link(
+        self, peer: _Peer, seconds: float
+    ) -> tuple[Link | None, str | None, bool | None]:
+        """(link, None, None) if a connection attempt under way delivers one within
+        `seconds`; else (None, why not, tcp_reachable)."""
+        self._start_keeper(peer)
+        done, attempt = peer.attempt_done, peer.attempt
+        if done is None or attempt is None:  # waiting out a reconnect backoff
+            return None, peer.last_error, peer.tcp_reachable
+        await asyncio.wait((done,), timeout=seconds)
+        if done.done():
+            if peer.link is not None:
+                return peer.link, None, None
+            return None, peer.last_error, peer.tcp_reachable
+        if attempt.stage == "queued":
+            return None, "waiting for a handshake slot", None
+        if attempt.stage == "tcp":
+            return None, f"no TCP answer within {seconds:g}s", False
+        return None, f"SSH handshake unfinished after {seconds:g}s", True
+
+    async def _install_check(
+        self, peer: _Peer, link: Link, ssh: SshSettings, seconds: float
+    ) -> bool | None:
+        peer.check_due = False
+        peer.rounds_since_check = 0
+        self.install_checks += 1
+        error: str | None = None
+        try:
+            status = await link.exit_status(ssh.install_check_command, seconds)
+        except (OSError, LinkDown) as exc:
+            status, error = None, str(exc)
+        except Exception as exc:  # asyncssh.Error: channel refused, connection lost
+            status, error = None, f"{type(exc).__name__}: {exc}"
+        else:
+            if status is None:
+                error = f"no exit status within {seconds:g}s"
+        if error is not None:
+            log.warning("install check failed", gateway=peer.target.gateway_id, error=error)
+            return None
+        return status == 0
+
+    # ----------------------------------------------------------------- connecting
+
+    def _start_keeper(self, peer: _Peer) -> None:
+        tg = self._tg
+        if peer.keeper is not None or peer.link is not None or peer.stopping or tg is None:
+            return
+        connect = self._connect(peer)
+        try:
+            peer.keeper = tg.create_task(connect, name=f"clawd-connect-{peer.target.gateway_id}")
+        except RuntimeError:  # run() was cancelled: its task group takes no new tasks
+            connect.close()
+
+    async def _connect(self, peer: _Peer) -> None:
+        """Connect, retrying with exponential backoff until a link is up (or stop)."""
+        loop = asyncio.get_running_loop()
+        target = peer.target
+        try:
+            while not peer.stopping:
+                delay = peer.retry_at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                peer.attempt = attempt = Attempt()
+                peer.attempt_done = done = loop.create_future()
+                started = loop.time()
+                try:
+                    link = await self._connector.connect(
+                        target.host, target.port, target.user, attempt
+                    )
+                except SshConnectError as exc:
+                    self._connect_failed(peer, exc.error, exc.tcp_reachable)
+                except Exception as exc:  # an asyncssh surprise must not stop the others
+                    log.exception("ssh connect crashed", gateway=target.gateway_id)
+                    self._connect_failed(peer, f"{type(exc).__name__}: {exc}", None)
+                else:
+                    self._connected(peer, link, loop.time() - started)
+                    return
+                finally:
+                    peer.attempt = peer.attempt_done = None
+                    _wake(done)
+        finally:
+            if peer.keeper is asyncio.current_task():
+                peer.keeper = None
+
+    def _connect_failed(self, peer: _Peer, error: str, tcp_reachable: bool | None) -> None:
+        ssh = self._ssh
+        self.connect_failures += 1
+        delay = min(peer.retry_delay, ssh.reconnect_max_seconds)
+        peer.retry_at = asyncio.get_running_loop().time() + delay * _rng.uniform(
+            1.0 - BACKOFF_SPREAD, 1.0
+        )
+        peer.retry_delay = min(delay * 2.0, ssh.reconnect_max_seconds)
+        if error != peer.last_error:
+            log.warning(
+                "ssh connect failed",
+                gateway=peer.target.gateway_id,
+                host=peer.target.host,
+                port=peer.target.port,
+                error=error,
+                tcp_reachable=tcp_reachable,
+                retry_in_s=round(delay, 2),
+            )
+        peer.last_error, peer.tcp_reachable = error, tcp_reachable
+
+    def _connected(self, peer: _Peer, link: Link, handshake_s: float) -> None:
+        if peer.stopping:
+            link.close()
+            return
+        self.connects += 1
+        peer.link = link
+        peer.proven = False
+        peer.check_due = True
+        peer.last_error, peer.tcp_reachable = None, True
+        link.on_closed(partial(self._link_closed, peer, link))
+        log.info(
+            "ssh connected",
+            gateway=peer.target.gateway_id,
+            host=peer.target.host,
+            port=peer.target.port,
+            handshake_ms=round(handshake_s * 1000.0),
+        )
+        if link.closed is not None:
+            self._link_closed(peer, link, link.closed)
+
+    def _link_closed(self, peer: _Peer, link: Link, reason: str) -> None:
+        """asyncssh callback: the peer (or the network) closed the link."""
+        if peer.link is link:
+            self._link_down(peer, link, reason)
+
+    def _link_down(self, peer: _Peer, link: Link, reason: str) -> None:
+        if peer.link is not link:
+            return
+        peer.link = None
+        link.close()
+        peer.last_error, peer.tcp_reachable = reason, None
+        now = asyncio.get_running_loop().time()
+        if peer.proven:  # it worked: try again at once
+            peer.retry_delay = self._ssh.reconnect_initial_seconds
+            peer.retry_at = now
+        else:  # connects but does not answer: back off like a failed connect
+            delay = min(peer.retry_delay, self._ssh.reconnect_max_seconds)
+            peer.retry_at = now + delay
+            peer.retry_delay = min(delay * 2.0, self._ssh.reconnect_max_seconds)
+        log.warning("ssh disconnected", gateway=peer.target.gateway_id, reason=reason)
+        self._start_keeper(peer)
