@@ -107,57 +107,32 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live_status(settings: Settings, as_json: bool) -> int:
-    from clawd.control import request
-
-    answer = asyncio.run(request(settings.home, "status"))
-    if as_json:
-        print(json.dumps(answer, indent=2))
-        return 0
-    print(f"{'GATEWAY':<20} {'NAME':<20} {'IP':<16} {'STATUS':<13} {'MISSED':>6}")
-    for gid, peer in sorted(answer.get("peers", {}).items()):
-        print(
-            f"{gid[:20]:<20} {str(peer['name'])[:20]:<20} {str(peer['ip'] or '-')[:16]:<16} "
-            f"{peer['status']:<13} {peer['missedPings']:>6}"
-        )
-    print(f"{answer.get('summary')}; postgres {answer.get('postgres')}")
-    return 0
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    from clawd.store.json_store import JsonStore
+    """The fleet from the running daemon with --live, else from the store's files."""
+    from clawd.status_view import peer_rows, render_table
 
     settings = _settings(args)
     if args.live:
-        return _live_status(settings, args.json)
-    configure_logging("error")
-    loaded = asyncio.run(JsonStore(settings.home).load())
-    snap = loaded.snapshot
-    rows: list[dict[str, Any]] = []
-    for gid, inst in sorted(snap.instances.items()):
-        state = snap.peers.get(gid)
-        rows.append(
-            {
-                "gatewayId": gid,
-                "name": inst.name,
-                "ip": inst.ip,
-                "status": state.status.value if state else "self",
-                "lastSeen": state.last_seen.isoformat() if state and state.last_seen else None,
-                "missedPings": state.missed_pings if state else 0,
-                "leader": gid == snap.leader,
-            }
-        )
+        from clawd.control import request
+
+        answer = asyncio.run(request(settings.home, "status"))
+        leader, rows = answer.get("leader"), answer.get("peers", [])
+        footer = f"{answer.get('summary')}; postgres {answer.get('postgres')}"
+    else:
+        from clawd.store.json_store import JsonStore
+
+        configure_logging("error")
+        snap = asyncio.run(JsonStore(settings.home).load()).snapshot
+        leader = snap.leader
+        rows = peer_rows(snap.instances, snap.peers, settings.instance.gateway_id)
+        answer = {"leader": leader, "peers": rows}
+        footer = ""
     if args.json:
-        print(json.dumps({"leader": snap.leader, "peers": rows}, indent=2))
+        print(json.dumps(answer, indent=2))
         return 0
-    print(f"{'NAME':<20} {'IP':<16} {'STATUS':<13} {'MISSED':>6}  LAST SEEN")
-    for r in rows:
-        mark = " *" if r["leader"] else ""
-        print(
-            f"{r['name'][:20]:<20} {(r['ip'] or '-')[:16]:<16} {r['status']:<13} "
-            f"{r['missedPings']:>6}  {r['lastSeen'] or '-'}{mark}"
-        )
-    print(f"leader: {snap.leader or 'none'}")
+    print(render_table(rows, leader))
+    if footer:
+        print(footer)
     return 0
 
 

@@ -17,10 +17,12 @@ import structlog
 
 from clawd.control import ControlServer, socket_path
 from clawd.discovery import Discovery
+from clawd.errors import ClawdError
 from clawd.fleet import FleetKeeper, summary
 from clawd.incidents import IncidentRecorder
 from clawd.journal import JournalSender
 from clawd.logs import configure_logging
+from clawd.loopmon import LoopMonitor
 from clawd.model import Instance, utcnow
 from clawd.notify import Notifier
 from clawd.observations import PeerConfigured
@@ -28,6 +30,7 @@ from clawd.pinger import Pinger, PingTarget
 from clawd.reconciler import FleetView, Reconciler, Thresholds, initial_view
 from clawd.reload import ConfigWatcher, Reloader
 from clawd.settings import Settings, default_config_path
+from clawd.status_view import peer_rows
 from clawd.store.factory import build_repository, build_sink, self_instance
 from clawd.store.migrations import install_migration_files
 from clawd.store.pg_sink import PgSink
@@ -73,6 +76,14 @@ def static_peers(settings: Settings) -> list[Instance]:
     ]
 
 
+def _first_leaf(group: BaseExceptionGroup[ClawdError]) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 class Daemon:
     def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.settings = settings
@@ -82,6 +93,7 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._sink_task: asyncio.Task[None] | None = None
         self._targets: Mapping[str, PingTarget] = {}
+        self.loop_monitor = LoopMonitor()
 
     # -- signals ------------------------------------------------------------
 
@@ -96,7 +108,7 @@ class Daemon:
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-        loop.add_signal_handler(signal.SIGHUP, self._spawn, self._reload_from("SIGHUP"))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_from("SIGHUP")))
         loop.add_signal_handler(
             signal.SIGUSR1,
             lambda: log.info(
@@ -153,6 +165,17 @@ class Daemon:
         )
         self._install_signals(loop)
         try:
+            await self._supervise()
+        finally:
+            await self.repo.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0
+
+    async def _supervise(self) -> None:
+        s, me = self.settings, self.repo.me
+        try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self._start(tg)
@@ -168,12 +191,12 @@ class Daemon:
                 await self._stop.wait()
                 self.notifier.send("STOPPING=1")
                 await self._shutdown()
-        finally:
-            await self.repo.close()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-                loop.remove_signal_handler(sig)
-        log.info("stopped")
-        return 0
+        except* ClawdError as group:
+            # A component failed for a reason a person can fix (duplicate gateway
+            # id, bad address): report it as such, not as a traceback.
+            first = _first_leaf(group)
+            log.error("component_failed", error=str(first))
+            raise ClawdError(str(first)) from None
 
     async def _start(self, tg: asyncio.TaskGroup) -> None:
         starting: list[tuple[str, asyncio.Event]] = []
@@ -195,6 +218,7 @@ class Daemon:
             start("control", self.control.run),
         ]
         self._watchdog_task = start("watchdog", self.notifier.feed_watchdog)
+        self._monitor_task = start("loop-monitor", self.loop_monitor.run)
         for name, ready in starting:
             try:
                 await asyncio.wait_for(ready.wait(), START_SECONDS)
@@ -226,6 +250,7 @@ class Daemon:
         await self._stop_sink(self.repo.detach_sink())
         self.repo.stop()
         self._watchdog_task.cancel()
+        self._monitor_task.cancel()
 
     async def _stop_sink(self, sink: PgSink | None) -> None:
         if sink is None:
@@ -291,15 +316,13 @@ class Daemon:
             "summary": summary(view),
             "leader": view.leader,
             "postgres": self._pg_state(),
-            "peers": {
-                gid: {
-                    "name": r.instance.name,
-                    "ip": r.instance.ip,
-                    "status": r.state.status.value,
-                    "missedPings": r.state.missed_pings,
-                }
-                for gid, r in view.peers.items()
-            },
+            "loopLagMs": self.loop_monitor.percentiles_ms(),
+            "pinger": self.pinger.counters(),
+            "observations": self.keeper.observations,
+            "peers": peer_rows(
+                {g: r.instance for g, r in view.peers.items()},
+                {g: r.state for g, r in view.peers.items()},
+            ),
         }
 
     def _pg_state(self) -> str:

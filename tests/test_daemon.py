@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,13 +16,16 @@ from pathlib import Path
 import pytest
 
 START_TIMEOUT = 20.0
+# A service type of this run's own: parallel test runs on one machine must not
+# see each other's daemons over mDNS.
+SERVICE = f"_c{secrets.token_hex(3)}._tcp.local."
 
 
 def _config(home: Path, **extra: object) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     data = {
         "instance": {"gatewayId": "gw-a", "name": "alpha", "sshUser": "claw", "leadNumber": 1},
-        "discovery": {"interfaces": ["127.0.0.1"]},
+        "discovery": {"interfaces": ["127.0.0.1"], "serviceType": SERVICE},
     } | extra
     path = home / "config.json"
     path.write_text(json.dumps(data))
@@ -153,3 +157,33 @@ def test_run_with_invalid_config_exits_2_without_traceback(tmp_path: Path) -> No
     finally:
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_second_daemon_with_the_same_gateway_id_exits_with_a_clear_error(tmp_path: Path) -> None:
+    first_home, second_home = tmp_path / "one", tmp_path / "two"
+    _config(first_home)
+    _config(second_home)
+    first = _start(first_home)
+    try:
+        _wait_for_line(first, "event=ready", START_TIMEOUT)
+        second = _start(second_home)
+        try:
+            assert second.wait(timeout=30) == 2
+            assert second.stderr is not None
+            err = second.stderr.read()
+            assert "error: another machine already announces 'gw-a." in err
+            assert "Traceback" not in err
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.wait()
+            if second.stderr:
+                second.stderr.close()
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=10) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        if first.stderr:
+            first.stderr.close()

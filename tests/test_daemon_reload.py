@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 START_TIMEOUT = 20.0
+SERVICE = f"_c{secrets.token_hex(3)}._tcp.local."  # this run's own, see test_daemon.py
 
 
 class Daemon:
@@ -67,6 +69,10 @@ class Daemon:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
         finally:
             if self.proc.stderr:
                 self.proc.stderr.close()
@@ -86,7 +92,7 @@ def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def write_config(home: Path, interval: float = 10.0, **extra: object) -> None:
     data = {
         "instance": {"gatewayId": "gw-a", "name": "alpha", "leadNumber": 1},
-        "discovery": {"interfaces": ["127.0.0.1"]},
+        "discovery": {"interfaces": ["127.0.0.1"], "serviceType": SERVICE},
         "ping": {"intervalSeconds": interval},
         "postgres": {"password": "hunter2"},
     } | extra
@@ -112,9 +118,12 @@ def daemon(tmp_path: Path, notify: tuple[socket.socket, str]) -> Iterator[Daemon
     home.mkdir()
     write_config(home)
     d = Daemon(home, notify[1])
-    d.wait_log("event=ready", START_TIMEOUT)
-    yield d
-    assert d.stop() == 0
+    try:
+        d.wait_log("event=ready", START_TIMEOUT)
+        yield d
+    finally:
+        code = d.stop()  # always reaps the process and closes its pipe
+    assert code == 0, d.log
 
 
 def _messages(sock: socket.socket, needle: str) -> list[str]:

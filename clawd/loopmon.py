@@ -1,0 +1,33 @@
+"""Event-loop lag: how late a short sleep wakes up. A stalled loop stalls every ping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+SAMPLE_SECONDS = 0.1
+KEEP = 3000  # five minutes of samples
+
+
+class LoopMonitor:
+    def __init__(self) -> None:
+        self._lags: deque[float] = deque(maxlen=KEEP)
+
+    async def run(self, ready: asyncio.Event) -> None:
+        ready.set()
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(SAMPLE_SECONDS)
+            self._lags.append(max(0.0, time.monotonic() - before - SAMPLE_SECONDS))
+
+    def percentiles_ms(self) -> dict[str, float]:
+        """p50/p99/max lag in ms over the recent samples (zeros before the first one)."""
+        if not self._lags:
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+        ordered = sorted(self._lags)
+
+        def at(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+        return {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1] * 1000, 2)}

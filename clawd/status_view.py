@@ -1,0 +1,69 @@
+"""The fleet as `clawd status` shows it, from the store or from the running daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from clawd.model import Instance, PeerState
+
+COLUMNS = (
+    ("NAME", "name", 18),
+    ("IP", "ip", 15),
+    ("STATUS", "status", 12),
+    ("LAST SEEN", "lastSeen", 19),
+    ("MISSED", "missedPings", 6),
+    ("SSH", "ssh", 3),
+    ("INST", "installed", 4),
+    ("MDNS", "mdns", 4),
+)
+
+
+def peer_rows(
+    instances: Mapping[str, Instance], states: Mapping[str, PeerState], me: str | None = None
+) -> list[dict[str, Any]]:
+    rows = []
+    for gid in sorted(states):
+        if gid == me:
+            continue
+        state = states[gid]
+        inst = instances.get(gid)
+        rows.append(
+            {
+                "gatewayId": gid,
+                "name": inst.name if inst else gid,
+                "ip": inst.ip if inst else None,
+                "status": state.status.value,
+                "lastSeen": state.last_seen.isoformat() if state.last_seen else None,
+                "missedPings": state.missed_pings,
+                "ssh": state.ssh_connectivity,
+                "installed": state.claw_clan_installed,
+                "mdns": state.mdns_broadcasting,
+            }
+        )
+    return rows
+
+
+def _cell(value: Any, key: str, width: int) -> str:
+    if isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif value is None:
+        text = "-"
+    elif key == "lastSeen":
+        text = str(value)[:19].replace("T", " ")
+    else:
+        text = str(value)
+    # Peer-supplied names must not move the cursor or forge lines on a terminal.
+    text = text.encode("unicode_escape").decode("ascii")
+    return text[:width].ljust(width)
+
+
+def render_table(rows: list[dict[str, Any]], leader: str | None) -> str:
+    header = " ".join(title.ljust(width) for title, _, width in COLUMNS)
+    lines = [header.rstrip()]
+    for row in rows:
+        cells = " ".join(_cell(row.get(key), key, width) for _, key, width in COLUMNS)
+        mark = "  (leader)" if row["gatewayId"] == leader else ""
+        lines.append(cells.rstrip() + mark)
+    lines.append(f"leader: {leader or 'none'}")
+    return "\n".join(lines)
