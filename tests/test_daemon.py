@@ -187,3 +187,35 @@ def test_second_daemon_with_the_same_gateway_id_exits_with_a_clear_error(tmp_pat
             first.wait()
         if first.stderr:
             first.stderr.close()
+
+
+@pytest.mark.parametrize("own_pid", [True, False])
+def test_watchdog_is_fed_from_the_loop_only_for_its_own_pid(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str], own_pid: bool
+) -> None:
+    home = tmp_path / "home"
+    _config(home)
+    sock, sock_path = notify_socket
+    env = {"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"}
+    if not own_pid:
+        env["WATCHDOG_PID"] = "1"  # armed for another process: not ours to feed
+    proc = _start(home, env)
+    try:
+        _datagrams_until(sock, "READY=1")
+        sock.settimeout(0.2)
+        feeds, deadline = 0, time.monotonic() + 1.2
+        while time.monotonic() < deadline:
+            try:
+                feeds += sock.recv(4096) == b"WATCHDOG=1"
+            except TimeoutError:
+                continue
+        # Every 0.2 s (half of WATCHDOG_USEC): about 6 in 1.2 s.
+        assert (feeds >= 4) if own_pid else (feeds == 0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
