@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from clawd.errors import ConfigError
-from clawd.settings import load_settings, settings_from_data
+from clawd.settings import Settings, load_settings, settings_from_data
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.json"
 
@@ -19,24 +20,21 @@ def _error(data: dict[str, object], environ: dict[str, str] | None = None) -> st
     return str(info.value)
 
 
+def _aliases(model: type[BaseModel]) -> set[str]:
+    return {f.alias or name for name, f in model.model_fields.items()}
+
+
 def test_example_config_is_valid_and_complete() -> None:
     settings = load_settings(EXAMPLE, environ={})
     assert settings.backend == "json"
     assert settings.home == EXAMPLE.parent
-    # Every section a user may set is spelled out in the example.
+    # Every key a user may set is spelled out in the example (home comes from CLAW_HOME).
     raw = json.loads(EXAMPLE.read_text())
-    assert set(raw) == {
-        "backend",
-        "postgres",
-        "instance",
-        "peers",
-        "ping",
-        "ssh",
-        "discovery",
-        "storage",
-        "backup",
-        "log",
-    }
+    assert set(raw) == _aliases(Settings) - {"home"}
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            assert set(raw[field.alias or name]) == _aliases(section), name
 
 
 def test_defaults_match_the_seed() -> None:
