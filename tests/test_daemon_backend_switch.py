@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import asyncpg
+from daemonproc import DaemonProcess
 from pgserver import PgDatabase
-from test_daemon_e2e import RunningDaemon
 
 
 def _config(home: Path, db: PgDatabase, backend: str) -> None:
@@ -63,21 +63,21 @@ async def test_switch_to_postgres_and_back_while_running(tmp_path: Path, pg_db: 
     home = tmp_path / "home"
     home.mkdir()
     _config(home, pg_db, "json")
-    daemon = RunningDaemon(home)
+    daemon = DaemonProcess(home)
     try:
-        await daemon.wait_log("event=ready", 30)
+        await daemon.await_log("event=ready")
         await daemon.wait_incident("gw-dead", "offline", 10)
         json_era = list(daemon.incidents())
 
         _config(home, pg_db, "postgres")
-        await daemon.wait_log("backend=postgres", 10)
+        await daemon.await_log("backend=postgres", 10)
         # What was recorded while on JSON arrives too, then live pings follow.
         await _wait_rows(pg_db, "SELECT 1 FROM incident_log", len(json_era))
         await _wait_rows(pg_db, "SELECT 1 FROM ping_history WHERE target_gateway = 'gw-dead'", 3)
         await _wait_rows(pg_db, "SELECT 1 FROM fleet_instances WHERE gateway_id = 'gw-dead'", 1)
 
         _config(home, pg_db, "json")
-        await daemon.wait_log("event=backend_switched backend=json", 10)
+        await daemon.await_log("event=backend_switched backend=json", 10)
         pings_after_switch = len(await _rows(pg_db, "SELECT 1 FROM ping_history"))
         await asyncio.sleep(1.0)
         # Back on JSON: PostgreSQL is left alone, the JSON files keep going.
@@ -85,7 +85,7 @@ async def test_switch_to_postgres_and_back_while_running(tmp_path: Path, pg_db: 
         peer = json.loads((home / "peers" / "gw-dead.json").read_text())
         assert peer["status"] == "offline"
     finally:
-        code = daemon.terminate()
+        code = daemon.stop()
     assert code == 0, daemon.log
     stored = await _rows(pg_db, "SELECT gateway_id, event_type FROM incident_log")
     keys = await _rows(

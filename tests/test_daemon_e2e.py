@@ -7,87 +7,19 @@ PostgreSQL.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from daemonproc import DaemonProcess
 from pgserver import PgDatabase
 from sshpeers import SshFleet, SshPeer
 
 INTERVAL = 0.3
 MISSED = 3
 DETECT_WITHIN = INTERVAL * MISSED + 2.0
-
-
-class RunningDaemon:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        env = dict(os.environ, CLAW_HOME=str(home))
-        env.pop("JOURNAL_STREAM", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clawd.cli", "run"],
-            env=env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-        )
-        assert self.proc.stderr is not None
-        os.set_blocking(self.proc.stderr.fileno(), False)
-        self.log = ""
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        with contextlib.suppress(BlockingIOError):
-            self.log += os.read(self.proc.stderr.fileno(), 1 << 16).decode(errors="replace")
-
-    async def wait_log(self, needle: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._read()
-            if needle in self.log:
-                return
-            assert self.proc.poll() is None, f"clawd exited:\n{self.log}"
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no {needle!r} within {timeout}s:\n{self.log}")
-
-    def incidents(self) -> list[tuple[str, str]]:
-        path = self.home / "incidents.jsonl"
-        if not path.exists():
-            return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [(r["gatewayId"], r["eventType"]) for r in rows]
-
-    async def wait_incident(
-        self, gateway: str, event: str, timeout: float, occurrence: int = 1
-    ) -> float:
-        """Seconds until the `occurrence`-th such incident is in incidents.jsonl."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.incidents().count((gateway, event)) >= occurrence:
-                return time.monotonic() - started
-            self._read()
-            assert self.proc.poll() is None, f"clawd exited:\n{self.log}"
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no {event} for {gateway} within {timeout}s: {self.incidents()}")
-
-    def terminate(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=15)
-        finally:
-            self._read()
-            assert self.proc.stderr is not None
-            self.proc.stderr.close()
-        return code
 
 
 @pytest.fixture
@@ -145,9 +77,9 @@ async def test_fleet_story_end_to_end(
     }
     home.mkdir()
     (home / "config.json").write_text(json.dumps(config))
-    daemon = RunningDaemon(home)
+    daemon = DaemonProcess(home)
     try:
-        await daemon.wait_log("event=ready", 30)
+        await daemon.await_log("event=ready")
         for gid in peers:
             await daemon.wait_incident(gid, "online", 10)
         await daemon.wait_incident("gw-b", "leader_change", 5)  # lead 1 beats self 5
@@ -171,7 +103,7 @@ async def test_fleet_story_end_to_end(
         await daemon.wait_incident("gw-b", "recovery", 10)
         await daemon.wait_incident("gw-b", "leader_change", 5, occurrence=2)
     finally:
-        code = daemon.terminate()
+        code = daemon.stop()
     assert code == 0, daemon.log
     assert "Traceback" not in daemon.log
     assert "event=stopped" in daemon.log

@@ -8,85 +8,14 @@ import secrets
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemonproc import DaemonProcess, run_cli
 
-START_TIMEOUT = 20.0
 SERVICE = f"_c{secrets.token_hex(3)}._tcp.local."  # this run's own, see test_daemon.py
-
-
-class Daemon:
-    def __init__(self, home: Path, notify_path: str) -> None:
-        self.home = home
-        env = dict(os.environ, CLAW_HOME=str(home), NOTIFY_SOCKET=notify_path)
-        env.pop("JOURNAL_STREAM", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clawd.cli", "run"],
-            env=env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stderr is not None
-        os.set_blocking(self.proc.stderr.fileno(), False)
-        self.log = ""
-
-    def wait_log(self, needle: str, timeout: float, after: int = 0) -> str:
-        """The first log line containing `needle` written after offset `after`."""
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = os.read(self.proc.stderr.fileno(), 65536)
-            except BlockingIOError:
-                chunk = b""
-            self.log += chunk.decode(errors="replace")
-            for line in self.log[after:].splitlines():
-                if needle in line:
-                    return line
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no {needle!r} within {timeout}s:\n{self.log}")
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, CLAW_HOME=str(self.home))
-        return subprocess.run(
-            [sys.executable, "-m", "clawd.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        finally:
-            if self.proc.stderr:
-                self.proc.stderr.close()
-
-
-def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CLAW_HOME=str(home))
-    return subprocess.run(
-        [sys.executable, "-m", "clawd.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def write_config(home: Path, interval: float = 10.0, **extra: object) -> None:
@@ -107,23 +36,20 @@ def notify(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
-    sock.settimeout(START_TIMEOUT)
+    sock.settimeout(20)
     yield sock, path
     sock.close()
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, notify: tuple[socket.socket, str]) -> Iterator[Daemon]:
+def daemon(tmp_path: Path, notify: tuple[socket.socket, str]) -> Iterator[DaemonProcess]:
     home = tmp_path / "home"
     home.mkdir()
     write_config(home)
-    d = Daemon(home, notify[1])
-    try:
-        d.wait_log("event=ready", START_TIMEOUT)
+    with DaemonProcess(home, {"NOTIFY_SOCKET": notify[1]}) as d:
+        d.wait_log("event=ready")
         yield d
-    finally:
-        code = d.stop()  # always reaps the process and closes its pipe
-    assert code == 0, d.log
+        assert d.stop() == 0, d.log
 
 
 def _messages(sock: socket.socket, needle: str) -> list[str]:
@@ -135,7 +61,7 @@ def _messages(sock: socket.socket, needle: str) -> list[str]:
     raise AssertionError(f"{needle} not sent: {seen}")
 
 
-def test_edit_is_applied_within_two_seconds(daemon: Daemon) -> None:
+def test_edit_is_applied_within_two_seconds(daemon: DaemonProcess) -> None:
     mark = len(daemon.log)
     started = time.monotonic()
     write_config(daemon.home, interval=3.0)
@@ -144,7 +70,7 @@ def test_edit_is_applied_within_two_seconds(daemon: Daemon) -> None:
     assert "source=file" in line and "changed=ping.intervalSeconds" in line
 
 
-def test_invalid_edit_is_rejected_and_the_running_config_stays(daemon: Daemon) -> None:
+def test_invalid_edit_is_rejected_and_the_running_config_stays(daemon: DaemonProcess) -> None:
     mark = len(daemon.log)
     write_config(daemon.home, backend="mysql")
     line = daemon.wait_log("event=config_rejected", 5, after=mark)
@@ -159,7 +85,7 @@ def test_invalid_edit_is_rejected_and_the_running_config_stays(daemon: Daemon) -
     assert "changed=ping.intervalSeconds" in daemon.wait_log("config_reloaded", 5, after=mark)
 
 
-def test_secrets_are_named_not_shown(daemon: Daemon) -> None:
+def test_secrets_are_named_not_shown(daemon: DaemonProcess) -> None:
     mark = len(daemon.log)
     write_config(daemon.home, postgres={"password": "new-secret-pw"})
     line = daemon.wait_log("event=config_reloaded", 5, after=mark)
@@ -168,7 +94,7 @@ def test_secrets_are_named_not_shown(daemon: Daemon) -> None:
 
 
 def test_sighup_and_cli_reload_notify_systemd(
-    daemon: Daemon, notify: tuple[socket.socket, str]
+    daemon: DaemonProcess, notify: tuple[socket.socket, str]
 ) -> None:
     sock, _ = notify
     _messages(sock, "READY=1")
@@ -184,7 +110,7 @@ def test_sighup_and_cli_reload_notify_systemd(
     assert proc.returncode == 0 and "no change" in proc.stdout
 
 
-def test_control_socket_is_private_and_status_is_live(daemon: Daemon) -> None:
+def test_control_socket_is_private_and_status_is_live(daemon: DaemonProcess) -> None:
     sock_path = daemon.home / "clawd.sock"
     assert stat.S_IMODE(sock_path.stat().st_mode) == 0o600
     proc = daemon.cli("status", "--live", "--json")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -131,23 +131,21 @@ class JsonStore:
         except OSError as exc:
             raise StoreError(f"cannot open the JSON store at {self.home}: {exc}") from exc
 
-    async def _write(self, path: Path, data: bytes) -> None:
+    async def _locked(self, op: Callable[[Path, bytes], None], path: Path, data: bytes) -> None:
         # One writer per file at a time keeps a newer state from being
         # overtaken by an older one still in flight.
         lock = self._locks.setdefault(path, asyncio.Lock())
         async with lock:
             try:
-                await asyncio.to_thread(write_atomic, path, data)
+                await asyncio.to_thread(op, path, data)
             except OSError as exc:
                 raise StoreError(f"cannot write {path}: {exc}") from exc
 
+    async def _write(self, path: Path, data: bytes) -> None:
+        await self._locked(write_atomic, path, data)
+
     async def _append(self, path: Path, data: bytes) -> None:
-        lock = self._locks.setdefault(path, asyncio.Lock())
-        async with lock:
-            try:
-                await asyncio.to_thread(append_durable, path, data)
-            except OSError as exc:
-                raise StoreError(f"cannot append to {path}: {exc}") from exc
+        await self._locked(append_durable, path, data)
 
     async def write_peer(self, inst: Instance, state: PeerState) -> None:
         path = self.peers_dir / peer_file_name(inst.gateway_id)
