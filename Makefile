@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	@if [ ! -f $(HOME_DIR)/config.json ]; then \
 	    mkdir -p $(HOME_DIR) && chmod 700 $(HOME_DIR) && \
-	    install -m 600 config.example.json $(HOME_DIR)/config.json && \
-	    echo "created $(HOME_DIR)/config.json from config.example.json"; fi
+	    $(BIN)/python scripts/dev-config.py config.example.json $(HOME_DIR)/config.json && \
+	    echo "created $(HOME_DIR)/config.json from config.example.json (mDNS on loopback only)"; fi
 	CLAW_HOME=$(abspath $(HOME_DIR)) $(BIN)/clawd run
 
 system-deps:
