@@ -136,6 +136,68 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup_now(args: argparse.Namespace) -> int:
+    """Through the running daemon when there is one (one backup at a time), else directly."""
+    from clawd.backup import commands
+    from clawd.backup.results import BackupResult
+    from clawd.control import request
+
+    settings = _settings(args)
+    configure_logging("warning")
+    if commands.daemon_running(settings):
+        b = settings.backup
+        answer = asyncio.run(
+            request(
+                settings.home,
+                "backup",
+                wait_seconds=b.lock_wait_seconds + 2 * b.timeout_seconds,
+                source="clawd backup now",
+            )
+        )
+        if "result" not in answer:
+            print(f"error: {answer.get('error')}", file=sys.stderr)
+            return 1
+        result = BackupResult.from_dict(answer["result"])
+    else:
+        result = commands.backup_now(settings)
+    print(commands.format_backup(result), file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
+def cmd_backup_list(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from clawd.backup import commands
+
+    rows = commands.list_backups(_settings(args))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    else:
+        print(commands.format_list(rows))
+    return 0
+
+
+def cmd_backup_verify(args: argparse.Namespace) -> int:
+    from clawd.backup import commands
+
+    settings = _settings(args)
+    configure_logging("warning")
+    result = commands.verify(settings, args.file)
+    print(commands.format_verify(result), file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
+def cmd_backup_restore(args: argparse.Namespace) -> int:
+    from clawd.backup import commands
+
+    settings = _settings(args)
+    configure_logging("warning")
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    result = commands.restore(settings, args.file, yes=args.yes, interactive=interactive)
+    print(commands.format_restore(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clawd", description="claw-clan fleet daemon")
     parser.add_argument("--version", action="version", version=f"clawd {__version__}")
@@ -170,6 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "reload", parents=[common], help="re-read config.json in the running daemon"
     ).set_defaults(func=cmd_reload)
+
+    backup = sub.add_parser("backup", help="backups").add_subparsers(
+        dest="backup_command", required=True
+    )
+    backup.add_parser(
+        "now", parents=[common], help="back up now (through the running daemon if any)"
+    ).set_defaults(func=cmd_backup_now)
+    blist = backup.add_parser("list", parents=[common], help="backups and their verification")
+    blist.add_argument("--json", action="store_true", help="machine-readable output")
+    blist.set_defaults(func=cmd_backup_list)
+    bverify = backup.add_parser(
+        "verify", parents=[common], help="checksum, full read, restore into a scratch database"
+    )
+    bverify.add_argument("file", nargs="?", help="a backup file (default: the newest backup)")
+    bverify.set_defaults(func=cmd_backup_verify)
+    brestore = backup.add_parser(
+        "restore", parents=[common], help="restore a .dump or _json.tar.gz backup"
+    )
+    brestore.add_argument("file", help="a file from `clawd backup list`, or a path")
+    brestore.add_argument("--yes", action="store_true", help="do not ask (needed without a TTY)")
+    brestore.set_defaults(func=cmd_backup_restore)
 
     status = sub.add_parser("status", parents=[common], help="fleet status from the store")
     status.add_argument("--json", action="store_true", help="machine-readable output")

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from clawd.backup.manager import BackupManager
 from clawd.control import ControlServer, socket_path
 from clawd.discovery import Discovery
 from clawd.errors import ClawdError
@@ -109,12 +110,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_from("SIGHUP")))
-        loop.add_signal_handler(
-            signal.SIGUSR1,
-            lambda: log.info(
-                "backup_requested", signal="SIGUSR1", note="backups are not built yet"
-            ),
-        )
+        loop.add_signal_handler(signal.SIGUSR1, self.backups.request, "SIGUSR1")
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         assert self._tg is not None
@@ -125,7 +121,7 @@ class Daemon:
         try:
             result = await self.reloader.reload(source)
         finally:
-            self.notifier.send("READY=1", f"STATUS={summary(self.keeper.view)}")
+            self.notifier.send("READY=1", f"STATUS={self._status_text()}")
         return {"ok": result.ok, "changed": result.changed, "error": result.error}
 
     # -- start and stop -------------------------------------------------------
@@ -133,6 +129,8 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         s = self.settings
+        # First: the fleet keeper's status callback already shows the backup state.
+        self.backups = BackupManager(s, on_change=self._backup_changed)
         self.repo = build_repository(s)
         loaded = await self.repo.open()
         await asyncio.to_thread(install_migration_files, s.home)
@@ -161,6 +159,7 @@ class Daemon:
             {
                 "reload": lambda _req: self._reload_from("clawd reload"),
                 "status": self._status_request,
+                "backup": self.backups.handle_control,
             },
         )
         self._install_signals(loop)
@@ -187,7 +186,7 @@ class Daemon:
                     peers=len(self.keeper.view.peers),
                     postgres=self._pg_state(),
                 )
-                self.notifier.send("READY=1", f"STATUS={summary(self.keeper.view)}")
+                self.notifier.send("READY=1", f"STATUS={self._status_text()}")
                 await self._stop.wait()
                 self.notifier.send("STOPPING=1")
                 await self._shutdown()
@@ -216,6 +215,7 @@ class Daemon:
         self._sources += [
             start("config-watch", self.watcher.run),
             start("control", self.control.run),
+            start("backup", self.backups.run),
         ]
         self._watchdog_task = start("watchdog", self.notifier.feed_watchdog)
         self._monitor_task = start("loop-monitor", self.loop_monitor.run)
@@ -233,6 +233,7 @@ class Daemon:
             self.discovery.stop()
         self.watcher.stop()
         self.control.stop()
+        self.backups.stop()  # a running pg_dump is killed, its partial removed
         _, late = await asyncio.wait(self._sources, timeout=STOP_SOURCES_SECONDS)
         for task in late:
             log.warning("stop_timeout", component=task.get_name())
@@ -263,8 +264,14 @@ class Daemon:
 
     # -- live changes ---------------------------------------------------------
 
+    def _status_text(self, view: FleetView | None = None) -> str:
+        return f"{summary(view or self.keeper.view)}; {self.backups.status_line()}"
+
+    def _backup_changed(self) -> None:
+        self.notifier.status(self._status_text())
+
     def _fleet_changed(self, view: FleetView) -> None:
-        self.notifier.status(summary(view))
+        self.notifier.status(self._status_text(view))
         targets = ping_targets(view, self.settings.instance.ssh_user)
         if targets != self._targets:
             self._targets = targets
@@ -273,6 +280,7 @@ class Daemon:
     async def _apply_settings(self, new: Settings, changed: list[str]) -> None:
         old, self.settings = self.settings, new
         sections = {key.split(".")[0] for key in changed}
+        self.backups.update_settings(new)
         if sections & {"ping", "ssh"}:
             self.pinger.update_settings(new.ping, new.ssh)
             self.keeper.reconciler = Reconciler(thresholds(new))
@@ -316,6 +324,7 @@ class Daemon:
             "summary": summary(view),
             "leader": view.leader,
             "postgres": self._pg_state(),
+            "backup": self.backups.status_line(),
             "loopLagMs": self.loop_monitor.percentiles_ms(),
             "pinger": self.pinger.counters(),
             "observations": self.keeper.observations,

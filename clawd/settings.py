@@ -141,10 +141,49 @@ class StorageSettings(Section):
 
 
 class BackupSettings(Section):
+    # "03:00" (local time of day) or an interval: "6h", "30m", "1h30m", "1d".
     schedule: str = "03:00"
     retention_days: int = Field(default=30, ge=1)
     keep_min: int = Field(default=3, ge=1)
+    # After each backup: checksum + full read of every file.
     verify: bool = True
+    # Full pg_restore into a scratch database: "each" backup, "off", or a schedule of its own.
+    verify_restore: str = "each"
+    # Directory holding pg_dump/pg_restore; None = the newest /usr/lib/postgresql/*/bin, else PATH.
+    pg_bin_dir: str | None = None
+    # auto = zstd where pg_dump supports it (16+), else gzip.
+    compress: Literal["auto", "zstd", "gzip", "none"] = "auto"
+    # How long a backup waits for another one (another clawd, a cron job) to finish.
+    lock_wait_seconds: float = Field(default=600.0, ge=0, le=86_400)
+    # pg_dump / pg_restore are killed after this long.
+    timeout_seconds: float = Field(default=6 * 3600.0, gt=0, le=7 * 86_400)
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        from clawd.backup.schedule import parse_schedule
+
+        try:
+            parse_schedule(value)
+        except ValueError:
+            raise ValueError(
+                'must be a time of day like "03:00" or an interval like "6h", "30m", "1h30m"'
+            ) from None
+        return value
+
+    @field_validator("verify_restore")
+    @classmethod
+    def _valid_verify_restore(cls, value: str) -> str:
+        from clawd.backup.schedule import parse_schedule
+
+        if value not in ("each", "off"):
+            try:
+                parse_schedule(value)
+            except ValueError:
+                raise ValueError(
+                    'must be "each", "off", or a schedule like "04:00" or "24h"'
+                ) from None
+        return value
 
 
 class LogSettings(Section):

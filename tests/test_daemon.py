@@ -100,20 +100,6 @@ def test_run_with_invalid_config_exits_2_without_traceback(tmp_path: Path) -> No
         assert "Traceback" not in daemon.log
 
 
-def test_second_daemon_with_the_same_gateway_id_exits_with_a_clear_error(tmp_path: Path) -> None:
-    first_home, second_home = tmp_path / "one", tmp_path / "two"
-    _config(first_home)
-    _config(second_home)
-    with DaemonProcess(first_home) as first:
-        first.wait_log("event=ready")
-        with DaemonProcess(second_home) as second:
-            assert second.proc.wait(timeout=30) == 2
-            second.read()
-            assert "error: another machine already announces 'gw-a." in second.log
-            assert "Traceback" not in second.log
-        assert first.stop(timeout=10) == 0
-
-
 @pytest.mark.parametrize("own_pid", [True, False])
 def test_watchdog_is_fed_from_the_loop_only_for_its_own_pid(
     tmp_path: Path, notify_socket: tuple[socket.socket, str], own_pid: bool
