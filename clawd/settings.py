@@ -137,7 +137,7 @@ class StorageSettings(Section):
     retry_max_seconds: float = Field(default=60.0, gt=0, le=3600)
     queue_max_rows: int = Field(default=200_000, ge=1000)
     # A peer file is rewritten at once on a status change, otherwise at most this often.
-    peer_file_interval_seconds: float = Field(default=30.0, ge=0, le=3600)
+    peer_file_interval_seconds: float = Field(default=60.0, ge=0, le=3600)
 
 
 class BackupSettings(Section):
