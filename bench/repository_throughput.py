@@ -65,6 +65,7 @@ LAG_INTERVAL = 0.010  # seconds the lag probe sleeps between wake-ups
 GOAL_ROWS_PER_S = 50_000
 GOAL_LAG_P99_MS = 50.0
 WAIT_TIMEOUT = 600.0  # seconds: a flush or replay that takes longer is a failure
+CONNECT_TIMEOUT = 30.0  # seconds for the sink's first connection
 
 # The delivery task retries a lost server with exponential backoff (default 1 s doubling to
 # 60 s); kept short here so the replay figure measures the replay, not the backoff.
@@ -368,6 +369,10 @@ class Bench:
             try:
                 await ready.wait()
                 assert repo.sink is not None
+                # The sink says ready before it connects (writes are spooled meanwhile).
+                deadline = time.perf_counter() + CONNECT_TIMEOUT
+                while not repo.sink.connected and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.01)
                 if not repo.sink.connected:
                     raise RuntimeError("repository: the sink did not connect to PostgreSQL")
                 await repo.flush()  # the instance registration from open()

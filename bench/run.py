@@ -1,8 +1,14 @@
-"""Entry point of ``make bench``: ``python -m bench.run [--quick]``.
+"""Entry point of ``make bench``: ``python -m bench.run [--quick] [--only NAME ...]``.
+
+Runs, in order: repository write throughput (``bench/repository_throughput.py``), SSH ping cost
+(``bench/ssh_ping_cost.py``), the daemon under 1,000 peers (``bench/fleet_load.py``) and
+backup cost vs a bare pg_dump (``bench/backup_cost.py``).
+``--quick`` takes about 2½ minutes in all, the full run about 13 (2 cores).
 
 Each benchmark returns a markdown body; it is printed and stored in ``bench/results.md``
 between ``<!-- NAME:start -->`` / ``<!-- NAME:end -->`` markers, so benchmarks can add or
-replace their own section without touching the others.
+replace their own section without touching the others. A benchmark that fails leaves its
+previous section as it was; the run goes on with the others and exits 1.
 """
 
 from __future__ import annotations
@@ -10,9 +16,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-from bench import repository_throughput
+from bench import backup_cost, fleet_load, repository_throughput, ssh_ping_cost
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results.md"
 RESULTS_TITLE = "# clawd benchmarks\n\nWritten by `make bench` (`python -m bench.run`).\n"
@@ -31,10 +40,29 @@ def update_section(path: Path, name: str, body: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def _ssh_ping_cost(quick: bool) -> str:
+    return ssh_ping_cost.render(ssh_ping_cost.run(quick=quick), quick)
+
+
+# section name -> run(quick) returning the section's markdown body
+BENCHMARKS: dict[str, Callable[[bool], str]] = {
+    repository_throughput.SECTION: lambda quick: repository_throughput.run(quick=quick),
+    ssh_ping_cost.SECTION: _ssh_ping_cost,
+    fleet_load.SECTION: lambda quick: fleet_load.run(quick=quick),
+    backup_cost.SECTION: lambda quick: backup_cost.render(backup_cost.run(quick), quick),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="fewer rows and one run of each (under a minute)"
+        "--quick", action="store_true", help="smaller, single runs (about 2½ minutes in all)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(BENCHMARKS),
+        help="run only this benchmark (repeatable; default: all, in this order)",
     )
     parser.add_argument(
         "--results",
@@ -44,10 +72,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    body = repository_throughput.run(quick=args.quick)
-    print(body, flush=True)
-    update_section(args.results, repository_throughput.SECTION, body)
-    print(f"\nwritten to {args.results}", flush=True)
+    names = args.only or list(BENCHMARKS)
+    failed: list[str] = []
+    began = time.monotonic()
+    for name in names:
+        print(f"\n=== {name}{' (quick)' if args.quick else ''} ===", flush=True)
+        started = time.monotonic()
+        try:
+            body = BENCHMARKS[name](args.quick)
+        except Exception:
+            traceback.print_exc()
+            print(f"{name} FAILED; its section in {args.results} is left as it was", flush=True)
+            failed.append(name)
+            continue
+        print(body, flush=True)
+        update_section(args.results, name, body)
+        print(f"{name}: {time.monotonic() - started:.0f} s, written to {args.results}", flush=True)
+    print(f"\nall benchmarks: {time.monotonic() - began:.0f} s", flush=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

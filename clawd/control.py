@@ -22,6 +22,8 @@ log = structlog.get_logger("clawd.control")
 
 SOCKET_NAME = "clawd.sock"
 MAX_REQUEST = 64 * 1024
+# A status answer grows with the fleet (~250 bytes a peer).
+MAX_ANSWER = 16 * 1024 * 1024
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -83,7 +85,9 @@ async def request(home: Path, cmd: str, wait_seconds: float = 60.0, **args: Any)
     """Ask the daemon running on `home`; ClawdError when none answers."""
     path = socket_path(home)
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 5)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(path), limit=MAX_ANSWER), 5
+        )
     except (FileNotFoundError, ConnectionRefusedError, TimeoutError):
         raise ClawdError(
             f"no running clawd answers on {path} (is `clawd run` or the clawd service up?)"
