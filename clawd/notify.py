@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import sdnotify
 
-from clawd.reload import monotonic_usec
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, as systemd wants with RELOADING=1."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
 class Notifier:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,8 +138,3 @@ class ConfigWatcher:
                 continue  # still being written; look again next round
             seen = settled
             await self.on_change()
-
-
-def monotonic_usec() -> int:
-    """CLOCK_MONOTONIC in microseconds, as systemd wants with RELOADING=1."""
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000

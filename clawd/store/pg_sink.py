@@ -112,7 +112,7 @@ class PgSink:
                 return
 
     async def close(self) -> None:
-        """Drain: called after run() was asked to stop (see stop())."""
+        """Close the connection pool; call after run() returned (see stop())."""
         if self._store is not None:
             await self._store.close()
             self._store = None
