@@ -35,7 +35,6 @@ from clawd.status_view import peer_rows
 from clawd.store.factory import build_repository, build_sink, self_instance
 from clawd.store.migrations import install_migration_files
 from clawd.store.pg_sink import PgSink
-from clawd.store.repository import FleetRepository
 
 log = structlog.get_logger("clawd.daemon")
 
@@ -249,7 +248,6 @@ class Daemon:
                 note="pending writes stay in the spool and are sent at next start",
             )
         await self._stop_sink(self.repo.detach_sink())
-        self.repo.stop()
         self._watchdog_task.cancel()
         self._monitor_task.cancel()
 
@@ -339,6 +337,3 @@ class Daemon:
         if sink is None:
             return "off"
         return "connected" if sink.connected else "unavailable (spooling)"
-
-
-__all__ = ["Daemon", "FleetRepository"]
