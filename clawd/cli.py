@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from clawd import __version__
+from clawd import __version__, cli_history, cli_skills
 from clawd.errors import ClawdError
 from clawd.logs import configure_logging
 from clawd.settings import Settings, load_settings
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--live", action="store_true", help="ask the running daemon")
     status.set_defaults(func=cmd_status)
+
+    cli_history.register(sub, common)
+    cli_skills.register(sub, common)
     return parser
 
 

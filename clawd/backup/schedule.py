@@ -68,6 +68,14 @@ def parse_schedule(text: str) -> Schedule:
     )
 
 
+def parse_interval(text: str) -> timedelta:
+    """An interval like "24h", "7d", "1h30m"; ValueError otherwise."""
+    schedule = parse_schedule(text)
+    if schedule.every is None:
+        raise ValueError(f'{text!r} is not an interval: use e.g. "24h", "7d", "1h30m"')
+    return schedule.every
+
+
 def format_duration(seconds: float) -> str:
     """3h, 2d, 45s, 1h30m: short, for status lines and tables."""
     s = round(seconds)
