@@ -136,6 +136,12 @@ class Pinger:
                 if self._tg is not None and not self._stopping:
                     self._launch(peer)
 
+    def recheck_install(self, gateway_id: str) -> None:
+        """Check whether claw-clan is installed on this peer in its next round."""
+        peer = self._peers.get(gateway_id)
+        if peer is not None:
+            peer.check_due = True
+
     def update_settings(self, ping: PingSettings, ssh: SshSettings) -> None:
         """Live reload: timings apply from each peer's next round, SSH options from its next
         connection."""

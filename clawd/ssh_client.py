@@ -413,6 +413,29 @@ class Connector:
 
     async def connect(self, host: str, port: int, user: str, attempt: Attempt) -> Link:
         """Open a Link, or raise SshConnectError with a short reason."""
+        conn = await self.open_connection(host, port, user, attempt)
+        seconds = self.ssh.connect_timeout_seconds
+        try:
+            echo = EchoSession()
+            async with asyncio.timeout(seconds):
+                chan, _ = await conn.create_session(lambda: echo, ECHO_COMMAND, encoding=None)
+        except TimeoutError:
+            conn.abort()
+            raise SshConnectError(f"echo channel not opened within {seconds:g}s", True) from None
+        except (OSError, asyncssh.Error) as exc:
+            conn.abort()
+            raise SshConnectError(_describe(exc), True) from exc
+        except BaseException:
+            conn.abort()
+            raise
+        attempt.stage = "done"
+        return Link(conn, chan, echo)
+
+    async def open_connection(
+        self, host: str, port: int, user: str, attempt: Attempt | None = None
+    ) -> asyncssh.SSHClientConnection:
+        """An authenticated connection under the host-key policy, or SshConnectError."""
+        attempt = attempt or Attempt()
         ssh = self.ssh
         accept_new = ssh.host_key_policy == "accept-new"
         client_keys = await self._load_client_keys(ssh)
@@ -428,7 +451,7 @@ class Connector:
         async with self._handshakes:
             try:
                 async with asyncio.timeout(ssh.connect_timeout_seconds):
-                    link = await self._handshake(
+                    conn = await self._handshake(
                         host, port, user, attempt, known_hosts, client, client_keys
                     )
             except TimeoutError:
@@ -441,8 +464,8 @@ class Connector:
                 error = self._host_key_error(accept_new)
                 raise SshConnectError(error, True) from exc
         if accept_new and recorded is None:
-            await self._remember(host, port, link)
-        return link
+            await self._remember(host, port, conn)
+        return conn
 
     async def _handshake(
         self,
@@ -453,7 +476,7 @@ class Connector:
         known_hosts: Any,
         client: _Client,
         client_keys: list[asyncssh.SSHKeyPair] | None,
-    ) -> Link:
+    ) -> asyncssh.SSHClientConnection:
         options: dict[str, Any] = {}
         if client_keys is not None:
             options["client_keys"] = client_keys
@@ -485,20 +508,10 @@ class Connector:
         except BaseException:
             sock.close()
             raise
-        try:
-            echo = EchoSession()
-            chan, _ = await conn.create_session(lambda: echo, ECHO_COMMAND, encoding=None)
-        except (OSError, asyncssh.Error) as exc:
-            conn.abort()
-            raise SshConnectError(_describe(exc), True) from exc
-        except BaseException:
-            conn.abort()
-            raise
-        attempt.stage = "done"
-        return Link(conn, chan, echo)
+        return conn
 
-    async def _remember(self, host: str, port: int, link: Link) -> None:
-        key = link.conn.get_server_host_key()
+    async def _remember(self, host: str, port: int, conn: asyncssh.SSHClientConnection) -> None:
+        key = conn.get_server_host_key()
         if key is None:  # GSS key exchange: no host key to record (gss_host=None: never)
             return
         try:

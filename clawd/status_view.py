@@ -44,6 +44,11 @@ def peer_rows(
     return rows
 
 
+def printable(text: str) -> str:
+    """Peer-supplied text that cannot move the cursor or forge lines on a terminal."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
 def _cell(value: Any, key: str, width: int) -> str:
     if isinstance(value, bool):
         text = "yes" if value else "no"
@@ -53,9 +58,7 @@ def _cell(value: Any, key: str, width: int) -> str:
         text = str(value)[:19].replace("T", " ")
     else:
         text = str(value)
-    # Peer-supplied names must not move the cursor or forge lines on a terminal.
-    text = text.encode("unicode_escape").decode("ascii")
-    return text[:width].ljust(width)
+    return printable(text)[:width].ljust(width)
 
 
 def render_table(rows: list[dict[str, Any]], leader: str | None) -> str:

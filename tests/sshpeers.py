@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import asyncssh
 
@@ -150,9 +151,13 @@ class SshPeer:
         *,
         installed: bool = True,
         port: int = 0,
+        root: Path | None = None,
     ) -> None:
         self.fleet = fleet
         self.address = address
+        # With a root: a real home directory, served over SFTP (chrooted) and used as
+        # HOME for commands, which run in /bin/sh; the install check looks there.
+        self.root = root
         self.port = port  # 0 until the first start() picks a free one, then kept
         self.installed = installed
         self.echo_delay = 0.0  # seconds each echoed chunk is held back
@@ -184,12 +189,18 @@ class SshPeer:
             process_factory=self._handle,
             encoding=None,
             allow_scp=False,
-            sftp_factory=None,
+            sftp_factory=self._sftp_factory(),
             agent_forwarding=False,
             x11_forwarding=False,
             config=None,
         )
         self.port = self._acceptor.get_port()
+
+    def _sftp_factory(self) -> Any:
+        root = self.root
+        if root is None:
+            return None
+        return lambda chan: asyncssh.SFTPServer(chan, chroot=str(root).encode())
 
     async def stop(self) -> None:
         """Close the listener and drop every open connection (the peer went down)."""
@@ -235,6 +246,8 @@ class SshPeer:
             if command == "cat":
                 await self._echo(process)
                 process.exit(0)
+            elif self.root is not None:
+                process.exit(await self._shell(process, command))
             elif command == self.fleet.install_check_command:
                 process.exit(0 if self.installed else 1)
             elif command == "true":
@@ -244,6 +257,24 @@ class SshPeer:
                 process.exit(127)
         except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged, ConnectionError):
             process.close()
+
+    async def _shell(self, process: asyncssh.SSHServerProcess[bytes], command: str) -> int:
+        assert self.root is not None
+        env = {"HOME": str(self.root), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            command,
+            cwd=self.root,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        process.stdout.write(out)
+        process.stderr.write(err)
+        return proc.returncode if proc.returncode is not None and proc.returncode >= 0 else 255
 
     async def _echo(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         while True:
@@ -279,9 +310,14 @@ class SshFleet:
         self._silent: list[SilentPeer] = []
 
     async def add_peer(
-        self, address: str, *, installed: bool = True, start: bool = True
+        self,
+        address: str,
+        *,
+        installed: bool = True,
+        start: bool = True,
+        root: Path | None = None,
     ) -> SshPeer:
-        peer = SshPeer(self, address, installed=installed)
+        peer = SshPeer(self, address, installed=installed, root=root)
         self.peers[address] = peer
         if start:
             await peer.start()

@@ -1,0 +1,1 @@
+"""Leader-only fleet actions: reinstalling claw-clan on peers and pushing config.json."""

@@ -1,0 +1,228 @@
+"""Reinstalling claw-clan on peers that answer SSH without it (or with an older version).
+
+Only the acting leader reinstalls, so peers never race each other. Each attempt: check
+again on the peer, copy `<home>/scripts/` and config.json over SFTP, run the install
+command, check the result; one `reinstall` incident per success and per new failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from clawd.errors import ClawdError
+from clawd.fleetops.leadership import acting_leader, addresses, is_older
+from clawd.fleetops.payload import collect_scripts, config_for_peer, read_config
+from clawd.fleetops.remote import PeerAddress, RemoteError, RemoteHost
+from clawd.fleetops.retry import PeerBackoff
+from clawd.incidents import IncidentRecorder
+from clawd.model import EventType, Incident, PeerStatus
+from clawd.reconciler import FleetView
+from clawd.settings import Settings
+from clawd.ssh_client import Connector
+
+log = structlog.get_logger("clawd.recovery")
+
+IDLE_SECONDS = 30.0
+CHECK_SECONDS = 30.0
+CONCURRENT_REINSTALLS = 4
+
+
+@dataclass(slots=True)
+class ReinstallOutcome:
+    ok: bool
+    reason: str
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    already_installed: bool = False
+
+    def details(self, peer: PeerAddress) -> dict[str, object]:
+        out: dict[str, object] = {
+            "name": peer.name,
+            "ip": peer.host,
+            "reason": self.reason,
+            "outcome": "ok" if self.ok else "failed",
+            "files": self.files,
+            "bytes": self.bytes,
+            "duration_s": round(self.seconds, 3),
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def needs_reinstall(view: FleetView, ours: str | None) -> dict[str, str]:
+    """Peers reachable over SSH that lack claw-clan or run an older one: id -> reason."""
+    wanted: dict[str, str] = {}
+    for gid, record in view.peers.items():
+        state = record.state
+        if state.status is not PeerStatus.ONLINE or not state.ssh_connectivity:
+            continue
+        if not state.claw_clan_installed:
+            wanted[gid] = "claw-clan not installed"
+        elif is_older(record.instance.version, ours):
+            wanted[gid] = f"version {record.instance.version} older than {ours}"
+    return wanted
+
+
+async def reinstall(
+    connector: Connector,
+    peer: PeerAddress,
+    settings: Settings,
+    config_path: Path,
+    reason: str,
+) -> ReinstallOutcome:
+    """One reinstall attempt; never raises for a peer-side failure."""
+    outcome = ReinstallOutcome(ok=False, reason=reason)
+    started = time.monotonic()
+    r, ssh = settings.recovery, settings.ssh
+    base = r.remote_home.rstrip("/")
+    try:
+        files = await asyncio.to_thread(collect_scripts, settings.scripts_dir)
+        ours, _ = await asyncio.to_thread(read_config, config_path)
+        async with asyncio.timeout(r.timeout_seconds), RemoteHost(connector, peer) as host:
+            if not reason.startswith("version"):
+                check = await host.run(ssh.install_check_command, CHECK_SECONDS)
+                if check.ok:
+                    outcome.ok = outcome.already_installed = True
+                    return outcome
+            for f in files:
+                await host.write_atomic(f"{base}/{f.relative}", f.data, f.mode)
+                outcome.files.append(f.relative)
+                outcome.bytes += len(f.data)
+            current = await host.read(f"{base}/config.json")
+            config = config_for_peer(ours, current)
+            await host.write_atomic(f"{base}/config.json", config, 0o600)
+            outcome.files.append("config.json")
+            outcome.bytes += len(config)
+            done = await host.run(r.install_command, r.timeout_seconds)
+            if not done.ok:
+                status = "timed out" if done.exit_status is None else f"exit {done.exit_status}"
+                outcome.error = f"install command failed ({status}): {done.stderr_tail}".strip()
+                return outcome
+            check = await host.run(ssh.install_check_command, CHECK_SECONDS)
+            if not check.ok:
+                outcome.error = "install check still fails after the install command"
+                return outcome
+            outcome.ok = True
+    except TimeoutError:
+        outcome.error = f"timed out after {r.timeout_seconds:g}s"
+    except (RemoteError, ClawdError) as exc:
+        outcome.error = str(exc)
+    finally:
+        outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+class Recoverer:
+    """While this instance leads: reinstall peers that need it, with backoff on failure."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: Path,
+        connector: Connector,
+        recorder: IncidentRecorder,
+        recheck: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.connector = connector
+        self.recorder = recorder
+        self.recheck = recheck
+        self._view: FleetView | None = None
+        self._backoff = self._new_backoff(settings)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._busy: set[str] = set()
+        self.reinstalls = 0
+
+    @staticmethod
+    def _new_backoff(settings: Settings) -> PeerBackoff:
+        r = settings.recovery
+        return PeerBackoff(r.retry_initial_seconds, r.retry_max_seconds)
+
+    def update_view(self, view: FleetView) -> None:
+        self._view = view
+        self._wake.set()
+
+    def update_settings(self, settings: Settings) -> None:
+        old, self.settings = self.settings, settings
+        if settings.recovery != old.recovery:
+            self._backoff = self._new_backoff(settings)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self, ready: asyncio.Event) -> None:
+        ready.set()
+        while not self._stopping:
+            due = self._backoff.next_due()
+            seconds = IDLE_SECONDS if due is None else max(0.05, due - time.monotonic())
+            try:
+                async with asyncio.timeout(min(seconds, IDLE_SECONDS)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if not self._stopping:
+                await self._cycle()
+
+    async def _cycle(self) -> None:
+        view = self._view
+        if view is None or not self.settings.recovery.enabled or not acting_leader(view):
+            return
+        now = time.monotonic()
+        wanted = needs_reinstall(view, self.settings.instance.version)
+        peers = addresses(view, self.settings.instance.ssh_user)
+        todo = [
+            (peers[gid], reason)
+            for gid, reason in sorted(wanted.items())
+            if gid in peers and gid not in self._busy and self._backoff.due(gid, now)
+        ]
+        if not todo:
+            return
+        gate = asyncio.Semaphore(CONCURRENT_REINSTALLS)
+
+        async def one(peer: PeerAddress, reason: str) -> None:
+            async with gate:
+                await self._attempt(peer, reason)
+
+        async with asyncio.TaskGroup() as tg:
+            for peer, reason in todo:
+                tg.create_task(one(peer, reason))
+
+    async def _attempt(self, peer: PeerAddress, reason: str) -> None:
+        gid = peer.gateway_id
+        self._busy.add(gid)
+        try:
+            log.info("reinstall_started", gateway=gid, name=peer.name, reason=reason)
+            outcome = await reinstall(self.connector, peer, self.settings, self.config_path, reason)
+        finally:
+            self._busy.discard(gid)
+        r = self.settings.recovery
+        now = time.monotonic()
+        if outcome.ok:
+            self.recheck(gid)
+            # The pinger confirms the install within a ping round or two; until then the
+            # view still says "not installed", which must not start a second reinstall.
+            hold = r.retry_max_seconds if reason.startswith("version") else r.retry_initial_seconds
+            self._backoff.hold(gid, now + hold)
+            if outcome.already_installed:
+                log.info("reinstall_not_needed", gateway=gid, name=peer.name)
+                return
+            self.reinstalls += 1
+            await self.recorder.record(Incident(gid, EventType.REINSTALL, outcome.details(peer)))
+            return
+        error = outcome.error or "unknown error"
+        if self._backoff.failed(gid, error, now):
+            await self.recorder.record(Incident(gid, EventType.REINSTALL, outcome.details(peer)))
