@@ -35,6 +35,56 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_push(args: argparse.Namespace) -> int:
+    """config.json to every known peer: through the daemon if one runs, else directly."""
+    from clawd.backup.commands import daemon_running
+    from clawd.control import request
+    from clawd.fleetops.distribution import PushOutcome, render_outcomes
+
+    settings = _settings(args)
+    configure_logging("warning")
+    if daemon_running(settings):
+        wait = settings.distribution.timeout_seconds * 4 + 10
+        answer = asyncio.run(request(settings.home, "config-push", wait_seconds=wait))
+        if not answer.get("ok"):
+            print(f"error: {answer.get('error')}", file=sys.stderr)
+            return 1
+        outcomes = [PushOutcome(**o) for o in answer.get("outcomes", [])]
+        retry_note = "the daemon pushes to failed peers again when they come back"
+    else:
+        outcomes = asyncio.run(_push_directly(settings, args.config))
+        retry_note = "run again, or start the daemon to retry when they come back"
+    if not outcomes:
+        print("no peers known yet (see `clawd status`)")
+        return 0
+    print(render_outcomes(outcomes))
+    if any(o.result == "failed" for o in outcomes):
+        print(f"some peers failed: {retry_note}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _push_directly(settings: Settings, config: Path | None) -> list[Any]:
+    from clawd.fleetops.distribution import push_many
+    from clawd.fleetops.payload import read_config
+    from clawd.fleetops.remote import PeerAddress
+    from clawd.settings import default_config_path
+    from clawd.ssh_client import Connector
+    from clawd.store.json_store import JsonStore
+
+    snap = (await JsonStore(settings.home).load()).snapshot
+    me = settings.instance.gateway_id
+    peers = [
+        PeerAddress(
+            i.gateway_id, i.name, i.ip, i.ssh_port, i.ssh_user or settings.instance.ssh_user
+        )
+        for gid, i in sorted(snap.instances.items())
+        if gid != me and i.ip
+    ]
+    ours, _ = await asyncio.to_thread(read_config, config or default_config_path())
+    return await push_many(Connector(settings.ssh, settings.home), peers, ours, settings)
+
+
 def _with_pg(
     args: argparse.Namespace, work: Callable[[Settings, Any], Coroutine[Any, Any, int]]
 ) -> int:
@@ -218,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_parser("check", parents=[common], help="validate config.json").set_defaults(
         func=cmd_config_check
     )
+    config.add_parser(
+        "push", parents=[common], help="copy config.json to every known peer now"
+    ).set_defaults(func=cmd_config_push)
 
     db = sub.add_parser("db", help="PostgreSQL").add_subparsers(dest="db_command", required=True)
     db.add_parser("migrate", parents=[common], help="apply schema migrations").set_defaults(

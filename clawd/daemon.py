@@ -20,6 +20,8 @@ from clawd.control import ControlServer, socket_path
 from clawd.discovery import Discovery
 from clawd.errors import ClawdError
 from clawd.fleet import FleetKeeper, summary
+from clawd.fleetops.distribution import ConfigDistributor
+from clawd.fleetops.recovery import Recoverer
 from clawd.incidents import IncidentRecorder
 from clawd.journal import JournalSender
 from clawd.logs import configure_logging
@@ -31,6 +33,7 @@ from clawd.pinger import Pinger, PingTarget
 from clawd.reconciler import FleetView, Reconciler, Thresholds, initial_view
 from clawd.reload import ConfigWatcher, Reloader
 from clawd.settings import Settings, default_config_path
+from clawd.ssh_client import Connector
 from clawd.status_view import peer_rows
 from clawd.store.factory import build_repository, build_sink, self_instance
 from clawd.store.migrations import install_migration_files
@@ -148,6 +151,14 @@ class Daemon:
         for instance in static_peers(s):
             self.keeper.emit(PeerConfigured(instance, utcnow()))
         self.pinger = Pinger(s.ping, s.ssh, s.home, self.keeper.emit)
+        # Leader actions get their own connections: a reinstall never delays a ping.
+        self.ops_connector = Connector(s.ssh, s.home)
+        self.recoverer = Recoverer(
+            s, self.config_path, self.ops_connector, recorder, self.pinger.recheck_install
+        )
+        self.distributor = ConfigDistributor(s, self.config_path, self.ops_connector)
+        for leader_work in (self.recoverer, self.distributor):
+            leader_work.update_view(view)
         self.discovery = (
             Discovery(me, s.discovery, self.keeper.emit) if s.discovery.enabled else None
         )
@@ -159,6 +170,7 @@ class Daemon:
                 "reload": lambda _req: self._reload_from("clawd reload"),
                 "status": self._status_request,
                 "backup": self.backups.handle_control,
+                "config-push": self.distributor.handle_control,
             },
         )
         self._install_signals(loop)
@@ -215,6 +227,8 @@ class Daemon:
             start("config-watch", self.watcher.run),
             start("control", self.control.run),
             start("backup", self.backups.run),
+            start("recovery", self.recoverer.run),
+            start("distribution", self.distributor.run),
         ]
         self._watchdog_task = start("watchdog", self.notifier.feed_watchdog)
         self._monitor_task = start("loop-monitor", self.loop_monitor.run)
@@ -233,6 +247,8 @@ class Daemon:
         self.watcher.stop()
         self.control.stop()
         self.backups.stop()  # a running pg_dump is killed, its partial removed
+        self.recoverer.stop()
+        self.distributor.stop()
         _, late = await asyncio.wait(self._sources, timeout=STOP_SOURCES_SECONDS)
         for task in late:
             log.warning("stop_timeout", component=task.get_name())
@@ -270,6 +286,8 @@ class Daemon:
 
     def _fleet_changed(self, view: FleetView) -> None:
         self.notifier.status(self._status_text(view))
+        self.recoverer.update_view(view)
+        self.distributor.update_view(view)
         targets = ping_targets(view, self.settings.instance.ssh_user)
         if targets != self._targets:
             self._targets = targets
@@ -279,7 +297,10 @@ class Daemon:
         old, self.settings = self.settings, new
         sections = {key.split(".")[0] for key in changed}
         self.backups.update_settings(new)
+        self.recoverer.update_settings(new)
+        self.distributor.update_settings(new)  # any edit of config.json is pushed
         if sections & {"ping", "ssh"}:
+            self.ops_connector.update(new.ssh)
             self.pinger.update_settings(new.ping, new.ssh)
             self.keeper.reconciler = Reconciler(thresholds(new))
         if "storage" in sections:
@@ -295,6 +316,7 @@ class Daemon:
             await self.repo.json.write_state(me)
             await self.repo.upsert_instance(me)
             self.keeper.view = FleetView(me, self.keeper.view.peers, self.keeper.view.leader)
+            self._fleet_changed(self.keeper.view)
             if self.discovery is not None:
                 await self.discovery.update_me(me)
         if sections & {"backend", "postgres"} and (

@@ -148,7 +148,13 @@ class ConfigDistributor:
 
     def _pending(self, view: FleetView, config_hash: str) -> list[PeerAddress]:
         now = time.monotonic()
-        online = {gid for gid, r in view.peers.items() if r.state.status is PeerStatus.ONLINE}
+        # A peer without claw-clan gets config.json with its reinstall, not before: a
+        # pushed file would make it look installed.
+        online = {
+            gid
+            for gid, r in view.peers.items()
+            if r.state.status is PeerStatus.ONLINE and r.state.claw_clan_installed
+        }
         return [
             peer
             for gid, peer in addresses(view, self.settings.instance.ssh_user).items()
