@@ -33,6 +33,7 @@ from clawd.pinger import Pinger, PingTarget
 from clawd.reconciler import FleetView, Reconciler, Thresholds, initial_view
 from clawd.reload import ConfigWatcher, Reloader
 from clawd.settings import Settings, default_config_path
+from clawd.skills import SkillSyncer
 from clawd.ssh_client import Connector
 from clawd.status_view import peer_rows
 from clawd.store.factory import build_repository, build_sink, self_instance
@@ -157,6 +158,7 @@ class Daemon:
             s, self.config_path, self.ops_connector, recorder, self.pinger.recheck_install
         )
         self.distributor = ConfigDistributor(s, self.config_path, self.ops_connector)
+        self.skills = SkillSyncer(s, self.repo, recorder)
         for leader_work in (self.recoverer, self.distributor):
             leader_work.update_view(view)
         self.discovery = (
@@ -171,6 +173,7 @@ class Daemon:
                 "status": self._status_request,
                 "backup": self.backups.handle_control,
                 "config-push": self.distributor.handle_control,
+                "skills-sync": self.skills.handle_control,
             },
         )
         self._install_signals(loop)
@@ -229,6 +232,7 @@ class Daemon:
             start("backup", self.backups.run),
             start("recovery", self.recoverer.run),
             start("distribution", self.distributor.run),
+            start("skills", self.skills.run),
         ]
         self._watchdog_task = start("watchdog", self.notifier.feed_watchdog)
         self._monitor_task = start("loop-monitor", self.loop_monitor.run)
@@ -249,6 +253,7 @@ class Daemon:
         self.backups.stop()  # a running pg_dump is killed, its partial removed
         self.recoverer.stop()
         self.distributor.stop()
+        self.skills.stop()
         _, late = await asyncio.wait(self._sources, timeout=STOP_SOURCES_SECONDS)
         for task in late:
             log.warning("stop_timeout", component=task.get_name())
@@ -299,6 +304,7 @@ class Daemon:
         self.backups.update_settings(new)
         self.recoverer.update_settings(new)
         self.distributor.update_settings(new)  # any edit of config.json is pushed
+        self.skills.update_settings(new)
         if sections & {"ping", "ssh"}:
             self.ops_connector.update(new.ssh)
             self.pinger.update_settings(new.ping, new.ssh)

@@ -23,3 +23,15 @@ class DatabaseUnavailable(DatabaseError):
 
 class MigrationError(DatabaseError):
     """A schema migration could not be applied."""
+
+
+class SkillSyncError(ClawdError):
+    """Skills could not be fetched from the shared repository or installed."""
+
+
+class HistoryError(ClawdError):
+    """A history command (incidents, report) cannot run as asked."""
+
+
+class MetricsServerError(ClawdError):
+    """The metrics endpoint cannot listen on `metrics.listen` (port in use, bad address)."""

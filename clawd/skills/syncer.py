@@ -1,0 +1,138 @@
+"""The daemon's skills component: syncs on `skills.syncInterval` and on request.
+
+Interval schedules sync once at start (a fresh install gets its skills at once);
+a time of day ("04:00") waits for its slot. A failure is logged once until the
+error changes or a sync succeeds; it records nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Mapping
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from clawd.backup.schedule import parse_schedule
+from clawd.incidents import IncidentRecorder
+from clawd.model import utcnow
+from clawd.settings import Settings
+from clawd.skills.results import SyncResult
+from clawd.skills.sync import attempt
+from clawd.store.repository import Repository
+
+log = structlog.get_logger("clawd.skills")
+
+CHECK_SECONDS = 60.0  # the loop looks at the clock at least this often
+
+
+class SkillSyncer:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Repository,
+        recorder: IncidentRecorder,
+        *,
+        check_seconds: float = CHECK_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.recorder = recorder
+        self.check_seconds = check_seconds
+        self.last_result: SyncResult | None = None
+        self._mutex = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._job: asyncio.Task[SyncResult] | None = None
+        self._last_attempt: datetime | None = None
+        self._last_error: str | None = None
+
+    # -- component ----------------------------------------------------------
+
+    async def run(self, ready: asyncio.Event) -> None:
+        """Ready at once; then sync whenever the schedule is due, until stop()."""
+        ready.set()
+        while not self._stop.is_set():
+            self._wake.clear()
+            now = utcnow()
+            due = self._next_due(now)
+            if due is not None and now >= due:
+                self._last_attempt = now
+                await self._supervised(self.sync("schedule"))
+                continue
+            wait = self.check_seconds
+            if due is not None:
+                wait = min(wait, max(0.0, (due - now).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def stop(self) -> None:
+        """Stop the loop; a scheduled sync under way is cancelled (git killed, staging removed)."""
+        self._stop.set()
+        self._wake.set()
+        if self._job is not None:
+            self._job.cancel()
+
+    def update_settings(self, settings: Settings) -> None:
+        """Use new settings from the next sync on; a new repository or ref syncs soon."""
+        old = self.settings
+        self.settings = settings
+        if (old.instance.github_repo, old.skills.ref) != (
+            settings.instance.github_repo,
+            settings.skills.ref,
+        ):
+            self._last_attempt = None
+        self._wake.set()
+
+    async def handle_control(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Control-socket handler for {"cmd": "skills-sync"}: one sync, answered with its result."""
+        result = await self.sync(str(request.get("source") or "clawd skills sync"))
+        return {"ok": result.ok, "error": result.error, "result": result.to_dict()}
+
+    # -- syncing --------------------------------------------------------------
+
+    async def sync(self, source: str) -> SyncResult:
+        """One sync now, `source` saying who asked (for the log); never raises a ClawdError:
+        a failure is a result with ok False, the previous skills untouched."""
+        async with self._mutex:
+            result = await attempt(self.settings, self.repo, self.recorder)
+            self._note(result, source)
+            self.last_result = result
+            return result
+
+    def _note(self, result: SyncResult, source: str) -> None:
+        if not result.ok:
+            if result.error != self._last_error:
+                log.error("skills_sync_failed", reason=result.error, requested_by=source)
+                self._last_error = result.error
+            return
+        if self._last_error is not None:
+            log.info("skills_sync_recovered", commit=result.commit, requested_by=source)
+            self._last_error = None
+        if not result.changed:
+            log.debug("skills_up_to_date", commit=result.commit, requested_by=source)
+
+    def _next_due(self, now: datetime) -> datetime | None:
+        spec = self.settings.skills.sync_interval
+        if not self.settings.instance.github_repo or spec == "off":
+            return None
+        schedule = parse_schedule(spec)
+        if schedule.every is not None and self._last_attempt is None:
+            return now
+        return schedule.next_due(self._last_attempt, now)
+
+    async def _supervised(self, coro: Coroutine[Any, Any, SyncResult]) -> None:
+        """Run one sync as a child task that stop() can cancel."""
+        job = asyncio.create_task(coro, name="clawd-skills-sync")
+        self._job = job
+        try:
+            await asyncio.wait({job})
+            if not job.cancelled():
+                job.result()
+        finally:
+            if not job.done():  # run() itself was cancelled
+                job.cancel()
+                await asyncio.wait({job})
+            self._job = None
