@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import backup_cost, fleet_load, repository_throughput, ssh_ping_cost
+from bench import backup_cost, fleet_load, prune_stall, repository_throughput, ssh_ping_cost
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results.md"
 RESULTS_TITLE = "# clawd benchmarks\n\nWritten by `make bench` (`python -m bench.run`).\n"
@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, Callable[[bool], str]] = {
     ssh_ping_cost.SECTION: _ssh_ping_cost,
     fleet_load.SECTION: lambda quick: fleet_load.run(quick=quick),
     backup_cost.SECTION: lambda quick: backup_cost.render(backup_cost.run(quick), quick),
+    prune_stall.SECTION: lambda quick: prune_stall.run(quick=quick),
 }
 
 

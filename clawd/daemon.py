@@ -21,6 +21,7 @@ from clawd.discovery import Discovery
 from clawd.errors import ClawdError
 from clawd.fleet import FleetKeeper, summary
 from clawd.fleetops.distribution import ConfigDistributor
+from clawd.fleetops.leadership import acting_leader
 from clawd.fleetops.recovery import Recoverer
 from clawd.incidents import IncidentRecorder
 from clawd.journal import JournalSender
@@ -32,6 +33,7 @@ from clawd.observations import PeerConfigured
 from clawd.pinger import Pinger, PingTarget
 from clawd.reconciler import FleetView, Reconciler, Thresholds, initial_view
 from clawd.reload import ConfigWatcher, Reloader
+from clawd.retention import RetentionPruner, dedicated_connection
 from clawd.settings import Settings, default_config_path
 from clawd.skills import SkillSyncer
 from clawd.ssh_client import Connector
@@ -159,6 +161,12 @@ class Daemon:
         )
         self.distributor = ConfigDistributor(s, self.config_path, self.ops_connector)
         self.skills = SkillSyncer(s, self.repo, recorder)
+        # Its own short-lived connection: a prune never takes a writer's pool slot.
+        self.pruner = RetentionPruner(
+            s.history,
+            lambda: dedicated_connection(self.settings.postgres),
+            lambda: self.settings.backend == "postgres" and acting_leader(self.keeper.view),
+        )
         for leader_work in (self.recoverer, self.distributor):
             leader_work.update_view(view)
         self.discovery = (
@@ -233,6 +241,7 @@ class Daemon:
             start("recovery", self.recoverer.run),
             start("distribution", self.distributor.run),
             start("skills", self.skills.run),
+            start("retention", self.pruner.run),
         ]
         self._watchdog_task = start("watchdog", self.notifier.feed_watchdog)
         self._monitor_task = start("loop-monitor", self.loop_monitor.run)
@@ -254,6 +263,7 @@ class Daemon:
         self.recoverer.stop()
         self.distributor.stop()
         self.skills.stop()
+        self.pruner.stop()
         _, late = await asyncio.wait(self._sources, timeout=STOP_SOURCES_SECONDS)
         for task in late:
             log.warning("stop_timeout", component=task.get_name())
@@ -305,6 +315,7 @@ class Daemon:
         self.recoverer.update_settings(new)
         self.distributor.update_settings(new)  # any edit of config.json is pushed
         self.skills.update_settings(new)
+        self.pruner.update_settings(new.history)
         if sections & {"ping", "ssh"}:
             self.ops_connector.update(new.ssh)
             self.pinger.update_settings(new.ping, new.ssh)
