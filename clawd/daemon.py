@@ -18,7 +18,7 @@ import structlog
 from clawd.backup.manager import BackupManager
 from clawd.control import ControlServer, socket_path
 from clawd.discovery import Discovery
-from clawd.errors import ClawdError
+from clawd.errors import ClawdError, MetricsServerError
 from clawd.fleet import FleetKeeper, summary
 from clawd.fleetops.distribution import ConfigDistributor
 from clawd.fleetops.leadership import acting_leader
@@ -27,9 +27,10 @@ from clawd.incidents import IncidentRecorder
 from clawd.journal import JournalSender
 from clawd.logs import configure_logging
 from clawd.loopmon import LoopMonitor
+from clawd.metrics import DaemonSource, FleetMetrics, MetricsServer, backup_state
 from clawd.model import Instance, utcnow
 from clawd.notify import Notifier
-from clawd.observations import PeerConfigured
+from clawd.observations import Observation, PeerConfigured, PingResult
 from clawd.pinger import Pinger, PingTarget
 from clawd.reconciler import FleetView, Reconciler, Thresholds, initial_view
 from clawd.reload import ConfigWatcher, Reloader
@@ -153,7 +154,18 @@ class Daemon:
         )
         for instance in static_peers(s):
             self.keeper.emit(PeerConfigured(instance, utcnow()))
-        self.pinger = Pinger(s.ping, s.ssh, s.home, self.keeper.emit)
+        self.metrics = FleetMetrics(
+            DaemonSource(
+                view=lambda: self.keeper.view,
+                backup=lambda: backup_state(self.backups),
+                sink=lambda: self.repo.sink,
+                lag=self.loop_monitor,
+            )
+        )
+        recorder.listeners.append(self.metrics.count_incident)
+        self.metrics_server: MetricsServer | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
+        self.pinger = Pinger(s.ping, s.ssh, s.home, self._ping_observed)
         # Leader actions get their own connections: a reinstall never delays a ping.
         self.ops_connector = Connector(s.ssh, s.home)
         self.recoverer = Recoverer(
@@ -243,6 +255,10 @@ class Daemon:
             start("skills", self.skills.run),
             start("retention", self.pruner.run),
         ]
+        if (address := self.settings.metrics.address()) is not None:
+            # At start a busy port is an error to fix; after a reload it only logs.
+            self.metrics_server = MetricsServer(address, self.metrics)
+            self._metrics_task = start("metrics", self.metrics_server.run)
         self._watchdog_task = start("watchdog", self.notifier.feed_watchdog)
         self._monitor_task = start("loop-monitor", self.loop_monitor.run)
         for name, ready in starting:
@@ -264,7 +280,10 @@ class Daemon:
         self.distributor.stop()
         self.skills.stop()
         self.pruner.stop()
-        _, late = await asyncio.wait(self._sources, timeout=STOP_SOURCES_SECONDS)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        stopping = [*self._sources, *([self._metrics_task] if self._metrics_task else [])]
+        _, late = await asyncio.wait(stopping, timeout=STOP_SOURCES_SECONDS)
         for task in late:
             log.warning("stop_timeout", component=task.get_name())
             task.cancel()
@@ -295,6 +314,34 @@ class Daemon:
 
     def _status_text(self, view: FleetView | None = None) -> str:
         return f"{summary(view or self.keeper.view)}; {self.backups.status_line()}"
+
+    def _ping_observed(self, observation: Observation) -> None:
+        if isinstance(observation, PingResult):
+            self.metrics.observe_ping(observation)
+        self.keeper.emit(observation)
+
+    async def _restart_metrics(self, new: Settings) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            if self._metrics_task is not None:
+                await self._metrics_task
+            self.metrics_server = self._metrics_task = None
+        address = new.metrics.address()
+        if address is None:
+            log.info("metrics_off")
+            return
+        server = MetricsServer(address, self.metrics)
+        ready = asyncio.Event()
+        assert self._tg is not None
+        task = self._tg.create_task(self._serve_metrics(server, ready), name="metrics")
+        self.metrics_server, self._metrics_task = server, task
+
+    @staticmethod
+    async def _serve_metrics(server: MetricsServer, ready: asyncio.Event) -> None:
+        try:
+            await server.run(ready)
+        except MetricsServerError as exc:
+            log.error("metrics_unavailable", error=str(exc))
 
     def _backup_changed(self) -> None:
         self.notifier.status(self._status_text())
@@ -327,6 +374,8 @@ class Daemon:
                 self.keeper.emit(PeerConfigured(instance, utcnow()))
         if "log" in sections:
             configure_logging(new.log.level)
+        if "metrics" in sections:
+            await self._restart_metrics(new)
         if "instance" in sections:
             me = self_instance(new)
             self.repo.me = me

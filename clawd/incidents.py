@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -50,9 +51,13 @@ class IncidentRecorder:
     def __init__(self, repo: Repository, journal: JournalSender | None = None) -> None:
         self.repo = repo
         self.journal = journal
+        # Called with every recorded incident (metrics count them).
+        self.listeners: list[Callable[[Incident], None]] = []
 
     async def record(self, incident: Incident) -> None:
         await self.repo.record_incident(incident)
+        for listener in self.listeners:
+            listener(incident)
         fields = _fields(incident.gateway_id, incident.details)
         self._emit(incident.event_type.value, PRIORITY[incident.event_type], fields)
 

@@ -62,6 +62,7 @@ class BackupManager:
         self._last_attempt: datetime | None = None
         self._last_good: datetime | None = None
         self._last_error: str | None = None
+        self._last_good_result: BackupResult | None = None
         self._last_verify: datetime | None = None
         self._overdue = False
 
@@ -148,6 +149,19 @@ class BackupManager:
     def running(self) -> bool:
         return self._running is not None
 
+    @property
+    def last_good(self) -> datetime | None:
+        return self._last_good
+
+    @property
+    def last_good_result(self) -> BackupResult | None:
+        """The newest good backup (after a restart: from its manifest)."""
+        return self._last_good_result
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
     def status_line(self) -> str:
         """For systemd's STATUS=: running / failed / overdue / last backup age."""
         now = utcnow()
@@ -226,7 +240,15 @@ class BackupManager:
                 )
         good = [m for m in found if _good(m)]
         if good:
-            self._last_good = good[-1].created
+            newest_good = good[-1]
+            self._last_good = newest_good.created
+            self._last_good_result = BackupResult(
+                ok=True,
+                source=newest_good.source,
+                stamp=newest_good.stamp,
+                files=newest_good.files,
+                duration_s=newest_good.duration_s,
+            )
 
     async def _supervised(self, coro: Coroutine[Any, Any, T]) -> T | None:
         """Run one job as a child task that stop() can cancel; None when cancelled."""
@@ -266,6 +288,7 @@ class BackupManager:
         self._last_attempt = now
         if result.ok:
             self._last_good = now
+            self._last_good_result = result
             self._last_error = None
             if result.verification is not None and result.verification.restore == "ok":
                 self._last_verify = now
