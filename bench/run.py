@@ -21,7 +21,14 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import backup_cost, fleet_load, prune_stall, repository_throughput, ssh_ping_cost
+from bench import (
+    backup_cost,
+    fleet_load,
+    prune_stall,
+    report_query,
+    repository_throughput,
+    ssh_ping_cost,
+)
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results.md"
 RESULTS_TITLE = "# clawd benchmarks\n\nWritten by `make bench` (`python -m bench.run`).\n"
@@ -51,6 +58,7 @@ BENCHMARKS: dict[str, Callable[[bool], str]] = {
     fleet_load.SECTION: lambda quick: fleet_load.run(quick=quick),
     backup_cost.SECTION: lambda quick: backup_cost.render(backup_cost.run(quick), quick),
     prune_stall.SECTION: lambda quick: prune_stall.run(quick=quick),
+    report_query.SECTION: lambda quick: report_query.run(quick),
 }
 
 

@@ -1,0 +1,282 @@
+"""`clawd report --since 30d` over 10,000,000 ping_history rows for 1,000 peers.
+
+A throwaway PostgreSQL cluster (``tests/pgserver.py``) gets clawd's schema up to
+migration 002, then ``rows`` pings in one ``INSERT … SELECT generate_series``: 1,000
+peers, one ping each every 30 days / (rows / 1,000), ±10 % jitter, a client_key UUID per
+row as the daemon writes them, 0.5 % scattered failures plus one 2-hour outage per
+peer. Then migration 003 (the covering index) is applied to the filled table -- its
+duration is how long the upgrade blocks ping writes -- and ``VACUUM (FREEZE, ANALYZE)``.
+
+Measured, ``runs`` times each (min-median):
+
+* end to end: ``python -m clawd.cli report --since 30d --json`` as a subprocess;
+* the SQL alone: ``clawd.history.collect.build_report`` in-process (both connections);
+* one connection, all peers: ``queries.PEER_STATS`` on its own (what the split halves).
+
+The plan is the ``EXPLAIN (ANALYZE, TIMING OFF)`` of one connection's half.
+
+Run: ``.venv/bin/python -m bench.report_query [--quick]`` (``--quick``: 1,000,000 rows,
+one run). In ``bench/run.py``: ``report_query.SECTION: lambda quick: report_query.run(quick)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+from clawd.history import queries
+from clawd.history.collect import CONNECTIONS, build_report, split
+from clawd.history.db import open_store
+from clawd.history.timespec import Window
+from clawd.logs import configure_logging
+from clawd.settings import settings_from_data
+from clawd.store.migrations import load_migrations, migrate
+
+TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+from pgserver import PgServer  # noqa: E402
+
+SECTION = "report-query"
+_IDS = re.compile(r"'\{([^,}]*),[^}]*\}'")  # the gateway list in the plan, shortened
+ROLE, PASSWORD, DATABASE = "claw", "bench-report-pw", "claw_clan"
+PEERS = 1_000
+DAYS = 30
+GOAL_S = 2.0
+INDEX_MIGRATION = "003-history-indexes.sql"
+
+# $1 rows, $2 peers, $3 window start, $4 seconds between two pings of one peer,
+# $5 rounds (pings per peer), $6 rounds in a peer's outage (2 hours).
+FILL = """
+INSERT INTO ping_history (source_gateway, target_gateway, success, "timestamp", response_ms,
+                          client_key)
+SELECT 'gw-bench', 'gw-' || lpad(peer::text, 4, '0'), ok,
+       $3::timestamptz + (round_no + 0.1 + random() * 0.8) * $4::float8 * interval '1 second',
+       CASE WHEN ok THEN 3 + (random() * random() * 400)::int END, gen_random_uuid()
+FROM (
+    SELECT g % $2::bigint AS peer, g / $2::bigint AS round_no,
+           random() >= 0.005
+           AND NOT (g / $2) - (g % $2) * 37 % ($5::bigint - $6::bigint)
+                   BETWEEN 0 AND $6::bigint - 1 AS ok
+    FROM generate_series(0, $1::bigint - 1) AS g
+) AS pings
+"""
+FILL_NAMES = """
+INSERT INTO fleet_instances (gateway_id, name)
+SELECT 'gw-' || lpad(n::text, 4, '0'), 'node-' || n FROM generate_series(0, $1 - 1) AS n
+"""
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows: int
+    runs: int
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Plan:
+        return cls(rows=1_000_000, runs=1) if quick else cls(rows=10_000_000, runs=3)
+
+
+@dataclass
+class Figures:
+    rows: int = 0
+    fill_s: float = 0.0
+    index_s: float = 0.0
+    vacuum_s: float = 0.0
+    table_mb: float = 0.0
+    index_mb: float = 0.0
+    peers: int = 0
+    cli: list[float] | None = None
+    sql: list[float] | None = None
+    single: list[float] | None = None
+    plan: list[str] | None = None
+
+
+def span(values: Sequence[float]) -> str:
+    """min-median, or the one value."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{min(values):.2f}–{statistics.median(values):.2f}"
+
+
+def config_data(server: PgServer, home: Path) -> dict[str, object]:
+    return {
+        "backend": "postgres",
+        "home": str(home),
+        "postgres": {
+            "host": server.host,
+            "port": server.port,
+            "database": DATABASE,
+            "user": ROLE,
+            "password": PASSWORD,
+        },
+        "instance": {"gatewayId": "gw-bench", "name": "bench", "sshUser": "claw"},
+    }
+
+
+async def fill(conn: asyncpg.Connection, plan: Plan, start: datetime, f: Figures) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="clawd-bench-migrations-"))
+    try:
+        for m in load_migrations():  # everything before the index: the table as it was
+            if m.name < INDEX_MIGRATION:
+                (scratch / m.name).write_text(m.sql, encoding="utf-8")
+        await migrate(conn, scratch)
+    finally:
+        for p in scratch.iterdir():
+            p.unlink()
+        scratch.rmdir()
+    rounds = plan.rows // PEERS
+    step = DAYS * 86_400 / rounds
+    outage = max(1, round(7200 / step))
+    began = time.perf_counter()
+    await conn.execute(FILL, plan.rows, PEERS, start, step, rounds, outage)
+    await conn.execute(FILL_NAMES, PEERS)
+    f.fill_s = time.perf_counter() - began
+    began = time.perf_counter()
+    await migrate(conn)
+    f.index_s = time.perf_counter() - began
+    began = time.perf_counter()
+    # FREEZE: a plain VACUUM straight after the load may not yet set the visibility map.
+    await conn.execute("VACUUM (FREEZE, ANALYZE) ping_history")
+    f.vacuum_s = time.perf_counter() - began
+    f.rows = int(await conn.fetchval("SELECT count(*) FROM ping_history"))
+    mb = 1024 * 1024
+    f.table_mb = await conn.fetchval("SELECT pg_table_size('ping_history')") / mb
+    f.index_mb = (
+        await conn.fetchval("SELECT pg_relation_size('idx_ping_history_target_ts_cover')") / mb
+    )
+
+
+def cli_seconds(config: Path) -> float:
+    began = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "clawd.cli", "report", "--since", "30d", "--json",
+         "--config", str(config)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise RuntimeError(f"clawd report failed: {proc.stderr.strip()}")
+    peers = json.loads(proc.stdout)["peers"]
+    if not peers:
+        raise RuntimeError("clawd report returned no peers")
+    return seconds
+
+
+async def measure(plan: Plan, work: Path) -> Figures:
+    f = Figures(cli=[], sql=[], single=[])
+    server = PgServer()
+    server.start()
+    try:
+        server.create_role(ROLE, PASSWORD)
+        server.create_database(DATABASE, owner=ROLE)
+        now = datetime.now(UTC)
+        start = now - timedelta(days=DAYS)
+        conn = await asyncpg.connect(
+            host=server.host, port=server.port, user=ROLE, password=PASSWORD, database=DATABASE
+        )
+        try:
+            await fill(conn, plan, start, f)
+            config = work / "config.json"
+            config.write_text(json.dumps(config_data(server, work)), encoding="utf-8")
+            settings = settings_from_data(config_data(server, work), environ={})
+            cli_seconds(config)  # warm-up: caches, catalog
+            store = await open_store(settings.postgres)
+            try:
+                window = Window(start, datetime.now(UTC))
+                for _ in range(plan.runs):
+                    assert f.cli is not None and f.sql is not None and f.single is not None
+                    f.cli.append(await asyncio.to_thread(cli_seconds, config))
+                    began = time.perf_counter()
+                    report = await build_report(store.pool, window, datetime.now(UTC))
+                    f.sql.append(time.perf_counter() - began)
+                    f.peers = len(report.peers)
+                    ids = [p.gateway_id for p in report.peers]
+                    args = (window.start, window.end, window.end, timedelta(seconds=400))
+                    began = time.perf_counter()
+                    await conn.execute("SET jit = off")
+                    await conn.fetch(queries.PEER_STATS, *args, ids)
+                    f.single.append(time.perf_counter() - began)
+                half = split(ids, CONNECTIONS)[0]
+                rows = await conn.fetch(
+                    "EXPLAIN (ANALYZE, TIMING OFF) " + queries.PEER_STATS, *args, half
+                )
+                f.plan = [
+                    _IDS.sub(lambda m: f"'{{{m.group(1)},… {len(half)} ids}}'", r[0]) for r in rows
+                ]
+            finally:
+                await store.close()
+        finally:
+            await conn.close()
+    finally:
+        server.cleanup()
+    return f
+
+
+def render(f: Figures, quick: bool) -> str:
+    plan = Plan.for_mode(quick)
+    cli = f.cli or []
+    ratio = statistics.median(cli) / GOAL_S if cli else float("nan")
+    mark = "✓" if ratio <= 1.0 else "✗"
+    rows = [
+        ("ping_history rows / peers in the report", "10,000,000 / 1,000",
+         f"{f.rows:,} / {f.peers:,}", "—"),
+        ("table / covering index size, MB", "—", f"{f.table_mb:.0f} / {f.index_mb:.0f}", "—"),
+        ("fill (INSERT … generate_series), s", "—", f"{f.fill_s:.1f}", "—"),
+        ("migration 003 on the filled table (writes blocked), s", "—", f"{f.index_s:.1f}", "—"),
+        ("VACUUM (FREEZE, ANALYZE), s", "—", f"{f.vacuum_s:.1f}", "—"),
+        ("`clawd report --since 30d --json`, end to end, s", f"≤ {GOAL_S:.0f}", span(cli),
+         f"{ratio:.2f} {mark}"),
+        (f"SQL alone (build_report, {CONNECTIONS} connections), s", "—", span(f.sql or []), "—"),
+        ("PEER_STATS on one connection, all peers, s", "—", span(f.single or []), "—"),
+    ]  # fmt: skip
+    head = (
+        "## Report query (`clawd report --since 30d`)\n\n"
+        f"Machine: nproc {os.cpu_count()}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}; throwaway PostgreSQL cluster "
+        f"(tests/pgserver.py). {plan.runs} run(s) of each; measured = min–median (one value "
+        "for one run); ratio = median ÷ goal (✓ goal met).\n\n"
+        "| figure | goal | measured | ratio |\n|---|---|---|---|\n"
+    )
+    table = "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in rows)
+    plan_text = "\n".join(f.plan or [])
+    return (
+        head + table + f"\nPlan of one connection's half (`EXPLAIN (ANALYZE, TIMING OFF)`):\n\n"
+        f"```\n{plan_text}\n```\n"
+    )
+
+
+def run(quick: bool = False) -> str:
+    """Measure and return the section's markdown."""
+    configure_logging("error")
+    plan = Plan.for_mode(quick)
+    with tempfile.TemporaryDirectory(prefix="clawd-bench-report-") as tmp:
+        return render(asyncio.run(measure(plan, Path(tmp))), quick)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report_query", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="1,000,000 rows, one run")
+    args = parser.parse_args(argv)
+    print(run(quick=args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

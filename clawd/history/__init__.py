@@ -1,0 +1,1 @@
+"""History from PostgreSQL: incident timelines and per-peer availability reports."""

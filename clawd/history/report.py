@@ -1,0 +1,161 @@
+"""Per-peer report figures, and how availability is computed from ping spans.
+
+Availability, precisely. For a peer, take its pings in the window [start, end) in time
+order, t1 < t2 < … < tn, and let E = min(end, now). Ping i *holds* its outcome for
+span_i = min(t(i+1), E) - t_i (the last ping: E - tn; never negative). The peer's
+*gaps* are span_1 … span_(n-1); m is their median (the mean of the two middle values
+for an even count). Every span is capped at 3·m, so a stretch when nobody pinged the
+peer (monitor down, PostgreSQL restored from an old backup) counts neither as up nor
+as down time. Then
+
+    observed     = Σ min(span_i, 3m)                 over all pings
+    up           = Σ min(span_i, 3m)                 over successful pings
+    availability = up / observed
+
+It is undefined (None) with fewer than two pings, or when observed is 0. Time before
+the first ping in the window is not observed. Pings from several monitors
+(source_gateway) are merged: the newest observation of the peer, whoever made it,
+holds. Pings with equal timestamps are ordered arbitrarily.
+
+Response times (p50 = percentile_disc 0.5, p95, max) use successful pings only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+GAP_CAP_FACTOR = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    """One row of queries.PEER_STATS: spans uncapped, plus every span longer than floor_s."""
+
+    gateway_id: str
+    pings: int
+    successes: int
+    median_gap_s: float | None
+    up_s: float
+    observed_s: float
+    long_up: tuple[float, ...]
+    long_down: tuple[float, ...]
+    floor_s: float
+    p50_ms: int | None
+    p95_ms: int | None
+    max_ms: int | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any] | asyncpg.Record, floor_s: float) -> PeerStats:
+        """From a PEER_STATS record fetched with $4 = floor_s."""
+        return cls(
+            gateway_id=row["gateway_id"],
+            pings=int(row["pings"]),
+            successes=int(row["successes"]),
+            median_gap_s=_float_or_none(row["median_gap_s"]),
+            up_s=float(row["up_s"]),
+            observed_s=float(row["observed_s"]),
+            long_up=tuple(float(s) for s in row["long_up"] or ()),
+            long_down=tuple(float(s) for s in row["long_down"] or ()),
+            floor_s=floor_s,
+            p50_ms=row["p50_ms"],
+            p95_ms=row["p95_ms"],
+            max_ms=row["max_ms"],
+        )
+
+    @property
+    def cap_s(self) -> float:
+        """The span cap, 3x the median gap; 0 without gaps."""
+        return GAP_CAP_FACTOR * self.median_gap_s if self.median_gap_s else 0.0
+
+    @property
+    def exact(self) -> bool:
+        """Whether every span above the cap was returned, so capping is exact."""
+        return self.cap_s == 0 or self.cap_s >= self.floor_s
+
+
+def capped_sum(total: float, long_spans: Iterable[float], cap: float) -> float:
+    """Σ min(span, cap), given Σ span and every span longer than cap."""
+    return total - sum(s - cap for s in long_spans if s > cap)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReport:
+    """What `clawd report` shows for one peer."""
+
+    gateway_id: str
+    name: str | None
+    pings: int
+    successes: int
+    success_pct: float | None
+    availability_pct: float | None
+    observed_s: float
+    up_s: float
+    median_gap_s: float | None
+    p50_ms: int | None
+    p95_ms: int | None
+    max_ms: int | None
+    incidents: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The whole report: its window (until = min(end, now)) and one entry per peer."""
+
+    start: datetime
+    end: datetime
+    until: datetime
+    peers: list[PeerReport]
+
+
+def peer_report(
+    stats: PeerStats | None,
+    gateway_id: str,
+    name: str | None,
+    incidents: Mapping[str, int],
+) -> PeerReport:
+    """Combine ping figures (None: no pings in the window) with names and incidents."""
+    if stats is None:
+        return PeerReport(
+            gateway_id, name, 0, 0, None, None, 0.0, 0.0, None, None, None, None, dict(incidents)
+        )
+    if not stats.exact:
+        raise ValueError(f"{gateway_id}: spans above the cap were not all fetched")
+    cap = stats.cap_s
+    up = capped_sum(stats.up_s, stats.long_up, cap) if cap else 0.0
+    down = capped_sum(stats.observed_s - stats.up_s, stats.long_down, cap) if cap else 0.0
+    observed = up + down
+    return PeerReport(
+        gateway_id=gateway_id,
+        name=name,
+        pings=stats.pings,
+        successes=stats.successes,
+        success_pct=100.0 * stats.successes / stats.pings if stats.pings else None,
+        availability_pct=100.0 * up / observed if observed > 0 else None,
+        observed_s=observed,
+        up_s=up,
+        median_gap_s=stats.median_gap_s,
+        p50_ms=stats.p50_ms,
+        p95_ms=stats.p95_ms,
+        max_ms=stats.max_ms,
+        incidents=dict(incidents),
+    )
+
+
+def build_peers(
+    stats: Sequence[PeerStats],
+    names: Mapping[str, str],
+    incidents: Mapping[str, Mapping[str, int]],
+) -> list[PeerReport]:
+    """One PeerReport per peer with pings or incidents, ordered by gateway id."""
+    by_id = {s.gateway_id: s for s in stats}
+    ids = sorted(set(by_id) | set(incidents))
+    return [peer_report(by_id.get(g), g, names.get(g), incidents.get(g, {})) for g in ids]
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
