@@ -30,6 +30,7 @@ from pgserver import BasePg, PgDatabase
 from clawd.cli import main
 from clawd.model import PeerStatus
 from clawd.settings import PG_ENV_VARS
+from clawd.store.migrations import load_migrations
 
 WRONG_PASSWORD = "Wr0ng-pa55-7f3e"
 
@@ -101,7 +102,9 @@ def test_db_migrate(tmp_path: Path, pg_db: PgDatabase, capsys: pytest.CaptureFix
     assert code == 0, err
     assert "Traceback" not in err
     target = f"{pg_db.host}:{pg_db.port}/{pg_db.database}"
+    every = ", ".join(m.name for m in load_migrations())
     assert f"database {target} is at: 001-initial-schema.sql, 002-idempotency-keys.sql" in out
+    assert f"database {target} is at: {every}\n" in out
     assert asyncio.run(table_counts(pg_db)) == dict.fromkeys(
         ("fleet_instances", "peer_status", "ping_history", "incident_log", "skill_audit"), 0
     )

@@ -13,10 +13,18 @@ import pytest
 from helpers_pg import connect
 from pgserver import PgDatabase
 
-from clawd.store.migrations import ADVISORY_LOCK_ID, MIGRATIONS_TABLE, migrate, migrations_dir
+from clawd.store.migrations import (
+    ADVISORY_LOCK_ID,
+    MIGRATIONS_TABLE,
+    load_migrations,
+    migrate,
+    migrations_dir,
+)
 
 INITIAL = "001-initial-schema.sql"
-ALL_MIGRATIONS = [INITIAL, "002-idempotency-keys.sql"]
+# Every shipped file, in order (the first two are the ones the tests below rely on).
+ALL_MIGRATIONS = [m.name for m in load_migrations()]
+assert ALL_MIGRATIONS[:2] == [INITIAL, "002-idempotency-keys.sql"]
 
 TZ = "timestamp with time zone"
 
