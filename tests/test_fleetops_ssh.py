@@ -265,3 +265,57 @@ async def test_push_and_reinstall_through_openssh(tmp_path: Path, fleet: SshFlee
     finally:
         await asyncio.to_thread(server.stop)
         shutil.rmtree(user_home / remote_home.split("/")[0], ignore_errors=True)
+
+
+async def test_older_version_is_reinstalled_even_though_installed(
+    tmp_path: Path, fleet: SshFleet
+) -> None:
+    root = tmp_path / "peer"
+    (root / ".openclaw" / "claw-clan").mkdir(parents=True)
+    peer = await fleet.add_peer("127.0.4.13", root=root)
+    write_known_hosts(fleet)
+    home = tmp_path / "home"
+    home.mkdir()
+    settings, config_path = make_home(home, fleet)
+    outcome = await reinstall(
+        Connector(settings.ssh, home),
+        _address("gw-t", peer.address, peer.port),
+        settings,
+        config_path,
+        "version 0.0.9 older than 0.1.0",
+    )
+    assert outcome.ok and not outcome.already_installed, outcome.error
+    assert (root / "install-runs").read_text() == "run\n"
+
+
+async def test_recovery_disabled_leaves_peers_alone(tmp_path: Path, fleet: SshFleet) -> None:
+    root = tmp_path / "peer"
+    root.mkdir()
+    peer = await fleet.add_peer("127.0.4.14", root=root)
+    write_known_hosts(fleet)
+    home = tmp_path / "home"
+    home.mkdir()
+    settings, config_path = make_home(home, fleet, recovery={"enabled": False})
+    repo = build_repository(settings)
+    await repo.open()
+    recoverer = Recoverer(
+        settings, config_path, Connector(settings.ssh, home), IncidentRecorder(repo), print
+    )
+    me = Instance("gw-a", "alpha", lead_number=1)
+    recoverer.update_view(_view_with(me, "gw-t", peer.address, peer.port, installed=False))
+    task = asyncio.create_task(recoverer.run(asyncio.Event()))
+    await asyncio.sleep(1.0)
+    assert not (root / "install-runs").exists()
+    assert not (root / ".openclaw").exists()
+    # Switched on by a reload: it acts at once.
+    on, _ = make_home(tmp_path / "home2", fleet)
+    recoverer.update_settings(on)
+    try:
+        async with asyncio.timeout(10):
+            while recoverer.reinstalls == 0:
+                await asyncio.sleep(0.05)
+    finally:
+        recoverer.stop()
+        await task
+        await repo.close()
+    assert (root / "install-runs").read_text() == "run\n"
