@@ -39,6 +39,15 @@ def _significant(state: PeerState) -> tuple[object, ...]:
     )
 
 
+def _observed_facts(state: PeerState) -> tuple[object, ...]:
+    return (
+        state.status,
+        state.ssh_connectivity,
+        state.claw_clan_installed,
+        state.mdns_broadcasting,
+    )
+
+
 def summary(view: FleetView) -> str:
     """One line for systemd's STATUS=: '5 peers: 4 online, 1 offline; leader gw-a'."""
     counts = Counter(r.state.status.value for r in view.peers.values())
@@ -116,6 +125,7 @@ class FleetKeeper:
         now = utcnow()
         self.observations += 1
         previous_leader = self.view.leader
+        previous = self.view.peers
         decision = self.reconciler.apply(self.view, obs, now)
         self.view = decision.view
         if isinstance(obs, PingResult):
@@ -133,7 +143,14 @@ class FleetKeeper:
             await self.repo.set_leader(self.view.leader)
         if isinstance(obs, Tick):
             await self._write_dirty(force=False)
-        return bool(decision.moved or decision.instances or decision.incidents)
+        if decision.moved or decision.instances or decision.incidents:
+            return True
+        # Leader work (reinstall, config push) acts on these facts too, not only on moves.
+        return any(
+            (old := previous.get(state.gateway_id)) is None
+            or _observed_facts(old.state) != _observed_facts(state)
+            for state in decision.states
+        )
 
     async def _persist(self, decision: Decision) -> None:
         for instance in decision.instances:

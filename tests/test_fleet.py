@@ -120,3 +120,21 @@ async def test_leader_change_is_persisted(running: Running) -> None:
     assert json.loads((running.home / "fleet.json").read_text())["leader"] == "gw-b"
     assert ("gw-b", EventType.LEADER_CHANGE) in running.incidents()
     assert k.view.peers["gw-b"].state.status is PeerStatus.ONLINE
+
+
+async def test_claw_clan_vanishing_from_an_online_peer_is_a_change(running: Running) -> None:
+    # Leader work (reinstall) listens to on_change: a peer that stays online but loses
+    # claw-clan must reach it, while plain repeat pings must not.
+    k = running.keeper
+    k.emit(PeerConfigured(Instance("gw-b", "beta", ip="127.0.0.2"), utcnow()))
+    k.emit(PingResult("gw-b", utcnow(), True, 3, installed=True))
+    await running.settle()
+    before = len(running.changes)
+    for _ in range(5):
+        k.emit(PingResult("gw-b", utcnow(), True, 3))
+    await running.settle()
+    assert len(running.changes) == before
+    k.emit(PingResult("gw-b", utcnow(), True, 3, installed=False))
+    await running.settle()
+    assert len(running.changes) == before + 1
+    assert not running.changes[-1].peers["gw-b"].state.claw_clan_installed
