@@ -13,7 +13,8 @@ from typing import Any
 from clawd import __version__, cli_history, cli_skills
 from clawd.errors import ClawdError
 from clawd.logs import configure_logging
-from clawd.settings import Settings, load_settings
+from clawd.permissions import warn_if_readable_by_others
+from clawd.settings import Settings, default_config_path, load_settings
 
 EXIT_USER_ERROR = 2
 
@@ -27,11 +28,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log.level)
+    warn_if_readable_by_others(args.config or default_config_path())
     return asyncio.run(Daemon(settings, args.config).run())
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    print(_settings(args).summary())
+    settings = _settings(args)
+    configure_logging("warning")
+    warn_if_readable_by_others(args.config or default_config_path())
+    print(settings.summary())
     return 0
 
 
@@ -72,7 +77,7 @@ async def _push_directly(settings: Settings, config: Path | None) -> list[Any]:
     from clawd.ssh_client import Connector
     from clawd.store.json_store import JsonStore
 
-    snap = (await JsonStore(settings.home).load()).snapshot
+    snap = (await JsonStore(settings.home).load(read_only=True)).snapshot
     me = settings.instance.gateway_id
     peers = [
         PeerAddress(
@@ -172,7 +177,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         from clawd.store.json_store import JsonStore
 
         configure_logging("error")
-        snap = asyncio.run(JsonStore(settings.home).load()).snapshot
+        snap = asyncio.run(JsonStore(settings.home).load(read_only=True)).snapshot
         leader = snap.leader
         rows = peer_rows(snap.instances, snap.peers, settings.instance.gateway_id)
         answer = {"leader": leader, "peers": rows}

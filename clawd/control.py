@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,23 @@ def socket_path(home: Path) -> Path:
     return home / SOCKET_NAME
 
 
+def _private_socket(path: Path) -> socket.socket:
+    """A listening unix socket created mode 0600: no window where it is wider.
+
+    Linux gives the socket file the mode of the socket's inode (minus the umask), so
+    fchmod before bind does it without touching the process-wide umask, which other
+    threads creating files and folders at the same time depend on.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.fchmod(sock.fileno(), 0o600)
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class ControlServer:
     def __init__(self, path: Path, handlers: Mapping[str, Handler]) -> None:
         self.path = path
@@ -42,13 +60,9 @@ class ControlServer:
     async def run(self, ready: asyncio.Event) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a stale socket from a crashed run
-        old_umask = os.umask(0o177)  # created 0600, no window where it is wider
-        try:
-            self._server = await asyncio.start_unix_server(
-                self._serve, path=str(self.path), limit=MAX_REQUEST
-            )
-        finally:
-            os.umask(old_umask)
+        self._server = await asyncio.start_unix_server(
+            self._serve, sock=_private_socket(self.path), limit=MAX_REQUEST
+        )
         ready.set()
         try:
             await self._stopped.wait()

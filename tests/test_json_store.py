@@ -199,3 +199,21 @@ async def test_files_are_private(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE((home / "peers").stat().st_mode) == 0o700
     assert home.stat().st_mode & 0o077 == 0
+
+
+async def test_a_reader_never_touches_a_write_in_progress_or_a_bad_file(tmp_path: Path) -> None:
+    # `clawd status` reads while the daemon writes: a temp file about to be renamed
+    # into place, and a malformed peer file, must both be left where they are.
+    peers = tmp_path / "peers"
+    peers.mkdir()
+    in_flight = peers / ".gw-b.json.1234.tmp"
+    in_flight.write_text("{half")
+    bad = peers / "gw-c.json"
+    bad.write_text("{not json")
+    loaded = await JsonStore(tmp_path).load(read_only=True)
+    assert loaded.snapshot.peers == {} and loaded.quarantined == []
+    assert in_flight.exists() and bad.exists()
+    # The daemon's own load repairs: the bad file is moved aside.
+    repaired = await JsonStore(tmp_path).load()
+    assert not bad.exists() and len(repaired.quarantined) == 1
+    assert not in_flight.exists()  # at the daemon's start, a temp file is a crash's leftover

@@ -40,7 +40,7 @@ def _chunks(items: list[WriteOp]) -> Iterator[list[WriteOp]]:
 
 async def import_json(store: JsonStore, pg: PgStore, *, dry_run: bool) -> ImportReport:
     """Idempotent: every write is an upsert or keyed insert, so a re-run adds nothing."""
-    loaded = await store.load()
+    loaded = await store.load(read_only=True)
     snapshot = loaded.snapshot
     incidents: list[Incident] = [
         i for _, i in await asyncio.to_thread(lambda: list(store.read_incidents()))

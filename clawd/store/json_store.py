@@ -54,13 +54,14 @@ def _quarantine(path: Path, reason: str) -> Path:
     return target
 
 
-def _load_sync(home: Path) -> LoadResult:
+def _load_sync(home: Path, repair: bool) -> LoadResult:
     peers_dir = home / "peers"
-    for directory in (home, peers_dir):
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        remove_stale_temp_files(directory)
+    if repair:
+        for directory in (home, peers_dir):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            remove_stale_temp_files(directory)
     result = LoadResult(FleetSnapshot())
-    fleet = _read_fleet(home / "fleet.json")
+    fleet = _read_fleet(home / "fleet.json", repair)
     for inst in fleet.get("instances", []):
         result.snapshot.instances[inst.gateway_id] = inst
     result.snapshot.leader = fleet.get("leader")
@@ -71,14 +72,17 @@ def _load_sync(home: Path) -> LoadResult:
             if peer_file_name(inst.gateway_id) != path.name:
                 raise ValueError(f"gatewayId {inst.gateway_id!r} does not match the file name")
         except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            result.quarantined.append(_quarantine(path, str(exc)))
+            if repair:
+                result.quarantined.append(_quarantine(path, str(exc)))
+            else:
+                log.warning("peer_file_unreadable", path=str(path), reason=str(exc))
             continue
         result.snapshot.instances[inst.gateway_id] = inst
         result.snapshot.peers[inst.gateway_id] = state
     return result
 
 
-def _read_fleet(path: Path) -> dict[str, Any]:
+def _read_fleet(path: Path, repair: bool) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
@@ -88,7 +92,10 @@ def _read_fleet(path: Path) -> dict[str, Any]:
         if leader is not None and not isinstance(leader, str):
             raise ValueError("leader: expected a string or null")
     except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
-        _quarantine(path, str(exc))
+        if repair:
+            _quarantine(path, str(exc))
+        else:
+            log.warning("fleet_file_unreadable", path=str(path), reason=str(exc))
         return {}
     return {"instances": instances, "leader": leader}
 
@@ -124,10 +131,12 @@ class JsonStore:
         self.peers_dir = home / "peers"
         self._locks: dict[Path, asyncio.Lock] = {}
 
-    async def load(self) -> LoadResult:
-        """Create the layout if needed, quarantine malformed files, return what is there."""
+    async def load(self, *, read_only: bool = False) -> LoadResult:
+        """What is there; unless read_only, first create the layout, remove stale temp
+        files and quarantine malformed ones (only the daemon may: a reader running beside
+        it would delete the temp file of a write in progress)."""
         try:
-            return await asyncio.to_thread(_load_sync, self.home)
+            return await asyncio.to_thread(_load_sync, self.home, not read_only)
         except OSError as exc:
             raise StoreError(f"cannot open the JSON store at {self.home}: {exc}") from exc
 
