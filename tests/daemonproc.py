@@ -32,12 +32,14 @@ def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 class DaemonProcess:
     """A running `clawd run`; its stderr (the log) is collected as it comes."""
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.home = home
         full_env = dict(os.environ, CLAW_HOME=str(home), **(env or {}))
         full_env.pop("JOURNAL_STREAM", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clawd.cli", "run"],
+            [*prefix, sys.executable, "-m", "clawd.cli", "run"],
             env=full_env,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

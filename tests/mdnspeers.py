@@ -93,10 +93,12 @@ class MdnsPeers:
         service_type: str,
         peers: Sequence[FakePeer],
         interfaces: Sequence[str] = ("127.0.0.1",),
+        prefix: Sequence[str] = (),
     ) -> None:
         self.service_type = service_type
         self.peers = list(peers)
         self.interfaces = list(interfaces)
+        self.prefix = list(prefix)  # e.g. ["ip", "netns", "exec", NS]: announce from there
         self._proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> MdnsPeers:
@@ -120,6 +122,7 @@ class MdnsPeers:
             "peers": [peer.to_json() for peer in self.peers],
         }
         self._proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
             sys.executable,
             str(Path(__file__).resolve()),
             json.dumps(spec),
@@ -194,6 +197,7 @@ class MdnsWatcher:
     async def __aenter__(self) -> MdnsWatcher:
         spec = {"service_type": self.service_type, "interfaces": self.interfaces}
         self._proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
             sys.executable,
             str(Path(__file__).resolve()),
             json.dumps(spec),

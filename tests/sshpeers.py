@@ -452,6 +452,8 @@ class OpenSshServer:
         *,
         port: int | None = None,
         extra_config: Sequence[str] = (),
+        user: str = TEST_SSH_USER,
+        prefix: Sequence[str] = (),
     ) -> None:
         if not 1 <= len(addresses) <= SSHD_MAX_ADDRESSES:
             raise ValueError(f"one sshd listens on 1 to {SSHD_MAX_ADDRESSES} addresses")
@@ -464,7 +466,12 @@ class OpenSshServer:
         self.authorized_keys = tuple(authorized_keys)
         self.port = port or 0
         self.extra_config = tuple(extra_config)
-        self.account = ensure_test_user()
+        self.account = ensure_test_user(user)
+        # A command prefix such as ("ip", "netns", "exec", NS): sshd runs (and is probed)
+        # inside that network namespace; it then needs an explicit port.
+        self.prefix = tuple(prefix)
+        if self.prefix and not port:
+            raise ValueError("an sshd started through a prefix needs an explicit port")
         self.user = self.account.pw_name
         self._token = secrets.token_hex(4)
         self._keys_name = f"authorized_keys_clawd_test_{self._token}"
@@ -526,7 +533,7 @@ class OpenSshServer:
             config = self._write_config()  # absolute -f path: sshd re-executes itself
             log = (self.directory / "sshd.log").open("ab")
             self._process = subprocess.Popen(
-                [str(self.binary), "-D", "-e", "-f", str(config)],
+                [*self.prefix, str(self.binary), "-D", "-e", "-f", str(config)],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -536,7 +543,7 @@ class OpenSshServer:
             while time.monotonic() < deadline and self._process.poll() is None:
                 # sshd binds every ListenAddress before it accepts; probing one is enough
                 # (each probe is an unauthenticated connection counted by MaxStartups).
-                if _answers_ssh(self.addresses[0], self.port):
+                if self._answers():
                     return
                 time.sleep(0.05)
             self._kill()
@@ -544,6 +551,22 @@ class OpenSshServer:
                 break
         self._keys_path.unlink(missing_ok=True)
         raise RuntimeError(f"sshd did not start; log:\n{self.log_tail()}")
+
+    def _answers(self) -> bool:
+        if not self.prefix:
+            return _answers_ssh(self.addresses[0], self.port)
+        probe = (
+            "import socket,sys\n"
+            f"s=socket.create_connection(({self.addresses[0]!r},{self.port}),timeout=1)\n"
+            "sys.exit(0 if s.recv(64).startswith(b'SSH-') else 1)"
+        )
+        done = subprocess.run(
+            [*self.prefix, sys.executable, "-c", probe],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        return done.returncode == 0
 
     def log_tail(self, lines: int = 20) -> str:
         path = self.directory / "sshd.log"
