@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 HOME_DIR ?= .clawd-home
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean system-deps install-systemd
+.PHONY: run demo test lint typecheck bench clean system-deps install-systemd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: $(STAMP)
 	    $(BIN)/python scripts/dev-config.py config.example.json $(HOME_DIR)/config.json && \
 	    echo "created $(HOME_DIR)/config.json from config.example.json (mDNS on loopback only)"; fi
 	CLAW_HOME=$(abspath $(HOME_DIR)) $(BIN)/clawd run
+
+# Five simulated peers on loopback, clawd watching them through a scripted outage story
+# (PostgreSQL if its binaries are installed, else JSON); Ctrl-C stops everything it started.
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
 
 system-deps:
 	bash scripts/install-system-deps.sh
