@@ -4,16 +4,21 @@ A throwaway PostgreSQL cluster (``tests/pgserver.py``) gets clawd's schema up to
 migration 002, then ``rows`` pings in one ``INSERT … SELECT generate_series``: 1,000
 peers, one ping each every 30 days / (rows / 1,000), ±10 % jitter, a client_key UUID per
 row as the daemon writes them, 0.5 % scattered failures plus one 2-hour outage per
-peer. Then migration 003 (the covering index) is applied to the filled table -- its
-duration is how long the upgrade blocks ping writes -- and ``VACUUM (FREEZE, ANALYZE)``.
+peer. Then migrations 003 (the covering index) and 004 (the hourly rollup) are applied
+to the filled table -- their duration is how long the upgrade blocks ping writes -- and
+``VACUUM (FREEZE, ANALYZE)``; then one ``RollupMaintainer.roll_once`` rolls every ended
+hour (the initial rollup).
 
 Measured, ``runs`` times each (min-median):
 
 * end to end: ``python -m clawd.cli report --since 30d --json`` as a subprocess;
 * the SQL alone: ``clawd.history.collect.build_report`` in-process (both connections);
-* one connection, all peers: ``queries.PEER_STATS`` on its own (what the split halves).
+* for comparison, the exact path before migration 004: ``queries.PEER_STATS`` on one
+  connection, all peers (once).
 
-The plan is the ``EXPLAIN (ANALYZE, TIMING OFF)`` of one connection's half.
+Then one more hour of rows (1,000 peers x 360 pings) is inserted and rolled by one
+incremental ``roll_once``. The plan is the ``EXPLAIN (ANALYZE, TIMING OFF)`` of the
+rollup sums for all peers.
 
 Run: ``.venv/bin/python -m bench.report_query [--quick]`` (``--quick``: 1,000,000 rows,
 one run). In ``bench/run.py``: ``report_query.SECTION: lambda quick: report_query.run(quick)``.
@@ -26,13 +31,13 @@ import asyncio
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,8 +45,10 @@ from pathlib import Path
 import asyncpg
 
 from clawd.history import queries
-from clawd.history.collect import CONNECTIONS, build_report, split
+from clawd.history.collect import build_report, cut
 from clawd.history.db import open_store
+from clawd.history.hourly import HOUR, hour_of
+from clawd.history.rollup import GRACE, RollupMaintainer
 from clawd.history.timespec import Window
 from clawd.logs import configure_logging
 from clawd.settings import settings_from_data
@@ -54,7 +61,6 @@ if str(TESTS_DIR) not in sys.path:
 from pgserver import PgServer  # noqa: E402
 
 SECTION = "report-query"
-_IDS = re.compile(r"'\{([^,}]*),[^}]*\}'")  # the gateway list in the plan, shortened
 ROLE, PASSWORD, DATABASE = "claw", "bench-report-pw", "claw_clan"
 PEERS = 1_000
 DAYS = 30
@@ -76,6 +82,15 @@ FROM (
                    BETWEEN 0 AND $6::bigint - 1 AS ok
     FROM generate_series(0, $1::bigint - 1) AS g
 ) AS pings
+"""
+# One more hour: $1 peers x $2 pings, $3 the hour's start, 10 s apart.
+FILL_HOUR = """
+INSERT INTO ping_history (source_gateway, target_gateway, success, "timestamp", response_ms,
+                          client_key)
+SELECT 'gw-bench', 'gw-' || lpad(peer::text, 4, '0'), true,
+       $3::timestamptz + (n * 10 + random() * 5) * interval '1 second',
+       3 + (random() * random() * 400)::int, gen_random_uuid()
+FROM generate_series(0, $2::int - 1) AS n, generate_series(0, $1::int - 1) AS peer
 """
 FILL_NAMES = """
 INSERT INTO fleet_instances (gateway_id, name)
@@ -106,6 +121,11 @@ class Figures:
     sql: list[float] | None = None
     single: list[float] | None = None
     plan: list[str] | None = None
+    rollup_s: float = 0.0
+    rollup_hours: int = 0
+    rollup_mb: float = 0.0
+    incremental_s: float = 0.0
+    incremental_hours: int = 0
 
 
 def span(values: Sequence[float]) -> str:
@@ -163,6 +183,28 @@ async def fill(conn: asyncpg.Connection, plan: Plan, start: datetime, f: Figures
     )
 
 
+def maintainer(server: PgServer) -> RollupMaintainer:
+    @asynccontextmanager
+    async def connect() -> AsyncIterator[asyncpg.Connection]:
+        conn = await asyncpg.connect(
+            host=server.host, port=server.port, user=ROLE, password=PASSWORD, database=DATABASE
+        )
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    return RollupMaintainer(connect, lambda: True)
+
+
+async def roll(server: PgServer, now: datetime) -> tuple[float, int]:
+    began = time.perf_counter()
+    result = await maintainer(server).roll_once(now)
+    if result.skipped or result.error:
+        raise RuntimeError(f"rollup did not run: {result}")
+    return time.perf_counter() - began, result.hours
+
+
 def cli_seconds(config: Path) -> float:
     began = time.perf_counter()
     proc = subprocess.run(
@@ -193,33 +235,43 @@ async def measure(plan: Plan, work: Path) -> Figures:
         )
         try:
             await fill(conn, plan, start, f)
+            f.rollup_s, f.rollup_hours = await roll(server, datetime.now(UTC))
+            await conn.execute("VACUUM ANALYZE ping_rollup_hourly")
+            f.rollup_mb = await conn.fetchval("SELECT pg_table_size('ping_rollup_hourly')") / 2**20
             config = work / "config.json"
             config.write_text(json.dumps(config_data(server, work)), encoding="utf-8")
             settings = settings_from_data(config_data(server, work), environ={})
             cli_seconds(config)  # warm-up: caches, catalog
             store = await open_store(settings.postgres)
             try:
-                window = Window(start, datetime.now(UTC))
+                assert f.cli is not None and f.sql is not None and f.single is not None
                 for _ in range(plan.runs):
-                    assert f.cli is not None and f.sql is not None and f.single is not None
                     f.cli.append(await asyncio.to_thread(cli_seconds, config))
+                    now = datetime.now(UTC)
+                    window = Window(now - timedelta(days=DAYS), now)
                     began = time.perf_counter()
-                    report = await build_report(store.pool, window, datetime.now(UTC))
+                    report = await build_report(store.pool, window, now)
                     f.sql.append(time.perf_counter() - began)
                     f.peers = len(report.peers)
-                    ids = [p.gateway_id for p in report.peers]
-                    args = (window.start, window.end, window.end, timedelta(seconds=400))
-                    began = time.perf_counter()
-                    await conn.execute("SET jit = off")
-                    await conn.fetch(queries.PEER_STATS, *args, ids)
-                    f.single.append(time.perf_counter() - began)
-                half = split(ids, CONNECTIONS)[0]
+                ids = [p.gateway_id for p in report.peers]
+                args = (window.start, window.end, window.end, timedelta(seconds=400))
+                began = time.perf_counter()
+                await conn.execute("SET jit = off")
+                await conn.fetch(queries.PEER_STATS, *args, ids)
+                f.single.append(time.perf_counter() - began)
+                pieces = cut(window, now)
+                assert pieces.full is not None
+                await conn.execute(queries.ROLLUP_WORK_MEM.replace(" LOCAL", ""))  # as the report
                 rows = await conn.fetch(
-                    "EXPLAIN (ANALYZE, TIMING OFF) " + queries.PEER_STATS, *args, half
+                    "EXPLAIN (ANALYZE, TIMING OFF) " + queries.ROLLUP_TOTALS,
+                    *pieces.full, None, None, None, [], [],
+                )  # fmt: skip
+                f.plan = [r[0] for r in rows]
+                hour = hour_of(datetime.now(UTC))
+                await conn.execute(FILL_HOUR, PEERS, 360, hour)
+                f.incremental_s, f.incremental_hours = await roll(
+                    server, max(datetime.now(UTC), hour + HOUR + GRACE)
                 )
-                f.plan = [
-                    _IDS.sub(lambda m: f"'{{{m.group(1)},… {len(half)} ids}}'", r[0]) for r in rows
-                ]
             finally:
                 await store.close()
         finally:
@@ -239,12 +291,19 @@ def render(f: Figures, quick: bool) -> str:
          f"{f.rows:,} / {f.peers:,}", "—"),
         ("table / covering index size, MB", "—", f"{f.table_mb:.0f} / {f.index_mb:.0f}", "—"),
         ("fill (INSERT … generate_series), s", "—", f"{f.fill_s:.1f}", "—"),
-        ("migration 003 on the filled table (writes blocked), s", "—", f"{f.index_s:.1f}", "—"),
+        ("migrations 003 + 004 on the filled table (writes blocked), s", "—",
+         f"{f.index_s:.1f}", "—"),
         ("VACUUM (FREEZE, ANALYZE), s", "—", f"{f.vacuum_s:.1f}", "—"),
+        (f"initial rollup of {f.rows:,} rows ({f.rollup_hours:,} peer-hours), s", "—",
+         f"{f.rollup_s:.1f}", "—"),
+        ("ping_rollup_hourly size, MB", "—", f"{f.rollup_mb:.0f}", "—"),
         ("`clawd report --since 30d --json`, end to end, s", f"≤ {GOAL_S:.0f}", span(cli),
          f"{ratio:.2f} {mark}"),
-        (f"SQL alone (build_report, {CONNECTIONS} connections), s", "—", span(f.sql or []), "—"),
-        ("PEER_STATS on one connection, all peers, s", "—", span(f.single or []), "—"),
+        ("SQL alone (build_report, rollup + live edges), s", "—", span(f.sql or []), "—"),
+        ("exact path before 004: PEER_STATS, all peers on one connection, s", "—",
+         span(f.single or []), "—"),
+        (f"incremental roll_once: one more hour, 1,000 x 360 pings "
+         f"({f.incremental_hours:,} peer-hours), s", "—", f"{f.incremental_s:.2f}", "—"),
     ]  # fmt: skip
     head = (
         "## Report query (`clawd report --since 30d`)\n\n"
@@ -257,7 +316,7 @@ def render(f: Figures, quick: bool) -> str:
     table = "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in rows)
     plan_text = "\n".join(f.plan or [])
     return (
-        head + table + f"\nPlan of one connection's half (`EXPLAIN (ANALYZE, TIMING OFF)`):\n\n"
+        head + table + "\nPlan of the rollup sums, all peers (`EXPLAIN (ANALYZE, TIMING OFF)`):\n\n"
         f"```\n{plan_text}\n```\n"
     )
 

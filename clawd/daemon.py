@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Coroutine, Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import structlog
 
 from clawd.backup.manager import BackupManager
@@ -23,6 +25,7 @@ from clawd.fleet import FleetKeeper, summary
 from clawd.fleetops.distribution import ConfigDistributor
 from clawd.fleetops.leadership import acting_leader
 from clawd.fleetops.recovery import Recoverer
+from clawd.history.rollup import RollupMaintainer
 from clawd.incidents import IncidentRecorder
 from clawd.journal import JournalSender
 from clawd.logs import configure_logging
@@ -173,12 +176,17 @@ class Daemon:
         )
         self.distributor = ConfigDistributor(s, self.config_path, self.ops_connector)
         self.skills = SkillSyncer(s, self.repo, recorder)
-        # Its own short-lived connection: a prune never takes a writer's pool slot.
-        self.pruner = RetentionPruner(
-            s.history,
-            lambda: dedicated_connection(self.settings.postgres),
-            lambda: self.settings.backend == "postgres" and acting_leader(self.keeper.view),
-        )
+
+        # History upkeep: the acting leader only, each run on its own short-lived
+        # connection so it never takes a writer's pool slot.
+        def history_leader() -> bool:
+            return self.settings.backend == "postgres" and acting_leader(self.keeper.view)
+
+        def history_connection() -> AbstractAsyncContextManager[asyncpg.Connection]:
+            return dedicated_connection(self.settings.postgres)
+
+        self.pruner = RetentionPruner(s.history, history_connection, history_leader)
+        self.rollup = RollupMaintainer(history_connection, history_leader)
         for leader_work in (self.recoverer, self.distributor):
             leader_work.update_view(view)
         self.discovery = (
@@ -254,6 +262,7 @@ class Daemon:
             start("distribution", self.distributor.run),
             start("skills", self.skills.run),
             start("retention", self.pruner.run),
+            start("rollup", self.rollup.run),
         ]
         if (address := self.settings.metrics.address()) is not None:
             # At start a busy port is an error to fix; after a reload it only logs.
@@ -280,6 +289,7 @@ class Daemon:
         self.distributor.stop()
         self.skills.stop()
         self.pruner.stop()
+        self.rollup.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
         stopping = [*self._sources, *([self._metrics_task] if self._metrics_task else [])]

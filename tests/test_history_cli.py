@@ -19,6 +19,7 @@ from pgserver import BasePg, PgDatabase
 
 from clawd.cli import main
 from clawd.history import collect
+from clawd.history.rollup import RollupMaintainer
 from clawd.settings import PG_ENV_VARS
 from clawd.store.migrations import migrate
 
@@ -55,9 +56,13 @@ INCIDENTS: list[tuple[str, float, str, Any]] = [
     ("gw-c", 3600, "online", None),  # at T1: outside
 ]
 
+# The window is one whole hour, so its one piece's median is the window's median.
 # gw-a: gaps 10,10,10,10,10,450,10,3080 -> median 10, cap 30.
 #   up: 10+10+10+min(450,30)+10 + last 10 = 80; down: 10+10+min(3080,30) = 50.
+#   Latencies 10 20 30 40 50 60: p50 = 3rd = 30, bucket (25, 32] -> 32; p95 = 6th = 60,
+#   bucket (50, 63] -> 63, above the max -> 60.
 # gw-b: gaps 100,100 -> cap 300; up 100+100+min(3400,300) = 500 of 500.
+#   Latencies 5 7 9: p50 = 2nd = 7, bucket (6, 8] -> 8; p95 = 9, bucket (8, 10] -> max 9.
 EXPECTED: dict[str, dict[str, Any]] = {
     "gw-a": {
         "name": "alpha",
@@ -68,7 +73,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "observedSeconds": 130.0,
         "upSeconds": 80.0,
         "medianGapSeconds": 10.0,
-        "responseP50Ms": 30,
+        "responseP50Ms": 32,
         "responseP95Ms": 60,
         "responseMaxMs": 60,
         "incidents": {"offline": 1, "recovery": 1},
@@ -82,7 +87,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "observedSeconds": 500.0,
         "upSeconds": 500.0,
         "medianGapSeconds": 100.0,
-        "responseP50Ms": 7,
+        "responseP50Ms": 8,
         "responseP95Ms": 9,
         "responseMaxMs": 9,
         "incidents": {"leader_change": 1},
@@ -101,6 +106,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "responseMaxMs": None,
         "incidents": {},
     },
+}
+
+
+# Before migration 004 (the exact path): the same spans; percentile_disc exactly.
+EXPECTED_EXACT: dict[str, dict[str, Any]] = {
+    "gw-a": {**EXPECTED["gw-a"], "responseP50Ms": 30},
+    "gw-b": {**EXPECTED["gw-b"], "responseP50Ms": 7},
+    "gw-c": EXPECTED["gw-c"],
 }
 
 
@@ -142,6 +155,12 @@ async def _fill(db: PgDatabase, incidents_at: datetime = T0) -> None:
                 for g, s, e, d in INCIDENTS
             ],
         )
+        # Roll every hour up, as the leader's RollupMaintainer does: reports then take
+        # the rollup path (before any roll they take the exact one).
+        rolled = await RollupMaintainer(lambda: connect(db), lambda: True).roll_once(
+            T1 + timedelta(days=1)
+        )
+        assert rolled.skipped is None and rolled.hours > 0
 
 
 @pytest.fixture
@@ -168,11 +187,16 @@ def test_report_json_matches_hand_computed_figures(
 def test_report_is_exact_when_the_sampled_floor_is_too_high(
     filled: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 1,000 s is above gw-a's cap (30 s): the first pass misses spans, the second is exact.
+    # The exact path (no rollup): 1,000 s is above gw-a's cap (30 s), so the first pass
+    # misses spans and the second is exact.
+    async def no_rollup(_conn: object) -> bool:
+        return False
+
+    monkeypatch.setattr(collect.queries, "rollup_ready", no_rollup)
     monkeypatch.setattr(collect, "floor_from_sample", lambda _medians: 1000.0)
     code, out, err = _run(capsys, "report", *WINDOW, "--json", "--config", filled)
     assert code == 0, err
-    assert _peers(out) == EXPECTED
+    assert _peers(out) == EXPECTED_EXACT
 
 
 def test_report_one_gateway(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -343,3 +367,30 @@ def test_a_select_only_role_can_report_before_the_index_migration(
     assert code == 0, err
     assert _peers(out) == EXPECTED
     assert err.startswith("note: migration 003-history-indexes.sql is not applied")
+
+
+def test_a_select_only_role_before_the_rollup_migration_gets_the_exact_path(
+    pg_server: BasePg, pg_db: PgDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without migration 004's tables the report falls back to the whole-window path."""
+    asyncio.run(_fill(pg_db))
+    pg_server.create_role(REPORT_ROLE, REPORT_PASSWORD)
+
+    async def prepare() -> None:
+        async with connect(pg_db) as conn:
+            await conn.execute("DROP TABLE ping_rollup_hourly, ping_rollup_state")
+            await conn.execute("DROP AGGREGATE clawd_latency_hist(INT, INT)")
+            await conn.execute(
+                "DELETE FROM clawd_schema_migrations WHERE name = '004-ping-rollup.sql'"
+            )
+            await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {REPORT_ROLE}")
+
+    asyncio.run(prepare())
+    capsys.readouterr()
+    reader = dataclasses.replace(pg_db, user=REPORT_ROLE, password=REPORT_PASSWORD)
+    code, out, err = _run(
+        capsys, "report", *WINDOW, "--json", "--config", _config(tmp_path, reader)
+    )
+    assert code == 0, err
+    assert _peers(out) == EXPECTED_EXACT
+    assert err.startswith("note: migration 004-ping-rollup.sql is not applied")

@@ -10,7 +10,10 @@ from typing import Any
 from helpers_pg import connect
 from pgserver import PgDatabase
 
-from clawd.history import queries
+from clawd.history import hourly, queries
+from clawd.history.collect import cut
+from clawd.history.hourly import Segment
+from clawd.history.timespec import Window
 from clawd.store.migrations import migrate
 
 ROWS = 1_000_000
@@ -53,11 +56,34 @@ async def test_one_peer_one_day_uses_the_index(pg_db: PgDatabase) -> None:
         every = [f"gw-{n:03d}" for n in range(PEERS)]
         fleet = await _plan(conn, queries.PEER_STATS, *day, now, timedelta(0), every)
         sample = await _plan(conn, queries.GAP_SAMPLE, *day, "gw-042", "gw-042")
-    for name, nodes in (("one peer", stats), ("every peer", fleet), ("sample", sample)):
+        # The hourly path (migration 004), one peer, nothing rolled yet: every hour of
+        # the day and both edges computed live, one range scan each.
+        pieces = cut(Window(*day), now)
+        edges = [Segment("gw-042", *e) for e in pieces.edges]
+        assert pieces.full is not None
+        whole = [hourly.whole_hour("gw-042", h) for h in _hours(*pieces.full)]
+        live = await _plan(conn, hourly.SEGMENTS, *hourly.params(edges + whole))
+        peers = await _plan(conn, queries.PEERS, *day, "gw-042", "gw-042")
+        # Rows above a recent watermark: a range of the primary key, not the table.
+        mark = await conn.fetchval("SELECT max(id) - 1000 FROM ping_history")
+        unrolled = await _plan(conn, queries.UNROLLED, mark, *pieces.full, "gw-042")
+    checked = (
+        ("one peer", stats),
+        ("every peer", fleet),
+        ("sample", sample),
+        ("hourly segments", live),
+        ("hourly peers", peers),
+        ("unrolled", unrolled),
+    )
+    for name, nodes in checked:
         scans = [(n["Node Type"], n.get("Index Name")) for n in nodes if "Relation Name" in n]
         assert scans, name
         assert all(kind != "Seq Scan" for kind, _ in scans), (name, scans)
-    for name, nodes in (("one peer", stats), ("every peer", fleet)):
-        scans = {(n["Node Type"], n.get("Index Name")) for n in nodes if "Relation Name" in n}
-        assert scans == {("Index Only Scan", "idx_ping_history_target_ts_cover")}, (name, nodes)
+    for name, nodes in (("one peer", stats), ("every peer", fleet), ("hourly segments", live)):
+        kinds = {(n["Node Type"], n.get("Index Name")) for n in nodes if "Relation Name" in n}
+        assert kinds == {("Index Only Scan", "idx_ping_history_target_ts_cover")}, (name, nodes)
         assert not [n for n in nodes if n["Node Type"] == "Sort"], name  # the index sorts
+
+
+def _hours(first: datetime, last: datetime) -> list[datetime]:
+    return [first + timedelta(hours=i) for i in range(int((last - first) / timedelta(hours=1)))]

@@ -18,6 +18,7 @@ from clawd.store.pg_store import PgStore
 T = TypeVar("T")
 
 INDEX_MIGRATION = "003-history-indexes.sql"
+ROLLUP_MIGRATION = "004-ping-rollup.sql"
 
 
 async def open_store(pg: PostgresSettings) -> PgStore:
@@ -57,5 +58,11 @@ async def _note_pending_migrations(conn: Conn) -> None:
         print(
             f"note: migration {INDEX_MIGRATION} is not applied, so reports read the table "
             "instead of an index: run `clawd db migrate` as the schema owner",
+            file=sys.stderr,
+        )
+    if ROLLUP_MIGRATION in pending:
+        print(
+            f"note: migration {ROLLUP_MIGRATION} is not applied, so reports read every ping "
+            "instead of hourly rollups: run `clawd db migrate` as the schema owner",
             file=sys.stderr,
         )

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from clawd.history.latency import BUCKETS
 from clawd.store.migrations import Conn
 
 # Rows of one peer come out of the covering index (migrations/003) already in
@@ -93,6 +94,9 @@ LIMIT $5
 """
 
 NO_JIT = "SET LOCAL jit = off"
+# The rollup sums group ~720k rows of a 30-day fleet report by peer: with the default
+# 4 MB the planner sorts them on disk; with this it hashes 1,000 groups in memory.
+ROLLUP_WORK_MEM = "SET LOCAL work_mem = '64MB'"
 
 PEER_NAMES = """
 SELECT gateway_id, name FROM fleet_instances WHERE gateway_id = ANY($1::text[])
@@ -142,3 +146,111 @@ async def peer_names(conn: Conn, gateway_ids: Sequence[str]) -> dict[str, str]:
     """gateway_id -> name for those of `gateway_ids` that fleet_instances knows."""
     rows = await conn.fetch(PEER_NAMES, list(gateway_ids))
     return {r["gateway_id"]: r["name"] for r in rows}
+
+
+# ----------------------------------------------------------------- hourly rollup (004)
+
+# Whether migration 004 is applied and readable by this role; else the exact path above.
+ROLLUP_READY = """
+SELECT CASE WHEN to_regclass('ping_rollup_hourly') IS NULL
+             OR to_regclass('ping_rollup_state') IS NULL
+             OR to_regprocedure('clawd_latency_hist(integer, integer)') IS NULL THEN false
+            ELSE has_table_privilege('ping_rollup_hourly', 'SELECT')
+             AND has_table_privilege('ping_rollup_state', 'SELECT')
+             AND has_function_privilege('clawd_latency_hist(integer, integer)', 'EXECUTE')
+       END
+"""
+
+WATERMARK = "SELECT rolled_up_to_id FROM ping_rollup_state"
+
+# The peers with pings in [$1, $2), first..last: one index probe per peer.
+PEERS = """
+WITH RECURSIVE peers AS (
+    (SELECT target_gateway AS gateway_id FROM ping_history
+     WHERE "timestamp" >= $1 AND "timestamp" < $2 AND target_gateway BETWEEN $3 AND $4
+     ORDER BY target_gateway LIMIT 1)
+    UNION ALL
+    SELECT (SELECT target_gateway FROM ping_history
+            WHERE target_gateway > p.gateway_id AND target_gateway <= $4
+              AND "timestamp" >= $1 AND "timestamp" < $2
+            ORDER BY target_gateway LIMIT 1)
+    FROM peers AS p WHERE p.gateway_id IS NOT NULL
+)
+SELECT gateway_id FROM peers WHERE gateway_id IS NOT NULL ORDER BY gateway_id
+"""
+
+# (peer, hour) in [$2, $3) with a row above the watermark $1: their rollup rows (if any)
+# are stale, so they are computed live. A range scan of the primary key.
+UNROLLED = """
+SELECT DISTINCT target_gateway, date_trunc('hour', "timestamp", 'UTC') AS hour
+FROM ping_history
+WHERE id > $1 AND "timestamp" >= $2 AND "timestamp" < $3
+  AND ($4::text IS NULL OR target_gateway = $4)
+"""
+
+
+def _rollup_totals(buckets: int) -> str:
+    sums = ", ".join(f"sum(r.latency_hist[{i}])" for i in range(1, buckets + 1))
+    return f"""
+SELECT r.target_gateway AS gateway_id, sum(r.pings)::bigint AS pings,
+       sum(r.successes)::bigint AS successes, sum(r.up_ms)::bigint AS up_ms,
+       sum(r.observed_ms)::bigint AS observed_ms, max(r.max_ms) AS max_ms,
+       array_agg(r.median_gap_ms) FILTER (WHERE r.median_gap_ms IS NOT NULL) AS medians,
+       ARRAY[{sums}]::bigint[] AS latency_hist
+FROM ping_rollup_hourly AS r
+WHERE r.hour >= $1 AND r.hour < $2
+  AND (r.target_gateway, r.hour) NOT IN (SELECT * FROM unnest($6::text[], $7::timestamptz[]))
+  AND ($3::text IS NULL OR r.target_gateway >= $3)
+  AND ($4::text IS NULL OR r.target_gateway < $4)
+  AND ($5::text IS NULL OR r.target_gateway = $5)
+GROUP BY r.target_gateway
+"""  # noqa: S608 -- only integer subscripts are formatted in
+
+
+# Per peer in [$3, $4) (NULL: unbounded) or = $5, the sums of its rolled hours in
+# [$1, $2) except the (peer, hour) pairs $6/$7, which are computed live instead.
+ROLLUP_TOTALS = _rollup_totals(BUCKETS)
+
+
+async def rollup_ready(conn: Conn) -> bool:
+    """Whether ping_rollup_hourly (migration 004) exists and this role may read it."""
+    return bool(await conn.fetchval(ROLLUP_READY))
+
+
+async def watermark(conn: Conn) -> int:
+    """Every ping_history row with an id up to this is rolled up."""
+    return int(await conn.fetchval(WATERMARK))
+
+
+async def peers(conn: Conn, start: datetime, end: datetime, first: str, last: str) -> list[str]:
+    """The gateways first..last with pings in [start, end), in the database's order."""
+    return [r["gateway_id"] for r in await conn.fetch(PEERS, start, end, first, last)]
+
+
+async def unrolled(
+    conn: Conn, mark: int, start: datetime, end: datetime, gateway: str | None
+) -> list[tuple[str, datetime]]:
+    """(peer, hour) in [start, end) holding a row above the watermark `mark`."""
+    rows = await conn.fetch(UNROLLED, mark, start, end, gateway)
+    return [(r["target_gateway"], r["hour"]) for r in rows]
+
+
+async def rollup_totals(
+    conn: Conn,
+    start: datetime,
+    end: datetime,
+    bounds: tuple[str | None, str | None],
+    gateway: str | None,
+    exclude: Sequence[tuple[str, datetime]],
+) -> list[asyncpg.Record]:
+    """ROLLUP_TOTALS rows for hours in [start, end) of the peers in `bounds`."""
+    return await conn.fetch(
+        ROLLUP_TOTALS,
+        start,
+        end,
+        bounds[0],
+        bounds[1],
+        gateway,
+        [g for g, _ in exclude],
+        [h for _, h in exclude],
+    )
