@@ -197,7 +197,6 @@ class MdnsWatcher:
     async def __aenter__(self) -> MdnsWatcher:
         spec = {"service_type": self.service_type, "interfaces": self.interfaces}
         self._proc = await asyncio.create_subprocess_exec(
-            *self.prefix,
             sys.executable,
             str(Path(__file__).resolve()),
             json.dumps(spec),
