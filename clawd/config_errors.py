@@ -55,6 +55,8 @@ def _path(loc: tuple[int | str, ...]) -> str:
     """`peers[0].ip`, as a person would write it."""
     text = ""
     for part in loc:
+        if isinstance(part, str) and not part.isprintable():
+            part = repr(part)  # a key holding "\n" must not forge a line of its own
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
 

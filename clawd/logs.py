@@ -61,6 +61,9 @@ class PriorityPrefix:
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
+    # asyncpg's pool prints a multi-line traceback each time it fails to reconnect while
+    # PostgreSQL is away; the sink already says so in one line (postgres_unavailable).
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     journal = _journal_attached(out)
     key_order = ["level", "event"] if journal else ["ts", "level", "event"]
     renderer: structlog.types.Processor = structlog.processors.LogfmtRenderer(

@@ -21,7 +21,7 @@ import structlog
 
 from clawd.observations import Observation, PingResult
 from clawd.settings import PingSettings, SshSettings
-from clawd.ssh_client import Attempt, Connector, Link, LinkDown, SshConnectError
+from clawd.ssh_client import Attempt, Connector, EchoTimeout, Link, LinkDown, SshConnectError
 
 log = structlog.get_logger("clawd.pinger")
 
@@ -278,8 +278,10 @@ class Pinger:
         try:
             rtt = await link.round_trip(ping.timeout_seconds)
         except LinkDown as exc:
-            self._link_down(peer, link, str(exc))
-            self._report_failure(peer, at, str(exc), None)
+            # A timed-out echo on an open link: the peer answers TCP, its SSH is too slow.
+            tcp = True if isinstance(exc, EchoTimeout) else None
+            self._link_down(peer, link, str(exc), tcp)
+            self._report_failure(peer, at, str(exc), tcp)
             return
         peer.proven = True
         installed: bool | None = None
@@ -444,12 +446,14 @@ class Pinger:
         if peer.link is link:
             self._link_down(peer, link, reason)
 
-    def _link_down(self, peer: _Peer, link: Link, reason: str) -> None:
+    def _link_down(
+        self, peer: _Peer, link: Link, reason: str, tcp_reachable: bool | None = None
+    ) -> None:
         if peer.link is not link:
             return
         peer.link = None
         link.close()
-        peer.last_error, peer.tcp_reachable = reason, None
+        peer.last_error, peer.tcp_reachable = reason, tcp_reachable
         now = asyncio.get_running_loop().time()
         if peer.proven:  # it worked: try again at once
             peer.retry_delay = self._ssh.reconnect_initial_seconds

@@ -43,6 +43,10 @@ class LinkDown(ClawdError):
     """The peer's link failed a ping (timeout, channel or connection closed)."""
 
 
+class EchoTimeout(LinkDown):
+    """The link is open (the peer's TCP port answered) but no echo came back in time."""
+
+
 # --------------------------------------------------------------------------- host keys
 
 
@@ -270,7 +274,7 @@ class Link:
             return end - start
         if end < 0.0:
             raise LinkDown(self._echo.closed or "echo channel closed")
-        raise LinkDown(f"no echo within {seconds:g}s")
+        raise EchoTimeout(f"no echo within {seconds:g}s")
 
     async def exit_status(self, command: str, seconds: float) -> int | None:
         """Run `command` on a second channel: its exit status, None on a signal or timeout."""
@@ -505,6 +509,9 @@ class Connector:
         except (OSError, asyncssh.Error) as exc:
             sock.close()
             raise SshConnectError(_describe(exc), True) from exc
+        except ValueError as exc:  # asyncssh decoding a garbage banner (UnicodeDecodeError)
+            sock.close()
+            raise SshConnectError(f"not an SSH server: {type(exc).__name__}", True) from exc
         except BaseException:
             sock.close()
             raise

@@ -52,6 +52,10 @@ def _shift_days(moment: datetime, days: int) -> datetime:
     return datetime.combine(moment.date() + timedelta(days=days), moment.time()).astimezone()
 
 
+# Bigger intervals overflow timedelta (or datetime, once added to now): refuse them.
+_MAX_INTERVAL_SECONDS = 100 * 366 * 86_400
+
+
 def parse_schedule(text: str) -> Schedule:
     """Parse a schedule; ValueError with the accepted forms otherwise."""
     value = text.strip().lower()
@@ -60,7 +64,7 @@ def parse_schedule(text: str) -> Schedule:
         return Schedule(at=time(int(match.group(1)), int(match.group(2))))
     if _INTERVAL.match(value):
         seconds = sum(int(n) * _UNIT[u] for n, u in _PART.findall(value))
-        if seconds >= 1:
+        if 1 <= seconds <= _MAX_INTERVAL_SECONDS:
             return Schedule(every=timedelta(seconds=seconds))
     raise ValueError(
         f'{text!r} is not a schedule: use a time of day like "03:00" '

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 import structlog
 
+from clawd.errors import StoreError
 from clawd.model import FleetSnapshot, Incident, Instance, PeerState, Ping, SkillAudit
 from clawd.store.history_sync import HistorySync
 from clawd.store.json_store import JsonStore, LoadResult
@@ -52,6 +53,7 @@ class FleetRepository:
         self.sink = sink
         self._snapshot = FleetSnapshot()
         self._stopped = asyncio.Event()
+        self._json_failing: set[str] = set()  # kinds of JSON write failing right now
 
     async def open(self) -> LoadResult:
         """Load the JSON store, register this instance, and queue the JSON state for
@@ -122,7 +124,7 @@ class FleetRepository:
             state = self._snapshot.peers.setdefault(
                 instance.gateway_id, PeerState(gateway_id=instance.gateway_id)
             )
-            await self.json.write_peer(instance, state)
+            await self._json("peer", self.json.write_peer(instance, state))
         await self._write_fleet()
         if self.sink is not None:
             await self.sink.submit(instance)
@@ -133,7 +135,7 @@ class FleetRepository:
         if instance is None:
             instance = Instance(gateway_id=state.gateway_id, name=state.gateway_id)
             self._snapshot.instances[state.gateway_id] = instance
-        await self.json.write_peer(instance, state)
+        await self._json("peer", self.json.write_peer(instance, state))
         if self.sink is not None:
             await self.sink.submit(state)
 
@@ -144,12 +146,12 @@ class FleetRepository:
             await self.sink.submit(PingBatch(tuple(pings)))
 
     async def record_incident(self, incident: Incident) -> None:
-        await self.json.append_incident(incident)
+        await self._json("incident", self.json.append_incident(incident))
         if self.sink is not None:
             await self.sink.submit(incident)
 
     async def record_skill_audit(self, audit: SkillAudit) -> None:
-        await self.json.append_skill_audit(audit)
+        await self._json("skill_audit", self.json.append_skill_audit(audit))
         if self.sink is not None:
             await self.sink.submit(audit)
 
@@ -164,4 +166,23 @@ class FleetRepository:
 
     async def _write_fleet(self) -> None:
         instances = sorted(self._snapshot.instances.values(), key=lambda i: i.gateway_id)
-        await self.json.write_fleet(instances, self._snapshot.leader)
+        await self._json("fleet", self.json.write_fleet(instances, self._snapshot.leader))
+
+    async def _json(self, kind: str, write: Awaitable[None]) -> None:
+        """A failed JSON write (disk full, read-only file system) is one error line per
+        kind, not the end of monitoring; the next write of that kind tries again."""
+        try:
+            await write
+        except StoreError as exc:
+            if kind not in self._json_failing:
+                self._json_failing.add(kind)
+                log.error(
+                    "json_write_failed",
+                    kind=kind,
+                    error=str(exc),
+                    action="monitoring goes on; later writes retry",
+                )
+            return
+        if kind in self._json_failing:
+            self._json_failing.discard(kind)
+            log.info("json_write_recovered", kind=kind)
