@@ -111,6 +111,18 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
             b' "updatedAt": "2026-01-01T00:00:00+00:00"}',
             "does not match the file name",
         ),
+        (  # found by hypothesis: PostgreSQL would refuse it much later
+            b'{"gatewayId": "gw-x", "missedPings": -1,'
+            b' "registeredAt": "2026-01-01T00:00:00+00:00",'
+            b' "updatedAt": "2026-01-01T00:00:00+00:00"}',
+            "missedPings: -1 is outside",
+        ),
+        (
+            b'{"gatewayId": "gw-x", "sshPort": 70000,'
+            b' "registeredAt": "2026-01-01T00:00:00+00:00",'
+            b' "updatedAt": "2026-01-01T00:00:00+00:00"}',
+            "sshPort: 70000 is outside 1..65535",
+        ),
     ],
 )
 async def test_malformed_peer_file_is_set_aside_not_fatal(

@@ -59,12 +59,22 @@ def _req_str(obj: JsonObject, key: str) -> str:
     return value
 
 
-def _int(obj: JsonObject, key: str, default: int | None = None) -> int | None:
+def _int(
+    obj: JsonObject,
+    key: str,
+    default: int | None = None,
+    *,
+    minimum: int = 0,
+    maximum: int = 2**31 - 1,
+) -> int | None:
     value = obj.get(key, default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{key}: expected an integer")
+    # Out-of-range values would be refused by PostgreSQL later, far from the bad file.
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{key}: {value} is outside {minimum}..{maximum}")
     return value
 
 
@@ -98,7 +108,7 @@ def instance_from_json(obj: JsonObject) -> Instance:
         lead_number=_int(obj, "leadNumber"),
         ip=_str(obj, "ip"),
         ssh_user=_str(obj, "sshUser"),
-        ssh_port=_int(obj, "sshPort", 22) or 22,
+        ssh_port=_int(obj, "sshPort", 22, minimum=1, maximum=65535) or 22,
         version=_str(obj, "version"),
         github_repo=_str(obj, "githubRepo"),
         registered_at=_req_ts(obj.get("registeredAt"), "registeredAt"),
