@@ -47,6 +47,48 @@ def update_section(path: Path, name: str, body: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+SUMMARY = "summary"
+_GOAL_ROW = re.compile(
+    r"^\|(?P<figure>[^|]+)\|(?P<goal>[^|]+)\|(?P<measured>[^|]+)\|(?P<ratio>[^|]*[✓✗][^|]*)\|$"
+)
+_SECTION = re.compile(
+    r"<!-- (?P<name>[a-z-]+):start -->\n(?P<body>.*?)<!-- (?P=name):end -->", re.DOTALL
+)
+
+
+def summary(text: str) -> str:
+    """One table of every figure that has a goal, gathered from the sections of `text`."""
+    lines = [
+        "## Summary",
+        "",
+        "Every figure with a goal, from the sections below (each section says when and how "
+        "it was measured; comparisons named in a figure were measured side by side in one run).",
+        "",
+        "| benchmark | figure | goal | measured | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for section in _SECTION.finditer(text):
+        if section["name"] == SUMMARY:
+            continue
+        for line in section["body"].splitlines():
+            row = _GOAL_ROW.match(line.strip())
+            if row:
+                cells = (row[k].strip() for k in ("figure", "goal", "measured", "ratio"))
+                lines.append(f"| {section['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _summary_first(path: Path) -> None:
+    """Move the summary section right under the title."""
+    text = path.read_text(encoding="utf-8")
+    block = re.search(r"<!-- summary:start -->.*?<!-- summary:end -->\n?", text, re.DOTALL)
+    if block is None:
+        return
+    rest = text.replace(block[0], "")
+    head, sep, tail = rest.partition("\n<!-- ")
+    path.write_text(head.rstrip("\n") + "\n\n" + block[0] + ("\n<!-- " + tail if sep else ""))
+
+
 def _ssh_ping_cost(quick: bool) -> str:
     return ssh_ping_cost.render(ssh_ping_cost.run(quick=quick), quick)
 
@@ -97,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         print(body, flush=True)
         update_section(args.results, name, body)
         print(f"{name}: {time.monotonic() - started:.0f} s, written to {args.results}", flush=True)
+    if args.results.exists():
+        text = args.results.read_text(encoding="utf-8")
+        update_section(args.results, SUMMARY, summary(text))
+        _summary_first(args.results)
     print(f"\nall benchmarks: {time.monotonic() - began:.0f} s", flush=True)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr, flush=True)
