@@ -40,7 +40,7 @@ test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest
 
 bench: $(STAMP) system-deps
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # As root: venv in /opt/clawd, user clawd, home /var/lib/clawd, systemd unit.
 install-systemd:

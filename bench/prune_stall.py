@@ -88,8 +88,8 @@ class Plan:
     @classmethod
     def for_mode(cls, quick: bool) -> Plan:
         if quick:
-            return cls(old_rows=200_000, recent_rows=20_000, rates=(100, 2_000), baseline_s=8.0)
-        return cls(old_rows=1_000_000, recent_rows=100_000, rates=(100, 2_000), baseline_s=20.0)
+            return cls(old_rows=100_000, recent_rows=10_000, rates=(2_000,), baseline_s=4.0)
+        return cls(old_rows=1_000_000, recent_rows=100_000, rates=(100, 2_000), baseline_s=10.0)
 
 
 @dataclass(frozen=True)

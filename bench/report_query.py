@@ -105,7 +105,7 @@ class Plan:
 
     @classmethod
     def for_mode(cls, quick: bool) -> Plan:
-        return cls(rows=1_000_000, runs=1) if quick else cls(rows=10_000_000, runs=3)
+        return cls(rows=300_000, runs=1) if quick else cls(rows=10_000_000, runs=3)
 
 
 @dataclass
@@ -165,8 +165,20 @@ async def fill(conn: asyncpg.Connection, plan: Plan, start: datetime, f: Figures
     step = DAYS * 86_400 / rounds
     outage = max(1, round(7200 / step))
     began = time.perf_counter()
+    # Secondary indexes are dropped for the load and rebuilt from their own definitions:
+    # maintaining the random client_key index row by row doubled the fill time.
+    secondary = await conn.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'ping_history' "
+        "AND indexname <> 'ping_history_pkey'"
+    )
+    for index in secondary:
+        await conn.execute(f'DROP INDEX "{index["indexname"]}"')
+    await conn.execute("SET synchronous_commit = off")
     await conn.execute(FILL, plan.rows, PEERS, start, step, rounds, outage)
     await conn.execute(FILL_NAMES, PEERS)
+    for index in secondary:
+        await conn.execute(index["indexdef"])
+    await conn.execute("RESET synchronous_commit")
     f.fill_s = time.perf_counter() - began
     began = time.perf_counter()
     await migrate(conn)
@@ -290,7 +302,8 @@ def render(f: Figures, quick: bool) -> str:
         ("ping_history rows / peers in the report", "10,000,000 / 1,000",
          f"{f.rows:,} / {f.peers:,}", "—"),
         ("table / covering index size, MB", "—", f"{f.table_mb:.0f} / {f.index_mb:.0f}", "—"),
-        ("fill (INSERT … generate_series), s", "—", f"{f.fill_s:.1f}", "—"),
+        ("fill (INSERT … generate_series, then the 001/002 indexes rebuilt), s", "—",
+         f"{f.fill_s:.1f}", "—"),
         ("migrations 003 + 004 on the filled table (writes blocked), s", "—",
          f"{f.index_s:.1f}", "—"),
         ("VACUUM (FREEZE, ANALYZE), s", "—", f"{f.vacuum_s:.1f}", "—"),

@@ -1,9 +1,11 @@
 """Entry point of ``make bench``: ``python -m bench.run [--quick] [--only NAME ...]``.
 
 Runs, in order: repository write throughput (``bench/repository_throughput.py``), SSH ping cost
-(``bench/ssh_ping_cost.py``), the daemon under 1,000 peers (``bench/fleet_load.py``) and
-backup cost vs a bare pg_dump (``bench/backup_cost.py``).
-``--quick`` takes about 2½ minutes in all, the full run about 13 (2 cores).
+(``bench/ssh_ping_cost.py``), the daemon under 1,000 peers (``bench/fleet_load.py``), backup
+cost vs a bare pg_dump (``bench/backup_cost.py``), write stalls while pruning history
+(``bench/prune_stall.py``) and ``clawd report`` on 10 million pings (``bench/report_query.py``).
+``--quick`` (a smoke run of every benchmark) takes under 2 minutes, the full run about 15
+(2 cores). Afterwards a summary table of every figure with a goal is put at the top.
 
 Each benchmark returns a markdown body; it is printed and stored in ``bench/results.md``
 between ``<!-- NAME:start -->`` / ``<!-- NAME:end -->`` markers, so benchmarks can add or
