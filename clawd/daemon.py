@@ -169,12 +169,14 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self.pinger = Pinger(s.ping, s.ssh, s.home, self._ping_observed)
-        # Leader actions get their own connections: a reinstall never delays a ping.
+        # Leader actions open their own connections only to peers the pinger has none to.
         self.ops_connector = Connector(s.ssh, s.home)
+        # Over the pinger's open connection when there is one: no handshake per action.
+        borrow = self.pinger.connection
         self.recoverer = Recoverer(
-            s, self.config_path, self.ops_connector, recorder, self.pinger.recheck_install
+            s, self.config_path, self.ops_connector, recorder, self.pinger.recheck_install, borrow
         )
-        self.distributor = ConfigDistributor(s, self.config_path, self.ops_connector)
+        self.distributor = ConfigDistributor(s, self.config_path, self.ops_connector, borrow)
         self.skills = SkillSyncer(s, self.repo, recorder)
 
         # History upkeep: the acting leader only, each run on its own short-lived

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+import asyncssh
 import structlog
 
 from clawd.observations import Observation, PingResult
@@ -111,6 +112,14 @@ class Pinger:
     def connected(self) -> int:
         """Peers with an open link right now."""
         return sum(1 for peer in self._peers.values() if peer.link is not None)
+
+    def connection(self, gateway_id: str) -> asyncssh.SSHClientConnection | None:
+        """The peer's open SSH connection, for leader work to borrow (never to close)."""
+        peer = self._peers.get(gateway_id)
+        link = peer.link if peer is not None else None
+        if link is None or link.closed is not None:
+            return None
+        return link.conn
 
     def counters(self) -> dict[str, int]:
         return {

@@ -319,3 +319,34 @@ async def test_recovery_disabled_leaves_peers_alone(tmp_path: Path, fleet: SshFl
         await task
         await repo.close()
     assert (root / "install-runs").read_text() == "run\n"
+
+
+async def test_push_and_reinstall_borrow_an_open_connection(
+    tmp_path: Path, fleet: SshFleet
+) -> None:
+    # The daemon lends the pinger's connection: no new handshake, and it stays open.
+    root = tmp_path / "peer"
+    root.mkdir()
+    peer = await fleet.add_peer("127.0.4.15", root=root)
+    write_known_hosts(fleet)
+    home = tmp_path / "home"
+    home.mkdir()
+    settings, config_path = make_home(home, fleet)
+    connector = Connector(settings.ssh, home)
+    lent = await connector.open_connection(peer.address, peer.port, "claw")
+    address = _address("gw-t", peer.address, peer.port)
+    try:
+        outcome = await reinstall(
+            connector, address, settings, config_path, "claw-clan not installed", {"gw-t": lent}.get
+        )
+        assert outcome.ok, outcome.error
+        ours, _ = read_config(config_path)
+        [pushed] = await push_many(connector, [address], ours, settings, {"gw-t": lent}.get)
+        assert pushed.result == "unchanged"
+        assert peer.authenticated == 1  # only the lent connection ever logged in
+        result = await lent.run("true", check=False)
+        assert result.exit_status == 0  # still open and usable
+    finally:
+        lent.close()
+        await lent.wait_closed()
+    assert (root / "install-runs").read_text() == "run\n"

@@ -14,7 +14,7 @@ import structlog
 from clawd.errors import ClawdError
 from clawd.fleetops.leadership import acting_leader, addresses
 from clawd.fleetops.payload import config_for_peer, read_config
-from clawd.fleetops.remote import PeerAddress, RemoteError, RemoteHost
+from clawd.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
 from clawd.fleetops.retry import PeerBackoff
 from clawd.model import PeerStatus
 from clawd.reconciler import FleetView
@@ -44,13 +44,17 @@ def remote_config_path(settings: Settings) -> str:
 
 
 async def push_one(
-    connector: Connector, peer: PeerAddress, ours: dict[str, Any], settings: Settings
+    connector: Connector,
+    peer: PeerAddress,
+    ours: dict[str, Any],
+    settings: Settings,
+    borrow: Borrow | None = None,
 ) -> PushOutcome:
     """Write our config.json to one peer unless it already has the same content."""
     path = remote_config_path(settings)
     seconds = settings.distribution.timeout_seconds
     try:
-        async with asyncio.timeout(seconds), RemoteHost(connector, peer) as host:
+        async with asyncio.timeout(seconds), RemoteHost(connector, peer, borrow) as host:
             current = await host.read(path)
             wanted = config_for_peer(ours, current)
             if current == wanted:
@@ -68,13 +72,14 @@ async def push_many(
     peers: Iterable[PeerAddress],
     ours: dict[str, Any],
     settings: Settings,
+    borrow: Borrow | None = None,
 ) -> list[PushOutcome]:
     """push_one for every peer, `distribution.concurrency` at a time, in input order."""
     gate = asyncio.Semaphore(settings.distribution.concurrency)
 
     async def one(peer: PeerAddress) -> PushOutcome:
         async with gate:
-            return await push_one(connector, peer, ours, settings)
+            return await push_one(connector, peer, ours, settings, borrow)
 
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(one(p)) for p in peers]
@@ -95,10 +100,17 @@ def render_outcomes(outcomes: Sequence[PushOutcome]) -> str:
 class ConfigDistributor:
     """Keeps every online peer's config.json equal to ours while this instance leads."""
 
-    def __init__(self, settings: Settings, config_path: Path, connector: Connector) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: Path,
+        connector: Connector,
+        borrow: Borrow | None = None,
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.connector = connector
+        self.borrow = borrow
         self._view: FleetView | None = None
         self._delivered: dict[str, str] = {}  # gateway id -> hash of our config it has
         self._backoff = self._new_backoff(settings)
@@ -170,7 +182,8 @@ class ConfigDistributor:
         ours, config_hash = await asyncio.to_thread(read_config, self.config_path)
         pending = self._pending(view, config_hash)
         if pending:
-            self._note(await push_many(self.connector, pending, ours, self.settings), config_hash)
+            outcomes = await push_many(self.connector, pending, ours, self.settings, self.borrow)
+            self._note(outcomes, config_hash)
 
     def _note(self, outcomes: Sequence[PushOutcome], config_hash: str) -> None:
         now = time.monotonic()
@@ -189,7 +202,7 @@ class ConfigDistributor:
         """Every known peer with an address, leader or not (a person asked for it)."""
         ours, config_hash = await asyncio.to_thread(read_config, self.config_path)
         peers = addresses(view, self.settings.instance.ssh_user).values()
-        outcomes = await push_many(self.connector, peers, ours, self.settings)
+        outcomes = await push_many(self.connector, peers, ours, self.settings, self.borrow)
         self._note(outcomes, config_hash)
         return outcomes
 

@@ -18,7 +18,7 @@ import structlog
 from clawd.errors import ClawdError
 from clawd.fleetops.leadership import acting_leader, addresses, is_older
 from clawd.fleetops.payload import collect_scripts, config_for_peer, read_config
-from clawd.fleetops.remote import PeerAddress, RemoteError, RemoteHost
+from clawd.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
 from clawd.fleetops.retry import PeerBackoff
 from clawd.incidents import IncidentRecorder
 from clawd.model import EventType, Incident, PeerStatus
@@ -78,6 +78,7 @@ async def reinstall(
     settings: Settings,
     config_path: Path,
     reason: str,
+    borrow: Borrow | None = None,
 ) -> ReinstallOutcome:
     """One reinstall attempt; never raises for a peer-side failure."""
     outcome = ReinstallOutcome(ok=False, reason=reason)
@@ -87,7 +88,7 @@ async def reinstall(
     try:
         files = await asyncio.to_thread(collect_scripts, settings.scripts_dir)
         ours, _ = await asyncio.to_thread(read_config, config_path)
-        async with asyncio.timeout(r.timeout_seconds), RemoteHost(connector, peer) as host:
+        async with asyncio.timeout(r.timeout_seconds), RemoteHost(connector, peer, borrow) as host:
             if not reason.startswith("version"):
                 check = await host.run(ssh.install_check_command, CHECK_SECONDS)
                 if check.ok:
@@ -131,7 +132,9 @@ class Recoverer:
         connector: Connector,
         recorder: IncidentRecorder,
         recheck: Callable[[str], None],
+        borrow: Borrow | None = None,
     ) -> None:
+        self.borrow = borrow
         self.settings = settings
         self.config_path = config_path
         self.connector = connector

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from posixpath import dirname
 from types import TracebackType
@@ -49,21 +50,34 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class RemoteHost:
-    """An open connection + SFTP session; paths are relative to the login's home."""
+Borrow = Callable[[str], "asyncssh.SSHClientConnection | None"]
 
-    def __init__(self, connector: Connector, peer: PeerAddress) -> None:
+
+class RemoteHost:
+    """An SSH connection + SFTP session; paths are relative to the login's home.
+
+    With `borrow`, the pinger's open connection to the peer is used (one more channel,
+    no handshake) and left open; otherwise a connection is made and closed.
+    """
+
+    def __init__(
+        self, connector: Connector, peer: PeerAddress, borrow: Borrow | None = None
+    ) -> None:
         self.connector = connector
         self.peer = peer
+        self._borrowed = borrow(peer.gateway_id) if borrow is not None else None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
 
     async def __aenter__(self) -> RemoteHost:
         p = self.peer
-        try:
-            self._conn = await self.connector.open_connection(p.host, p.port, p.user)
-        except SshConnectError as exc:
-            raise RemoteError(exc.error) from None
+        if self._borrowed is not None:
+            self._conn = self._borrowed
+        else:
+            try:
+                self._conn = await self.connector.open_connection(p.host, p.port, p.user)
+            except SshConnectError as exc:
+                raise RemoteError(exc.error) from None
         try:
             self._sftp = await self._conn.start_sftp_client()
         except (OSError, asyncssh.Error) as exc:
@@ -81,7 +95,7 @@ class RemoteHost:
         if sftp is not None:
             sftp.exit()
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is not None and conn is not self._borrowed:
             conn.close()
             with contextlib.suppress(Exception):
                 await conn.wait_closed()
