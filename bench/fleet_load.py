@@ -206,6 +206,7 @@ def start_server(directory: Path, addresses: Sequence[str], log: Path) -> subpro
                 "serve",
                 "--dir",
                 str(directory),
+                "--sftp",  # real peers have SFTP: the leader's config push succeeds once
                 *addresses,
             ],
             stdout=subprocess.PIPE,

@@ -84,7 +84,7 @@ class Plan:
             return cls(runs=1, fresh=10, execs=50, keepalives=300, echoes=500, peers=50, window_s=3)
         # 200 peers at 2 s: the same rate and tick (100 ms) as 1,000 peers at 10 s.
         return cls(
-            runs=3, fresh=60, execs=400, keepalives=3000, echoes=3000, peers=200, window_s=12
+            runs=3, fresh=40, execs=300, keepalives=1500, echoes=2000, peers=200, window_s=10
         )
 
 

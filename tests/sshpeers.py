@@ -197,7 +197,7 @@ class SshPeer:
         self.port = self._acceptor.get_port()
 
     def _sftp_factory(self) -> Any:
-        root = self.root
+        root = self.root or self.fleet.shared_sftp_root
         if root is None:
             return None
         return lambda chan: asyncssh.SFTPServer(chan, chroot=str(root).encode())
@@ -308,6 +308,9 @@ class SshFleet:
         self.counters = FleetCounters()
         self.peers: dict[str, SshPeer] = {}
         self._silent: list[SilentPeer] = []
+        # SFTP for every peer without a root of its own, all into this one folder
+        # (benchmarks: config pushes land somewhere, commands keep their canned answers).
+        self.shared_sftp_root: Path | None = None
 
     async def add_peer(
         self,
@@ -609,6 +612,9 @@ class OpenSshServer:
 async def _serve(args: argparse.Namespace) -> None:
     directory = Path(args.dir)
     fleet = SshFleet(directory)
+    if args.sftp:
+        fleet.shared_sftp_root = directory / "sftp-root"
+        fleet.shared_sftp_root.mkdir(exist_ok=True)
     async with fleet:
         for address in args.addresses:
             await fleet.add_peer(address)
@@ -626,6 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser("serve")
     serve.add_argument("--dir", required=True, help="writes id_ed25519 and known_hosts here")
+    serve.add_argument("--sftp", action="store_true", help="serve SFTP into DIR/sftp-root")
     serve.add_argument("addresses", nargs="+")
     args = parser.parse_args(argv)
     asyncio.run(_serve(args))
