@@ -11,11 +11,10 @@ from typing import Any, Literal
 
 import structlog
 
-from clawd.errors import ClawdError
 from clawd.fleetops.leadership import acting_leader, addresses
+from clawd.fleetops.loop import LeaderLoop, new_backoff
 from clawd.fleetops.payload import config_for_peer, read_config
 from clawd.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
-from clawd.fleetops.retry import PeerBackoff
 from clawd.model import PeerStatus
 from clawd.reconciler import FleetView
 from clawd.settings import Settings
@@ -25,7 +24,6 @@ from clawd.status_view import printable
 log = structlog.get_logger("clawd.distribution")
 
 Result = Literal["pushed", "unchanged", "failed"]
-IDLE_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +95,10 @@ def render_outcomes(outcomes: Sequence[PushOutcome]) -> str:
     return "\n".join(lines)
 
 
-class ConfigDistributor:
+class ConfigDistributor(LeaderLoop):
     """Keeps every online peer's config.json equal to ours while this instance leads."""
+
+    failed_event = "config_distribution_failed"
 
     def __init__(
         self,
@@ -107,56 +107,18 @@ class ConfigDistributor:
         connector: Connector,
         borrow: Borrow | None = None,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.config_path = config_path
         self.connector = connector
         self.borrow = borrow
-        self._view: FleetView | None = None
         self._delivered: dict[str, str] = {}  # gateway id -> hash of our config it has
-        self._backoff = self._new_backoff(settings)
-        self._wake = asyncio.Event()
-        self._stopping = False
         self.pushes = 0
 
-    @staticmethod
-    def _new_backoff(settings: Settings) -> PeerBackoff:
-        r = settings.recovery
-        return PeerBackoff(r.retry_initial_seconds, r.retry_max_seconds)
-
-    def update_view(self, view: FleetView) -> None:
-        self._view = view
-        self._wake.set()
-
     def update_settings(self, settings: Settings) -> None:
-        """Called after a reload: config.json changed, so every peer may need it."""
+        """Called after a reload: config.json changed, so every peer may need it now."""
         self.settings = settings
-        self._backoff = self._new_backoff(settings)
+        self._backoff = new_backoff(settings)
         self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-
-    async def run(self, ready: asyncio.Event) -> None:
-        ready.set()
-        while not self._stopping:
-            await self._sleep()
-            if self._stopping:
-                return
-            try:
-                await self._cycle()
-            except ClawdError as exc:
-                log.error("config_distribution_failed", error=str(exc))
-
-    async def _sleep(self) -> None:
-        due = self._backoff.next_due()
-        seconds = IDLE_SECONDS if due is None else max(0.05, due - time.monotonic())
-        try:
-            async with asyncio.timeout(min(seconds, IDLE_SECONDS)):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
-        self._wake.clear()
 
     def _pending(self, view: FleetView, config_hash: str) -> list[PeerAddress]:
         now = time.monotonic()

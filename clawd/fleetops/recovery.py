@@ -17,9 +17,9 @@ import structlog
 
 from clawd.errors import ClawdError
 from clawd.fleetops.leadership import acting_leader, addresses, is_older
+from clawd.fleetops.loop import LeaderLoop, new_backoff
 from clawd.fleetops.payload import collect_scripts, config_for_peer, read_config
 from clawd.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
-from clawd.fleetops.retry import PeerBackoff
 from clawd.incidents import IncidentRecorder
 from clawd.model import EventType, Incident, PeerStatus
 from clawd.reconciler import FleetView
@@ -28,7 +28,6 @@ from clawd.ssh_client import Connector
 
 log = structlog.get_logger("clawd.recovery")
 
-IDLE_SECONDS = 30.0
 CHECK_SECONDS = 30.0
 CONCURRENT_REINSTALLS = 4
 
@@ -122,8 +121,10 @@ async def reinstall(
     return outcome
 
 
-class Recoverer:
+class Recoverer(LeaderLoop):
     """While this instance leads: reinstall peers that need it, with backoff on failure."""
+
+    failed_event = "recovery_failed"
 
     def __init__(
         self,
@@ -134,51 +135,20 @@ class Recoverer:
         recheck: Callable[[str], None],
         borrow: Borrow | None = None,
     ) -> None:
-        self.borrow = borrow
-        self.settings = settings
+        super().__init__(settings)
         self.config_path = config_path
         self.connector = connector
         self.recorder = recorder
         self.recheck = recheck
-        self._view: FleetView | None = None
-        self._backoff = self._new_backoff(settings)
-        self._wake = asyncio.Event()
-        self._stopping = False
+        self.borrow = borrow
         self._busy: set[str] = set()
         self.reinstalls = 0
-
-    @staticmethod
-    def _new_backoff(settings: Settings) -> PeerBackoff:
-        r = settings.recovery
-        return PeerBackoff(r.retry_initial_seconds, r.retry_max_seconds)
-
-    def update_view(self, view: FleetView) -> None:
-        self._view = view
-        self._wake.set()
 
     def update_settings(self, settings: Settings) -> None:
         old, self.settings = self.settings, settings
         if settings.recovery != old.recovery:
-            self._backoff = self._new_backoff(settings)
+            self._backoff = new_backoff(settings)
         self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-
-    async def run(self, ready: asyncio.Event) -> None:
-        ready.set()
-        while not self._stopping:
-            due = self._backoff.next_due()
-            seconds = IDLE_SECONDS if due is None else max(0.05, due - time.monotonic())
-            try:
-                async with asyncio.timeout(min(seconds, IDLE_SECONDS)):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if not self._stopping:
-                await self._cycle()
 
     async def _cycle(self) -> None:
         view = self._view
