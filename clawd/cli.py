@@ -71,21 +71,17 @@ def cmd_config_push(args: argparse.Namespace) -> int:
 
 async def _push_directly(settings: Settings, config: Path | None) -> list[Any]:
     from clawd.fleetops.distribution import push_many
+    from clawd.fleetops.leadership import addresses
     from clawd.fleetops.payload import read_config
-    from clawd.fleetops.remote import PeerAddress
+    from clawd.reconciler import initial_view
     from clawd.settings import default_config_path
     from clawd.ssh_client import Connector
+    from clawd.store.factory import self_instance
     from clawd.store.json_store import JsonStore
 
     snap = (await JsonStore(settings.home).load(read_only=True)).snapshot
-    me = settings.instance.gateway_id
-    peers = [
-        PeerAddress(
-            i.gateway_id, i.name, i.ip, i.ssh_port, i.ssh_user or settings.instance.ssh_user
-        )
-        for gid, i in sorted(snap.instances.items())
-        if gid != me and i.ip
-    ]
+    view = initial_view(self_instance(settings), snap.instances, snap.peers, snap.leader)
+    peers = [p for _, p in sorted(addresses(view, settings.instance.ssh_user).items())]
     ours, _ = await asyncio.to_thread(read_config, config or default_config_path())
     return await push_many(Connector(settings.ssh, settings.home), peers, ours, settings)
 

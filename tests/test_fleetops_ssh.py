@@ -350,3 +350,33 @@ async def test_push_and_reinstall_borrow_an_open_connection(
         lent.close()
         await lent.wait_closed()
     assert (root / "install-runs").read_text() == "run\n"
+
+
+async def test_config_push_without_a_daemon_reads_peers_from_the_store(
+    tmp_path: Path, fleet: SshFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from clawd.cli import main
+    from clawd.store.json_store import JsonStore
+
+    root = tmp_path / "peer"
+    root.mkdir()
+    up = await fleet.add_peer("127.0.4.16", root=root)
+    down = await fleet.add_peer("127.0.4.17", root=tmp_path)
+    write_known_hosts(fleet)
+    await down.stop()
+    home = tmp_path / "home"
+    home.mkdir()
+    _, config_path = make_home(home, fleet)
+    store = JsonStore(home)
+    await store.load()  # creates the layout, as the daemon does
+    for gid, p in (("gw-up", up), ("gw-down", down)):
+        inst = Instance(gid, f"name-{gid}", ip=p.address, ssh_port=p.port, ssh_user="claw")
+        await store.write_peer(inst, PeerState(gid))
+
+    code = await asyncio.to_thread(main, ["config", "push", "--config", str(config_path)])
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "1 pushed, 0 unchanged, 1 failed" in out and "name-gw-down" in out
+    assert "start the daemon to retry" in err
+    assert (root / ".openclaw" / "claw-clan" / "config.json").exists()
