@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +14,7 @@ import structlog
 
 from clawd.backup.errors import BackupError
 from clawd.backup.names import LOCK_NAME
+from clawd.filelock import open_lock_file, try_flock, wait_for_flock
 
 log = structlog.get_logger("clawd.backup")
 
@@ -25,19 +24,6 @@ POLL_SECONDS = 0.2
 def prepare_dir(directory: Path) -> None:
     """Create the backup directory, mode 0700 (blocking)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _open(path: Path) -> int:
-    prepare_dir(path.parent)
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _holder(fd: int) -> str:
@@ -61,22 +47,18 @@ class BackupLock:
         self.wait_seconds = wait_seconds
         self._fd: int | None = None
 
+    def _log_wait(self) -> None:
+        log.info("backup_waiting_for_lock", lock=str(self.path))
+
     async def __aenter__(self) -> BackupLock:
-        fd = await asyncio.to_thread(_open, self.path)
+        fd = await asyncio.to_thread(open_lock_file, self.path)
         try:
-            deadline = time.monotonic() + self.wait_seconds
-            logged = False
-            while not _try_flock(fd):
-                if time.monotonic() >= deadline:
-                    holder = await asyncio.to_thread(_holder, fd)
-                    raise BackupError(
-                        f"another backup, verify or restore is running in {self.path.parent}"
-                        f"{holder}; gave up after waiting {self.wait_seconds:g} s"
-                    )
-                if not logged:
-                    log.info("backup_waiting_for_lock", lock=str(self.path))
-                    logged = True
-                await asyncio.sleep(POLL_SECONDS)
+            if not await wait_for_flock(fd, self.wait_seconds, POLL_SECONDS, self._log_wait):
+                holder = await asyncio.to_thread(_holder, fd)
+                raise BackupError(
+                    f"another backup, verify or restore is running in {self.path.parent}"
+                    f"{holder}; gave up after waiting {self.wait_seconds:g} s"
+                )
             await asyncio.to_thread(_stamp_pid, fd)
         except BaseException:
             os.close(fd)
@@ -97,9 +79,9 @@ class BackupLock:
 
 def try_locked(directory: Path, work: Callable[[], object]) -> bool:
     """Run `work()` under the lock if it is free right now (blocking); False if held."""
-    fd = _open(directory / LOCK_NAME)
+    fd = open_lock_file(directory / LOCK_NAME)
     try:
-        if not _try_flock(fd):
+        if not try_flock(fd):
             return False
         work()
         return True

@@ -4,29 +4,15 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
-import time
 from pathlib import Path
 from types import TracebackType
 
 from clawd.errors import SkillSyncError
+from clawd.filelock import open_lock_file, wait_for_flock
 
 LOCK_NAME = ".skills.lock"
 POLL_SECONDS = 0.1
-
-
-def _open(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 class SkillsLock:
@@ -39,18 +25,15 @@ class SkillsLock:
 
     async def __aenter__(self) -> SkillsLock:
         try:
-            fd = await asyncio.to_thread(_open, self.path)
+            fd = await asyncio.to_thread(open_lock_file, self.path)
         except OSError as exc:
             raise SkillSyncError(f"cannot open {self.path}: {exc.strerror or exc}") from None
         try:
-            deadline = time.monotonic() + self.wait_seconds
-            while not await asyncio.to_thread(_try_flock, fd):
-                if time.monotonic() >= deadline:
-                    raise SkillSyncError(
-                        f"another skills sync holds {self.path}; "
-                        f"gave up after waiting {self.wait_seconds:g} s"
-                    )
-                await asyncio.sleep(POLL_SECONDS)
+            if not await wait_for_flock(fd, self.wait_seconds, POLL_SECONDS):
+                raise SkillSyncError(
+                    f"another skills sync holds {self.path}; "
+                    f"gave up after waiting {self.wait_seconds:g} s"
+                )
         except BaseException:
             os.close(fd)
             raise
