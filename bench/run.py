@@ -3,7 +3,9 @@
 Runs, in order: repository write throughput (``bench/repository_throughput.py``), SSH ping cost
 (``bench/ssh_ping_cost.py``), the daemon under 1,000 peers (``bench/fleet_load.py``), backup
 cost vs a bare pg_dump (``bench/backup_cost.py``), write stalls while pruning history
-(``bench/prune_stall.py``) and ``clawd report`` on 10 million pings (``bench/report_query.py``).
+(``bench/prune_stall.py``), ``clawd report`` on 10 million pings (``bench/report_query.py``)
+and the phi-accrual vs threshold failure detector on synthetic ping traces
+(``bench/detector_traces.py``).
 ``--quick`` (a smoke run of every benchmark) takes under 2 minutes, the full run about 15
 (2 cores). Afterwards a summary table of every figure with a goal is put at the top.
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from bench import (
     backup_cost,
+    detector_traces,
     fleet_load,
     prune_stall,
     report_query,
@@ -103,6 +106,7 @@ BENCHMARKS: dict[str, Callable[[bool], str]] = {
     backup_cost.SECTION: lambda quick: backup_cost.render(backup_cost.run(quick), quick),
     prune_stall.SECTION: lambda quick: prune_stall.run(quick=quick),
     report_query.SECTION: lambda quick: report_query.run(quick),
+    detector_traces.SECTION: lambda quick: detector_traces.run(quick),
 }
 
 

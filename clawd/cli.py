@@ -66,6 +66,13 @@ def cmd_config_push(args: argparse.Namespace) -> int:
     if any(o.result == "failed" for o in outcomes):
         print(f"some peers failed: {retry_note}", file=sys.stderr)
         return 1
+    if any(o.result == "fenced" for o in outcomes):
+        print(
+            "some peers follow another leader (a newer leadership epoch): their leader "
+            "keeps their config.json; push from it, or through this daemon while it leads",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -163,6 +170,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from clawd.status_view import peer_rows, render_table
 
     settings = _settings(args)
+    if args.why is not None:
+        return _status_why(settings, args.why, as_json=args.json)
     if args.live:
         from clawd.control import request
 
@@ -176,6 +185,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         snap = asyncio.run(JsonStore(settings.home).load(read_only=True)).snapshot
         leader = snap.leader
         rows = peer_rows(snap.instances, snap.peers, settings.instance.gateway_id)
+        _add_live_phi(settings, rows)
         answer = {"leader": leader, "peers": rows}
         footer = ""
     if args.json:
@@ -185,6 +195,56 @@ def cmd_status(args: argparse.Namespace) -> int:
     if footer:
         print(footer)
     return 0
+
+
+def _add_live_phi(settings: Settings, rows: list[dict[str, Any]]) -> None:
+    """phi lives only in the running daemon's memory: ask it when it runs."""
+    from clawd.backup.commands import daemon_running
+    from clawd.control import request
+
+    if not daemon_running(settings):
+        return
+    try:
+        answer = asyncio.run(request(settings.home, "status", wait_seconds=5))
+    except ClawdError:
+        return
+    live = {row.get("gatewayId"): row for row in answer.get("peers", [])}
+    for row in rows:
+        if (found := live.get(row["gatewayId"])) is not None:
+            row["phi"] = found.get("phi")
+
+
+def _status_why(settings: Settings, wanted: str, *, as_json: bool) -> int:
+    """The evidence about one peer and the rule that decided its status (daemon only:
+    the detector's state is in its memory)."""
+    from clawd.backup.commands import daemon_running
+    from clawd.control import request
+    from clawd.detection.explain import render
+
+    if not daemon_running(settings):
+        print(
+            "error: `clawd status --why` needs the running daemon (the evidence and the "
+            "failure detector's history live in its memory); start it with `clawd run` "
+            "or `systemctl start clawd`",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+    answer = asyncio.run(request(settings.home, "status", why=wanted))
+    if not answer.get("ok"):
+        print(f"error: {answer.get('error')}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if as_json:
+        print(json.dumps(answer["why"], indent=2))
+    else:
+        print(render(answer["why"]))
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Reach TARGET's SSH banner from here (asked by a peer's daemon); no config needed."""
+    from clawd import probe
+
+    return probe.run(args.target, args.timeout, as_json=args.json)
 
 
 def cmd_backup_now(args: argparse.Namespace) -> int:
@@ -311,7 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="fleet status from the store")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--live", action="store_true", help="ask the running daemon")
+    status.add_argument(
+        "--why", metavar="PEER", help="the evidence about PEER (gateway id or name) and the rule"
+    )
     status.set_defaults(func=cmd_status)
+
+    probe = sub.add_parser("probe", help="can this machine reach TARGET's SSH server?")
+    probe.add_argument("target", metavar="TARGET", help="host:port, [ipv6]:port or host (port 22)")
+    probe.add_argument("--timeout", metavar="SECONDS", help="give up after this long (default 3)")
+    probe.add_argument("--json", action="store_true", help="machine-readable output")
+    probe.set_defaults(func=cmd_probe)
 
     cli_history.register(sub, common)
     cli_skills.register(sub, common)

@@ -19,10 +19,15 @@ import structlog
 
 from clawd.backup.manager import BackupManager
 from clawd.control import ControlServer, socket_path
+from clawd.detection.accrual import DetectorSettings
+from clawd.detection.explain import explain, find_peer
+from clawd.detection.guard import SelfHealthGuard
+from clawd.detection.indirect import IndirectProber
 from clawd.discovery import Discovery
 from clawd.errors import ClawdError, MetricsServerError
 from clawd.fleet import FleetKeeper, summary
 from clawd.fleetops.distribution import ConfigDistributor
+from clawd.fleetops.fence import FenceToken
 from clawd.fleetops.leadership import acting_leader
 from clawd.fleetops.recovery import Recoverer
 from clawd.history.rollup import RollupMaintainer
@@ -33,9 +38,9 @@ from clawd.loopmon import LoopMonitor
 from clawd.metrics import DaemonSource, FleetMetrics, MetricsServer, backup_state
 from clawd.model import Instance, utcnow
 from clawd.notify import Notifier
-from clawd.observations import Observation, PeerConfigured, PingResult
+from clawd.observations import EpochSeen, Observation, PeerConfigured, PingResult, ProbeResult
 from clawd.pinger import Pinger, PingTarget
-from clawd.reconciler import FleetView, Reconciler, Thresholds, initial_view
+from clawd.reconciler import FleetView, ProbeRequest, Reconciler, Thresholds, initial_view
 from clawd.reload import ConfigWatcher, Reloader
 from clawd.retention import RetentionPruner, dedicated_connection
 from clawd.settings import Settings, default_config_path
@@ -54,11 +59,29 @@ START_SECONDS = 60.0
 
 
 def thresholds(settings: Settings) -> Thresholds:
+    ping, d = settings.ping, settings.detection
+    window = d.partition_window_seconds or 2 * ping.interval_seconds + ping.timeout_seconds
     return Thresholds(
-        offline_after_missed=settings.ping.offline_after_missed,
-        mdns_grace_misses=settings.ping.mdns_grace_misses,
-        flap_transitions=settings.ping.flap_transitions,
-        flap_window=timedelta(seconds=settings.ping.flap_window_seconds),
+        mdns_grace_misses=ping.mdns_grace_misses,
+        detector=DetectorSettings(
+            kind=d.detector,
+            phi_suspect=d.phi_suspect,
+            phi_offline=d.phi_offline,
+            offline_after_missed=ping.offline_after_missed,
+            window=d.history_window,
+            min_std_fraction=d.min_std_fraction,
+            tail_prior=d.tail_prior,
+        ),
+        interval_seconds=ping.interval_seconds,
+        recover_after=d.recover_after_successes,
+        flap_high=d.flap_high_percent,
+        flap_low=d.flap_low_percent,
+        probes=d.indirect_probes,
+        # Long enough for the helpers' own timeouts and an SSH round trip to them.
+        probe_wait=timedelta(seconds=2 * d.probe_timeout_seconds + ping.timeout_seconds),
+        partition_min_peers=d.partition_min_peers,
+        partition_fraction=d.partition_fraction,
+        partition_window=timedelta(seconds=window),
     )
 
 
@@ -103,6 +126,7 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._sink_task: asyncio.Task[None] | None = None
         self._targets: Mapping[str, PingTarget] = {}
+        self._probes: set[asyncio.Task[None]] = set()
         self.loop_monitor = LoopMonitor()
 
     # -- signals ------------------------------------------------------------
@@ -147,6 +171,7 @@ class Daemon:
         me = self.repo.me
         view = initial_view(me, snap.instances, snap.peers, snap.leader)
         recorder = IncidentRecorder(self.repo, JournalSender.if_attached())
+        self.guard = SelfHealthGuard(s.detection, s.ping.interval_seconds, s.ping.timeout_seconds)
         self.keeper = FleetKeeper(
             self.repo,
             recorder,
@@ -154,6 +179,10 @@ class Daemon:
             view,
             persist_interval=s.storage.peer_file_interval_seconds,
             on_change=self._fleet_changed,
+            guard=self.guard,
+            loop_stall=self.loop_monitor.current_stall,
+            on_probe=self._probe,
+            on_doubt=self._doubt,
         )
         for instance in static_peers(s):
             self.keeper.emit(PeerConfigured(instance, utcnow()))
@@ -169,14 +198,29 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self.pinger = Pinger(s.ping, s.ssh, s.home, self._ping_observed)
+        d = s.detection
+        self.prober = IndirectProber(
+            self.pinger.connection,
+            command=d.probe_command,
+            timeout=d.probe_timeout_seconds,
+            k=d.indirect_probes,
+        )
         # Leader actions open their own connections only to peers the pinger has none to.
         self.ops_connector = Connector(s.ssh, s.home)
         # Over the pinger's open connection when there is one: no handshake per action.
         borrow = self.pinger.connection
         self.recoverer = Recoverer(
-            s, self.config_path, self.ops_connector, recorder, self.pinger.recheck_install, borrow
+            s,
+            self.config_path,
+            self.ops_connector,
+            recorder,
+            self.pinger.recheck_install,
+            borrow,
+            on_fenced=self._fenced,
         )
-        self.distributor = ConfigDistributor(s, self.config_path, self.ops_connector, borrow)
+        self.distributor = ConfigDistributor(
+            s, self.config_path, self.ops_connector, borrow, on_fenced=self._fenced
+        )
         self.skills = SkillSyncer(s, self.repo, recorder)
 
         # History upkeep: the acting leader only, each run on its own short-lived
@@ -282,6 +326,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         """Stop taking in work, let in-flight work finish (bounded), flush, close."""
         self.pinger.stop()
+        for task in self._probes:  # a verdict would come too late to matter
+            task.cancel()
         if self.discovery is not None:
             self.discovery.stop()
         self.watcher.stop()
@@ -327,6 +373,35 @@ class Daemon:
     def _status_text(self, view: FleetView | None = None) -> str:
         return f"{summary(view or self.keeper.view)}; {self.backups.status_line()}"
 
+    def _probe(self, request: ProbeRequest) -> None:
+        """Ask other peers to probe a suspect (the reconciler asked); the verdict comes back
+        as an observation."""
+
+        async def probe() -> None:
+            verdict = await self.prober.probe(
+                request.target, request.host, request.port, request.helpers
+            )
+            self.keeper.emit(
+                ProbeResult(
+                    request.target,
+                    utcnow(),
+                    verdict.asked,
+                    verdict.reachable_by,
+                    verdict.unreachable_by,
+                )
+            )
+
+        if self._tg is not None and not self._stop.is_set():
+            task = self._tg.create_task(probe(), name=f"probe-{request.target}")
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+
+    def _doubt(self, doubting: bool) -> None:
+        self.pinger.stretch(self.guard.stretch if doubting else 1.0)
+
+    def _fenced(self, holder: FenceToken) -> None:
+        self.keeper.emit(EpochSeen(utcnow(), holder.epoch, holder.gateway_id, holder.lead_number))
+
     def _ping_observed(self, observation: Observation) -> None:
         if isinstance(observation, PingResult):
             self.metrics.observe_ping(observation)
@@ -366,6 +441,7 @@ class Daemon:
         if targets != self._targets:
             self._targets = targets
             self.pinger.set_targets(targets)
+            self.guard.forget(set(targets))
 
     async def _apply_settings(self, new: Settings, changed: list[str]) -> None:
         old, self.settings = self.settings, new
@@ -375,10 +451,15 @@ class Daemon:
         self.distributor.update_settings(new)  # any edit of config.json is pushed
         self.skills.update_settings(new)
         self.pruner.update_settings(new.history)
-        if sections & {"ping", "ssh"}:
+        if sections & {"ping", "ssh", "detection"}:
             self.ops_connector.update(new.ssh)
             self.pinger.update_settings(new.ping, new.ssh)
             self.keeper.reconciler = Reconciler(thresholds(new))
+            d = new.detection
+            self.guard.configure(d, new.ping.interval_seconds, new.ping.timeout_seconds)
+            self.prober.configure(
+                command=d.probe_command, timeout=d.probe_timeout_seconds, k=d.indirect_probes
+            )
         if "storage" in sections:
             self.keeper.persist_interval = new.storage.peer_file_interval_seconds
         if "peers" in sections:
@@ -415,8 +496,22 @@ class Daemon:
 
     # -- control requests -----------------------------------------------------
 
-    async def _status_request(self, _request: Mapping[str, Any]) -> dict[str, Any]:
+    async def _status_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
         view = self.keeper.view
+        t = self.keeper.reconciler.t
+        if (wanted := request.get("why")) is not None:
+            record = find_peer(view, str(wanted))
+            if record is None:
+                return {"ok": False, "error": f"no peer with gateway id or name {wanted!r}"}
+            return {"ok": True, "why": explain(view, record, t)}
+        rows = peer_rows(
+            {g: r.instance for g, r in view.peers.items()},
+            {g: r.state for g, r in view.peers.items()},
+        )
+        for row in rows:
+            record = view.peers[row["gatewayId"]]
+            row["phi"] = round(min(record.phi, 999.0), 2)
+            row["rule"] = record.rule
         return {
             "ok": True,
             "summary": summary(view),
@@ -426,10 +521,11 @@ class Daemon:
             "loopLagMs": self.loop_monitor.percentiles_ms(),
             "pinger": self.pinger.counters(),
             "observations": self.keeper.observations,
-            "peers": peer_rows(
-                {g: r.instance for g, r in view.peers.items()},
-                {g: r.state for g, r in view.peers.items()},
-            ),
+            "epoch": view.epoch,
+            "doubting": view.doubting,
+            "partition": sorted(view.partition.members) if view.partition else None,
+            "detector": t.detector.kind,
+            "peers": rows,
         }
 
     def _pg_state(self) -> str:

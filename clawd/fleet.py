@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import structlog
 
+from clawd.detection.guard import SelfHealthGuard
 from clawd.incidents import IncidentRecorder
 from clawd.model import PeerState, Ping, utcnow
-from clawd.observations import Observation, PingResult, Tick
-from clawd.reconciler import Decision, FleetView, Reconciler
+from clawd.observations import Observation, PingResult, SelfHealth, Tick
+from clawd.reconciler import Decision, FleetView, Note, ProbeRequest, Reconciler
 from clawd.store.repository import Repository
 
 log = structlog.get_logger("clawd.fleet")
@@ -73,6 +74,10 @@ class FleetKeeper:
         *,
         persist_interval: float = 30.0,
         on_change: Callable[[FleetView], None] | None = None,
+        guard: SelfHealthGuard | None = None,
+        loop_stall: Callable[[], float] | None = None,
+        on_probe: Callable[[ProbeRequest], None] | None = None,
+        on_doubt: Callable[[bool], None] | None = None,
     ) -> None:
         self.repo = repo
         self.recorder = recorder
@@ -80,6 +85,10 @@ class FleetKeeper:
         self.view = view
         self.persist_interval = persist_interval
         self.on_change = on_change
+        self.guard = guard
+        self.loop_stall = loop_stall
+        self.on_probe = on_probe
+        self.on_doubt = on_doubt
         self.queue: asyncio.Queue[Observation | None] = asyncio.Queue()
         self._written: dict[str, _Written] = {}
         self._dirty: dict[str, PeerState] = {}
@@ -108,7 +117,7 @@ class FleetKeeper:
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             stopping = None in batch
-            changed = False
+            changed = await self._check_self()
             for obs in batch:
                 if obs is not None:
                     changed |= await self._apply(obs)
@@ -121,9 +130,29 @@ class FleetKeeper:
                 await self._write_dirty(force=True)
                 return
 
+    async def _check_self(self) -> bool:
+        """Ask the self-health guard before judging a batch (a stall shows right here)."""
+        guard = self.guard
+        if guard is None:
+            return False
+        now = time.monotonic()
+        if self.loop_stall is not None:
+            guard.loop_lag(self.loop_stall(), now)
+        change = guard.poll(now)
+        if change is None:
+            return False
+        me = self.view.me.gateway_id
+        event = "self_doubt" if change.doubting else "self_trust"
+        self.recorder.note(Note(event, me, change.fields))
+        if self.on_doubt is not None:
+            self.on_doubt(change.doubting)
+        return await self._apply(SelfHealth(utcnow(), change.doubting, change.reason))
+
     async def _apply(self, obs: Observation) -> bool:
         now = utcnow()
         self.observations += 1
+        if isinstance(obs, PingResult) and self.guard is not None:
+            self.guard.ping(obs.gateway_id, obs.success)
         previous_leader = self.view.leader
         previous = self.view.peers
         decision = self.reconciler.apply(self.view, obs, now)
@@ -139,6 +168,9 @@ class FleetKeeper:
                 )
             )
         await self._persist(decision)
+        if self.on_probe is not None:
+            for request in decision.probes:
+                self.on_probe(request)
         if self.view.leader != previous_leader:
             await self.repo.set_leader(self.view.leader)
         if isinstance(obs, Tick):

@@ -21,8 +21,13 @@ PRIORITY = {
     EventType.LEADER_CHANGE: NOTICE,
     EventType.REINSTALL: NOTICE,
     EventType.SKILL_SYNC: INFO,
+    EventType.PARTITION: WARNING,
+    EventType.PARTITION_END: NOTICE,
+    EventType.UNREACHABLE: WARNING,
+    EventType.FLAP_START: WARNING,
+    EventType.FLAP_STOP: NOTICE,
 }
-NOTE_PRIORITY = {"peer_unresponsive": WARNING, "flap_start": WARNING, "flap_stop": NOTICE}
+NOTE_PRIORITY = {"peer_unresponsive": WARNING, "self_doubt": WARNING, "self_trust": NOTICE}
 LEVEL = {ERROR: "error", WARNING: "warning", NOTICE: "info", INFO: "info"}
 
 

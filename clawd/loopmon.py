@@ -13,13 +13,25 @@ KEEP = 3000  # five minutes of samples
 class LoopMonitor:
     def __init__(self) -> None:
         self._lags: deque[float] = deque(maxlen=KEEP)
+        self._slept_at: float | None = None
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
         while True:
-            before = time.monotonic()
+            self._slept_at = before = time.monotonic()
             await asyncio.sleep(SAMPLE_SECONDS)
             self._lags.append(max(0.0, time.monotonic() - before - SAMPLE_SECONDS))
+
+    def current_stall(self) -> float:
+        """How late the monitor's wake-up is right now, or was at its last sample.
+
+        Read by the fleet keeper before it judges pings: right after the loop resumes from
+        a stall the monitor may not have run yet, but its overdue wake-up already shows it.
+        """
+        if self._slept_at is None:
+            return 0.0
+        overdue = time.monotonic() - self._slept_at - SAMPLE_SECONDS
+        return max(overdue, self._lags[-1] if self._lags else 0.0, 0.0)
 
     def percentiles_ms(self) -> dict[str, float]:
         """p50/p99/max lag in ms over the recent samples (zeros before the first one)."""

@@ -25,6 +25,12 @@ class EventType(StrEnum):
     REINSTALL = "reinstall"
     SKILL_SYNC = "skill_sync"
     LEADER_CHANGE = "leader_change"
+    # Added by migration 005 (detection).
+    PARTITION = "partition"
+    PARTITION_END = "partition_end"
+    UNREACHABLE = "unreachable"
+    FLAP_START = "flap_start"
+    FLAP_STOP = "flap_stop"
 
 
 class SkillAction(StrEnum):

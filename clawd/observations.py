@@ -48,10 +48,42 @@ class PeerConfigured:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """Other peers probed this one for us (SWIM's ping-req)."""
+
+    gateway_id: str
+    at: datetime
+    asked: tuple[str, ...]
+    reachable_by: tuple[str, ...]
+    unreachable_by: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SelfHealth:
+    """clawd starts or stops doubting itself (its loop stalled; nearly every peer failed)."""
+
+    at: datetime
+    doubting: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EpochSeen:
+    """A peer's fence holds this leadership epoch (from a leader with this lead number)."""
+
+    at: datetime
+    epoch: int
+    gateway_id: str
+    lead_number: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
-    """Time passed; lets time-based rules (flap windows) settle without new facts."""
+    """Time passed; lets time-based rules (probes that never answered) settle."""
 
     at: datetime
 
 
-Observation = PingResult | MdnsSeen | MdnsGone | PeerConfigured | Tick
+Observation = (
+    PingResult | MdnsSeen | MdnsGone | PeerConfigured | ProbeResult | SelfHealth | EpochSeen | Tick
+)

@@ -96,6 +96,7 @@ class Pinger:
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._stopping = False
+        self._stretch = 1.0  # timeout factor while clawd doubts itself (self-health guard)
         self.pings_sent = 0  # attempts reported, successful or not
         self.pings_failed = 0
         self.connects = 0
@@ -150,6 +151,10 @@ class Pinger:
         peer = self._peers.get(gateway_id)
         if peer is not None:
             peer.check_due = True
+
+    def stretch(self, factor: float) -> None:
+        """Multiply every ping timeout by `factor` (1.0 = as configured), from the next round."""
+        self._stretch = factor
 
     def update_settings(self, ping: PingSettings, ssh: SshSettings) -> None:
         """Live reload: timings apply from each peer's next round, SSH options from its next
@@ -276,16 +281,17 @@ class Pinger:
 
     async def _round(self, peer: _Peer) -> None:
         ping = self._ping
+        timeout = ping.timeout_seconds * self._stretch
         at = datetime.now(UTC)
         link = peer.link
         if link is None:
-            link, error, tcp_reachable = await self._wait_for_link(peer, ping.timeout_seconds)
+            link, error, tcp_reachable = await self._wait_for_link(peer, timeout)
             if link is None:
                 if not peer.stopping:  # a round cut short by stop() is no attempt
                     self._report_failure(peer, at, error, tcp_reachable)
                 return
         try:
-            rtt = await link.round_trip(ping.timeout_seconds)
+            rtt = await link.round_trip(timeout)
         except LinkDown as exc:
             # A timed-out echo on an open link: the peer answers TCP, its SSH is too slow.
             tcp = True if isinstance(exc, EchoTimeout) else None
@@ -298,7 +304,7 @@ class Pinger:
         ssh = self._ssh
         check = peer.check_due or peer.rounds_since_check >= ssh.install_check_every_rounds
         if check and not peer.stopping:  # stopping: report the echo now, check next time
-            installed = await self._install_check(peer, link, ssh, ping.timeout_seconds)
+            installed = await self._install_check(peer, link, ssh, timeout)
         self.pings_sent += 1
         self._emit(
             PingResult(

@@ -2,133 +2,75 @@
 
 No I/O and no clock reads: every rule here is unit-tested with plain values.
 
-Status rules (per peer):
-- a successful ping            -> online
-- SSH fails, peer still answers (its TCP port accepts, or it is in mDNS) -> unresponsive;
-  mDNS alone is trusted for `mdns_grace_misses` misses only, because a peer that
-  died without a goodbye stays in other machines' mDNS caches for 20-75 minutes
-- `offline_after_missed` consecutive misses and no other sign of life -> offline
-- otherwise the status stays as it is (a miss or two is not news)
+Per peer, each observation updates the evidence (ping results, heartbeat history, TCP,
+mDNS, indirect probes) and :func:`clawd.detection.rules.decide` turns it into a status
+through the documented rule table. Around that:
 
-Incidents mark changes between up and down, once per transition: `offline`,
-`online` (first seen, or back from unresponsive/unknown), `recovery` (back from
-offline). A peer changing status `flap_transitions` times within `flap_window`
-is flapping: one note when it starts, incidents held until it has been stable for
-a whole window, then one incident if it ended somewhere else than it started.
-Leader: the online instance (self included) with the lowest lead_number.
+- Incidents mark changes between up and down, once per transition: `offline`, `online`
+  (first seen, or back from unresponsive/unknown), `recovery` (back from offline, after
+  `recover_after` successful pings in a row), `unreachable` (down from here only: other
+  peers reach it).
+- Flapping (Nagios' percent state change over the last 21 results): one `flap_start` and
+  one `flap_stop`; up/down incidents are held meanwhile, and on `flap_stop` one incident
+  if the peer ended somewhere else than it was last reported.
+- Partition: when many peers start failing within one window, one `partition` incident,
+  those peers `unknown` (not N `offline`); `partition_end` when fewer than
+  `partition_min_peers` of them are still down — those are judged one by one from their
+  next ping.
+- Leader: the online instance (self included) with the lowest lead_number; every change
+  raises the epoch (a Lamport clock, also raised past any higher epoch a peer's fence
+  holds) that fences a stale leader's actions off on the peers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+from clawd.detection import partition
+from clawd.detection.accrual import Suspicion, record_heartbeat, suspicion
+from clawd.detection.flap import flapping_now, percent_state_change, remember
+from clawd.detection.rules import Probes, decide
+from clawd.fleetview import (
+    REPORTED,
+    Decision,
+    FleetView,
+    Note,
+    PeerRecord,
+    ProbeRequest,
+    Thresholds,
+    elect_leader,
+    evidence,
+    initial_view,
+    partitioned,
+)
 from clawd.model import EventType, Incident, Instance, PeerState, PeerStatus
 from clawd.observations import (
+    EpochSeen,
     MdnsGone,
     MdnsSeen,
     Observation,
     PeerConfigured,
     PingResult,
+    ProbeResult,
+    SelfHealth,
     Tick,
 )
 
-REPORTED = (PeerStatus.ONLINE, PeerStatus.OFFLINE)
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    offline_after_missed: int = 3
-    mdns_grace_misses: int = 10
-    flap_transitions: int = 4
-    flap_window: timedelta = timedelta(minutes=10)
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRecord:
-    instance: Instance
-    state: PeerState
-    # When the current status began (for downtime in `recovery` details).
-    since: datetime | None = None
-    tcp_reachable: bool = False
-    # Status transition times inside the flap window, oldest first.
-    transitions: tuple[datetime, ...] = ()
-    flapping: bool = False
-    # The last up/down status an incident was written for.
-    reported: PeerStatus = PeerStatus.UNKNOWN
-
-
-@dataclass(frozen=True, slots=True)
-class FleetView:
-    me: Instance
-    peers: Mapping[str, PeerRecord] = field(default_factory=dict)
-    leader: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """Something for the journal that is not an incident (flapping, unresponsive)."""
-
-    event: str
-    gateway_id: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Decision:
-    view: FleetView
-    incidents: list[Incident] = field(default_factory=list)
-    states: list[PeerState] = field(default_factory=list)
-    instances: list[Instance] = field(default_factory=list)
-    notes: list[Note] = field(default_factory=list)
-    # Did anything that leadership depends on change? (Saves an O(peers) election.)
-    moved: bool = False
-
-
-def initial_view(
-    me: Instance,
-    instances: Mapping[str, Instance],
-    states: Mapping[str, PeerState],
-    leader: str | None,
-) -> FleetView:
-    """The view at start, from what the store remembers; no incident is re-raised."""
-    peers: dict[str, PeerRecord] = {}
-    for gid, inst in instances.items():
-        if gid == me.gateway_id:
-            continue
-        state = states.get(gid) or PeerState(gateway_id=gid)
-        reported = state.status if state.status in REPORTED else PeerStatus.UNKNOWN
-        peers[gid] = PeerRecord(inst, state, since=state.updated_at, reported=reported)
-    return FleetView(me=me, peers=peers, leader=leader)
-
-
-def elect_leader(view: FleetView) -> str | None:
-    """Lowest lead_number among online instances, self included; ties by gateway id."""
-    candidates = [view.me] + [
-        r.instance for r in view.peers.values() if r.state.status is PeerStatus.ONLINE
-    ]
-    ranked = [c for c in candidates if c.lead_number is not None]
-    if not ranked:
-        return None
-    return min(ranked, key=lambda i: (i.lead_number, i.gateway_id)).gateway_id
-
-
-def _decide_status(record: PeerRecord, last_ping_ok: bool | None, t: Thresholds) -> PeerStatus:
-    state = record.state
-    if last_ping_ok:
-        return PeerStatus.ONLINE
-    if state.missed_pings == 0:
-        return state.status
-    if record.tcp_reachable or (
-        state.mdns_broadcasting and state.missed_pings < t.mdns_grace_misses
-    ):
-        return PeerStatus.UNRESPONSIVE
-    if state.missed_pings >= t.offline_after_missed:
-        return PeerStatus.OFFLINE
-    return state.status
+# Re-exported: the rest of clawd imports the view's types from here.
+__all__ = [
+    "Decision",
+    "FleetView",
+    "Note",
+    "PeerRecord",
+    "ProbeRequest",
+    "Reconciler",
+    "Thresholds",
+    "elect_leader",
+    "evidence",
+    "initial_view",
+]
 
 
 def _incident_for(
@@ -142,6 +84,8 @@ def _incident_for(
     if new is PeerStatus.OFFLINE:
         details["missed_pings"] = state.missed_pings
         details["last_seen"] = state.last_seen.isoformat() if state.last_seen else None
+        details["rule"] = record.rule
+        details["phi"] = round(min(record.phi, 999.0), 1)
         return EventType.OFFLINE, details
     if record.reported is PeerStatus.OFFLINE:
         if record.since is not None:
@@ -157,21 +101,23 @@ class Reconciler:
         self.t = thresholds
 
     def apply(self, view: FleetView, obs: Observation, now: datetime) -> Decision:
-        decision = Decision(view)
+        decision = Decision(view, origin=view.peers)
         if isinstance(obs, PingResult):
             self._on_ping(decision, obs, now)
         elif isinstance(obs, MdnsSeen | PeerConfigured):
             self._on_announce(decision, obs.instance, isinstance(obs, MdnsSeen), now)
         elif isinstance(obs, MdnsGone):
             self._on_mdns_gone(decision, obs, now)
-        if isinstance(obs, Tick):
-            for flapping in [g for g, r in view.peers.items() if r.flapping]:
-                self._settle_flapping(decision, flapping, now)
+        elif isinstance(obs, ProbeResult):
+            self._on_probe(decision, obs, now)
+        elif isinstance(obs, SelfHealth):
+            if obs.doubting != view.doubting:
+                decision.view = dataclasses.replace(view, doubting=obs.doubting)
+        elif isinstance(obs, EpochSeen):
+            self._on_epoch(decision, obs, now)
+        elif isinstance(obs, Tick):
+            self._on_tick(decision, now)
             decision.moved = True
-        else:
-            subject = _subject(obs)
-            if subject is not None and subject in decision.view.peers:
-                self._settle_flapping(decision, subject, now)
         if decision.moved or decision.instances:
             self._elect(decision, now)
         return decision
@@ -195,6 +141,24 @@ class Reconciler:
                 ),
                 updated_at=now,
             )
+            record = dataclasses.replace(
+                record,
+                state=state,
+                tcp_reachable=True,
+                arrivals=record_heartbeat(
+                    record.arrivals,
+                    obs.at,
+                    window=self.t.detector.window,
+                    learn=_rhythm(d.view, record),
+                ),
+                results=remember(record.results, True),
+                ok_streak=record.ok_streak + 1,
+                failing_since=None,
+                probes=Probes.NONE,
+                probes_at=None,
+                reachable_by=(),
+                unreachable_reported=False,
+            )
         else:
             state = dataclasses.replace(
                 state,
@@ -203,9 +167,31 @@ class Reconciler:
                 ssh_connectivity=False,
                 updated_at=now,
             )
-        tcp = bool(obs.tcp_reachable) if not obs.success else True
-        record = dataclasses.replace(record, state=state, tcp_reachable=tcp)
-        self._transition(d, record, _decide_status(record, obs.success, self.t), now)
+            record = dataclasses.replace(
+                record,
+                state=state,
+                tcp_reachable=bool(obs.tcp_reachable),
+                results=remember(record.results, False),
+                ok_streak=0,
+                failing_since=record.failing_since or obs.at,
+            )
+        hold = record.partition_hold_until
+        if hold is not None and (obs.success or obs.at > hold):
+            record = dataclasses.replace(record, partition_hold_until=None)
+        record = self._suspect(record, now)
+        record = self._flap(d, record, now)
+        d.put(record)
+        gid = record.instance.gateway_id
+        if obs.success:
+            partition.leave(d, gid, now, self.t)
+        elif record.suspicion is not Suspicion.NONE and not d.view.doubting:
+            # A partition is judged when a peer would go offline, never on a first miss:
+            # one glitch across the fleet is not a partition.
+            if record.suspicion is Suspicion.OFFLINE:
+                for member in partition.open_or_join(d, gid, now, self.t):
+                    self._redecide(d, member, now)
+            self._maybe_probe(d, gid, now)
+        self._redecide(d, gid, now)
 
     def _on_announce(self, d: Decision, inst: Instance, via_mdns: bool, now: datetime) -> None:
         if inst.gateway_id == d.view.me.gateway_id:
@@ -217,8 +203,8 @@ class Reconciler:
             )
             record = PeerRecord(inst, state, since=now)
             d.instances.append(inst)
-            d.states.append(state)
-            self._put(d, record)
+            d.save_state(state)
+            d.put(record)
             return
         merged = _merge_identity(record.instance, inst, now)
         if merged != record.instance:
@@ -226,64 +212,187 @@ class Reconciler:
         state = record.state
         if via_mdns and not state.mdns_broadcasting:
             state = dataclasses.replace(state, mdns_broadcasting=True, updated_at=now)
-        record = dataclasses.replace(record, instance=merged, state=state)
-        self._transition(d, record, _decide_status(record, None, self.t), now)
+        record = dataclasses.replace(
+            record,
+            instance=merged,
+            state=state,
+            mdns_withdrawn=record.mdns_withdrawn and not via_mdns,
+        )
+        d.put(record)
+        self._redecide(d, inst.gateway_id, now)
 
     def _on_mdns_gone(self, d: Decision, obs: MdnsGone, now: datetime) -> None:
         record = d.view.peers.get(obs.gateway_id)
         if record is None or not record.state.mdns_broadcasting:
             return
         state = dataclasses.replace(record.state, mdns_broadcasting=False, updated_at=now)
-        record = dataclasses.replace(record, state=state)
-        self._transition(d, record, _decide_status(record, None, self.t), now)
+        d.put(dataclasses.replace(record, state=state, mdns_withdrawn=True))
+        self._redecide(d, obs.gateway_id, now)
 
-    # -- transitions, flapping, leadership ----------------------------------
+    def _on_probe(self, d: Decision, obs: ProbeResult, now: datetime) -> None:
+        record = d.view.peers.get(obs.gateway_id)
+        if record is None or record.probes is not Probes.PENDING:
+            return  # answered since (a ping succeeded), or a peer no longer tracked
+        if obs.reachable_by:
+            verdict = Probes.REACHABLE
+        elif obs.unreachable_by:
+            verdict = Probes.UNREACHABLE
+        else:
+            verdict = Probes.FAILED
+        d.put(dataclasses.replace(record, probes=verdict, reachable_by=obs.reachable_by))
+        if verdict is Probes.REACHABLE:
+            partition.reached_by_peers(d, obs.gateway_id)
+        self._redecide(d, obs.gateway_id, now)
+
+    def _on_epoch(self, d: Decision, obs: EpochSeen, now: datetime) -> None:
+        view = d.view
+        if obs.epoch < view.epoch:
+            return
+        me = view.me
+        if view.leader == me.gateway_id:
+            # We lead: whoever holds that epoch (an earlier us, a leader that has died
+            # since, the other side of a split brain) is not up in our view, or it would
+            # lead. A new epoch, so our actions are no longer refused as stale; the peers'
+            # fences still allow one reinstall per epoch.
+            epoch = obs.epoch + 1
+            d.incidents.append(
+                Incident(
+                    gateway_id=me.gateway_id,
+                    event_type=EventType.LEADER_CHANGE,
+                    details={
+                        "old": view.leader,
+                        "new": view.leader,
+                        "epoch": epoch,
+                        "reason": f"epoch {obs.epoch} seen on a peer",
+                    },
+                    timestamp=now,
+                )
+            )
+            d.view = dataclasses.replace(view, epoch=epoch)
+        elif obs.epoch > view.epoch:
+            d.view = dataclasses.replace(view, epoch=obs.epoch)
+
+    def _on_tick(self, d: Decision, now: datetime) -> None:
+        # Probes that never answered must not hold a peer for ever.
+        for gid, record in d.view.peers.items():
+            if (
+                record.probes is Probes.PENDING
+                and record.probes_at is not None
+                and now - record.probes_at > self.t.probe_wait
+            ):
+                d.put(dataclasses.replace(record, probes=Probes.FAILED))
+                self._redecide(d, gid, now)
+
+    # -- evidence ---------------------------------------------------------------
+
+    def _suspect(self, record: PeerRecord, now: datetime) -> PeerRecord:
+        missed = record.state.missed_pings
+        level, phi = suspicion(
+            self.t.detector, record.arrivals, missed, now, self.t.interval_seconds
+        )
+        if level is Suspicion.OFFLINE and missed < min(2, self.t.detector.offline_after_missed):
+            # One lost ping is never proof, however regular the peer was: with a short
+            # interval, phi passes any threshold by the first timeout.
+            level = Suspicion.SUSPECT
+        return dataclasses.replace(record, suspicion=level, phi=phi)
+
+    def _flap(self, d: Decision, record: PeerRecord, now: datetime) -> PeerRecord:
+        percent = percent_state_change(record.results)
+        flapping = flapping_now(record.flapping, percent, self.t.flap_high, self.t.flap_low)
+        record = dataclasses.replace(record, flap_percent=percent)
+        if flapping == record.flapping:
+            return record
+        inst = record.instance
+        details: dict[str, Any] = {
+            "name": inst.name,
+            "ip": inst.ip,
+            "percent_state_change": round(percent, 1),
+            "status": record.state.status.value,
+        }
+        event = EventType.FLAP_START if flapping else EventType.FLAP_STOP
+        d.incidents.append(Incident(inst.gateway_id, event, details, timestamp=now))
+        record = dataclasses.replace(record, flapping=flapping)
+        if not flapping:  # the up/down incident held while it flapped, if it ends elsewhere
+            record = self._report(d, record, record.state.status, now)
+        return record
+
+    def _maybe_probe(self, d: Decision, gid: str, now: datetime) -> None:
+        record = d.view.peers[gid]
+        if self.t.probes <= 0 or record.probes is not Probes.NONE or not record.instance.ip:
+            return
+        helpers = tuple(
+            sorted(
+                h
+                for h, r in d.view.peers.items()
+                if h != gid
+                and r.state.status is PeerStatus.ONLINE
+                and r.state.claw_clan_installed
+                and r.state.missed_pings == 0
+            )
+        )
+        if not helpers:
+            return
+        d.probes.append(ProbeRequest(gid, record.instance.ip, record.instance.ssh_port, helpers))
+        d.put(dataclasses.replace(record, probes=Probes.PENDING, probes_at=now))
+
+    # -- transitions, leadership ----------------------------------------------------
+
+    def _redecide(self, d: Decision, gid: str, now: datetime) -> None:
+        record = d.view.peers[gid]
+        new, rule = decide(evidence(d.view, record, self.t))
+        if rule.name != record.rule:
+            record = dataclasses.replace(record, rule=rule.name)
+        self._transition(d, record, new, now)
 
     def _transition(self, d: Decision, record: PeerRecord, new: PeerStatus, now: datetime) -> None:
         old = record.state.status
+        gid = record.instance.gateway_id
         if new is not old:
             d.moved = True
-            window = [x for x in record.transitions if now - x <= self.t.flap_window]
-            if old is not PeerStatus.UNKNOWN:  # being first seen is not flapping
-                window.append(now)
             record = dataclasses.replace(
-                record,
-                state=dataclasses.replace(record.state, status=new, updated_at=now),
-                transitions=tuple(window),
+                record, state=dataclasses.replace(record.state, status=new, updated_at=now)
             )
             if new is PeerStatus.UNRESPONSIVE:
                 d.notes.append(
                     Note(
                         "peer_unresponsive",
-                        record.instance.gateway_id,
+                        gid,
                         {
                             "name": record.instance.name,
                             "missed_pings": record.state.missed_pings,
+                            "rule": record.rule,
                             "mdns": record.state.mdns_broadcasting,
                             "tcp": record.tcp_reachable,
-                        },
-                    )
-                )
-            if not record.flapping and len(window) >= self.t.flap_transitions:
-                record = dataclasses.replace(record, flapping=True)
-                d.notes.append(
-                    Note(
-                        "flap_start",
-                        record.instance.gateway_id,
-                        {
-                            "name": record.instance.name,
-                            "transitions": len(window),
-                            "window_seconds": int(self.t.flap_window.total_seconds()),
                         },
                     )
                 )
             if not record.flapping:
                 record = self._report(d, record, new, now)
             record = dataclasses.replace(record, since=now)
-        previous = d.view.peers.get(record.instance.gateway_id)
+        if record.rule == "reachable-by-peers" and not record.unreachable_reported:
+            record = self._unreachable(d, record, now)
+        previous = d.origin.get(gid)
         if previous is None or record.state != previous.state:
-            d.states.append(record.state)
-        self._put(d, record)
+            d.save_state(record.state)
+        d.put(record)
+
+    def _unreachable(self, d: Decision, record: PeerRecord, now: datetime) -> PeerRecord:
+        inst = record.instance
+        d.incidents.append(
+            Incident(
+                gateway_id=inst.gateway_id,
+                event_type=EventType.UNREACHABLE,
+                details={
+                    "name": inst.name,
+                    "ip": inst.ip,
+                    "scope": "unreachable from this instance only",
+                    "reachable_by": list(record.reachable_by),
+                    "missed_pings": record.state.missed_pings,
+                },
+                timestamp=now,
+            )
+        )
+        return dataclasses.replace(record, unreachable_reported=True)
 
     def _report(
         self, d: Decision, record: PeerRecord, new: PeerStatus, now: datetime
@@ -302,46 +411,34 @@ class Reconciler:
         )
         return dataclasses.replace(record, reported=new)
 
-    def _settle_flapping(self, d: Decision, gid: str, now: datetime) -> None:
-        """End a flap once the peer held one status for a whole window."""
-        record = d.view.peers[gid]
-        if not record.flapping:
-            return
-        last = record.transitions[-1] if record.transitions else None
-        if last is not None and now - last <= self.t.flap_window:
-            return
-        settled = dataclasses.replace(record, flapping=False, transitions=())
-        fields = {"name": record.instance.name, "status": record.state.status.value}
-        d.notes.append(Note("flap_stop", gid, fields))
-        self._put(d, self._report(d, settled, record.state.status, now))
-
     def _elect(self, d: Decision, now: datetime) -> None:
         leader = elect_leader(d.view)
         if leader == d.view.leader:
             return
+        epoch = d.view.epoch + 1
         d.incidents.append(
             Incident(
                 gateway_id=leader or d.view.me.gateway_id,
                 event_type=EventType.LEADER_CHANGE,
-                details={"old": d.view.leader, "new": leader},
+                details={"old": d.view.leader, "new": leader, "epoch": epoch},
                 timestamp=now,
             )
         )
-        d.view = dataclasses.replace(d.view, leader=leader)
-
-    @staticmethod
-    def _put(d: Decision, record: PeerRecord) -> None:
-        peers = dict(d.view.peers)
-        peers[record.instance.gateway_id] = record
-        d.view = dataclasses.replace(d.view, peers=peers)
+        d.view = dataclasses.replace(d.view, leader=leader, epoch=epoch)
 
 
-def _subject(obs: Observation) -> str | None:
-    if isinstance(obs, PingResult | MdnsGone):
-        return obs.gateway_id
-    if isinstance(obs, MdnsSeen | PeerConfigured):
-        return obs.instance.gateway_id
-    return None
+def _rhythm(view: FleetView, record: PeerRecord) -> bool:
+    """Does the gap ending now say how this peer's heartbeats come (learn it)?
+
+    Not when it spans our own stall, a partition, or an outage others confirmed (probes
+    failed too, or claw-clan withdrew its mDNS record): learning those would excuse the
+    next real crash for hours. Lost pings that only we saw are learned: they are the
+    peer's link, and excusing them is what keeps a bursty peer from false offlines.
+    """
+    if view.doubting or partitioned(view, record):
+        return False
+    outage = record.probes is Probes.UNREACHABLE or record.rule == "mdns-gone"
+    return not (record.state.status is PeerStatus.OFFLINE and outage)
 
 
 def _merge_identity(old: Instance, new: Instance, now: datetime) -> Instance:

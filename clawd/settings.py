@@ -21,6 +21,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
@@ -100,8 +101,50 @@ class PingSettings(Section):
     offline_after_missed: int = Field(default=3, ge=1, le=1000)
     # mDNS presence alone keeps a silent peer "unresponsive" for this many misses.
     mdns_grace_misses: int = Field(default=10, ge=1, le=100_000)
-    flap_transitions: int = Field(default=4, ge=2, le=1000)
-    flap_window_seconds: float = Field(default=600.0, gt=0, le=86_400)
+
+
+class DetectionSettings(Section):
+    """How a peer's status is decided (see clawd/detection/rules.py for the rule table)."""
+
+    # accrual: phi over the peer's own heartbeat history; threshold: ping.offlineAfterMissed.
+    detector: Literal["accrual", "threshold"] = "accrual"
+    # Chosen on bench/detector_traces.py (see clawd/detection/accrual.py DetectorSettings).
+    phi_suspect: float = Field(default=2.0, gt=0, le=1000)
+    phi_offline: float = Field(default=4.5, gt=0, le=1000)
+    # Half-life of a peer's heartbeat-gap memory, in heartbeats (1,000 = ~2.8 h at 10 s).
+    history_window: int = Field(default=1000, ge=10, le=1_000_000)
+    # Floor of the regular gaps' spread (x interval), and the weight of the geometric
+    # tail beyond the longest loss burst a peer has shown.
+    min_std_fraction: float = Field(default=0.1, gt=0, le=10)
+    tail_prior: float = Field(default=0.5, gt=0, le=100)
+    # Back from offline only after this many successful pings in a row.
+    recover_after_successes: int = Field(default=2, ge=1, le=1000)
+    # Nagios-style flapping: percent state change over the last 21 ping results.
+    flap_high_percent: float = Field(default=50.0, gt=0, le=100)
+    flap_low_percent: float = Field(default=25.0, ge=0, le=100)
+    # Indirect probes: this many other online peers run `probeCommand HOST:PORT`; 0 = off.
+    indirect_probes: int = Field(default=3, ge=0, le=32)
+    probe_command: str = Field(default="clawd probe", min_length=1)
+    probe_timeout_seconds: float = Field(default=3.0, gt=0, le=120)
+    # Partition: at least this many peers, and this share of them, failing within the window.
+    partition_min_peers: int = Field(default=3, ge=2, le=100_000)
+    partition_fraction: float = Field(default=0.3, gt=0, le=1)
+    partition_window_seconds: float | None = Field(default=None, gt=0, le=86_400)
+    # Self-health guard: doubt ourselves when the event loop stalls this long, or when
+    # this share of the peers fails at once; ping timeouts are stretched meanwhile.
+    guard_loop_lag_seconds: float = Field(default=1.0, gt=0, le=600)
+    guard_mass_failure_fraction: float = Field(default=0.8, gt=0, le=1)
+    guard_min_peers: int = Field(default=4, ge=1, le=100_000)
+    guard_timeout_stretch: float = Field(default=2.0, ge=1, le=20)
+    guard_hold_seconds: float | None = Field(default=None, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DetectionSettings:
+        if self.phi_suspect > self.phi_offline:
+            raise ValueError("phiSuspect must not be above phiOffline")
+        if self.flap_low_percent > self.flap_high_percent:
+            raise ValueError("flapLowPercent must not be above flapHighPercent")
+        return self
 
 
 class SshSettings(Section):
@@ -304,6 +347,7 @@ class Settings(BaseSettings):
     instance: InstanceSettings = Field(default_factory=InstanceSettings)
     peers: tuple[StaticPeer, ...] = ()
     ping: PingSettings = PingSettings()
+    detection: DetectionSettings = DetectionSettings()
     ssh: SshSettings = SshSettings()
     discovery: DiscoverySettings = DiscoverySettings()
     storage: StorageSettings = StorageSettings()

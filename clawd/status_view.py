@@ -16,6 +16,7 @@ COLUMNS = (
     ("SSH", "ssh", 3),
     ("INST", "installed", 4),
     ("MDNS", "mdns", 4),
+    ("PHI", "phi", 6),
 )
 
 
@@ -54,6 +55,8 @@ def _cell(value: Any, key: str, width: int) -> str:
         text = "yes" if value else "no"
     elif value is None:
         text = "-"
+    elif key == "phi":
+        text = f"{value:.1f}" if isinstance(value, int | float) else str(value)
     elif key == "lastSeen":
         text = str(value)[:19].replace("T", " ")
     else:

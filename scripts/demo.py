@@ -172,7 +172,6 @@ class Demo:
                 "timeoutSeconds": max(self.pace.interval, 0.5),
                 "offlineAfterMissed": MISSED,
                 "mdnsGraceMisses": MDNS_GRACE,
-                "flapTransitions": 6,  # stop and return is 3 moves: not flapping
             },
             "ssh": {
                 "knownHosts": str(self.tmp / "keys" / "known_hosts"),

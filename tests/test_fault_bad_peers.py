@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from sshpeers import SshFleet
 
+from clawd.detection.accrual import DetectorSettings
 from clawd.model import Instance, PeerStatus
 from clawd.observations import Observation, PeerConfigured, PingResult
 from clawd.pinger import Pinger, PingTarget
@@ -117,7 +118,10 @@ class Watch:
 
     def __init__(self, peers: dict[str, PingTarget]) -> None:
         self.reconciler = Reconciler(
-            Thresholds(offline_after_missed=MISSED, mdns_grace_misses=MISSED)
+            Thresholds(
+                detector=DetectorSettings(kind="threshold", offline_after_missed=MISSED),
+                mdns_grace_misses=MISSED,
+            )
         )
         self.view = FleetView(me=ME)
         self.started = time.monotonic()

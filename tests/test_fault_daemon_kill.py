@@ -85,7 +85,8 @@ async def test_sigkill_at_random_points_loses_nothing_twice(
     config = daemon_config(
         ssh_fleet, peers, interval=INTERVAL, pg=pg, storage={"flushIntervalSeconds": 0.02}
     )
-    config["ping"]["flapTransitions"] = 1000  # every change is an incident, none held
+    # Every change is an incident, none held as flapping.
+    config["detection"] = {"flapHighPercent": 100, "flapLowPercent": 100}
     (home / "config.json").write_text(json.dumps(config))
     (home / "config.json").chmod(0o600)
     flapper = peers["gw-r2"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from clawd.detection.accrual import DetectorSettings
 from clawd.fleet import FleetKeeper, summary
 from clawd.incidents import IncidentRecorder
 from clawd.model import EventType, Instance, PeerStatus, utcnow
@@ -56,7 +57,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     keeper = FleetKeeper(
         repo,
         IncidentRecorder(repo),
-        Reconciler(Thresholds(offline_after_missed=2)),
+        Reconciler(Thresholds(detector=DetectorSettings(kind="threshold", offline_after_missed=2))),
         view,
         persist_interval=3600,
         on_change=changes.append,

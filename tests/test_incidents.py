@@ -118,10 +118,10 @@ async def test_without_journal_a_logfmt_line_is_written(tmp_path: Path) -> None:
     configure_logging("info", out)
     recorder = IncidentRecorder(await _repo(tmp_path), None)
     await recorder.record(Incident("gw-b", EventType.OFFLINE, {"name": "beta", "missed_pings": 3}))
-    recorder.note(Note("flap_start", "gw-b", {"transitions": 4}))
+    recorder.note(Note("self_doubt", "gw-me", {"reason": "stalled"}))
     lines = out.getvalue().splitlines()
     assert "level=warning event=offline gateway=gw-b name=beta missed_pings=3" in lines[0]
-    assert "level=warning event=flap_start gateway=gw-b transitions=4" in lines[1]
+    assert "level=warning event=self_doubt gateway=gw-me reason=stalled" in lines[1]
     assert "syslog_priority" not in out.getvalue()
 
 

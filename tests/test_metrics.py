@@ -50,6 +50,7 @@ def peer(gid: str, name: str, status: PeerStatus, missed: int, lead: int) -> Pee
     return PeerRecord(
         Instance(gid, name, lead_number=lead),
         PeerState(gid, status=status, missed_pings=missed),
+        phi=2.5 * missed,
     )
 
 
@@ -196,6 +197,8 @@ async def test_scrape_exports_the_fleet_backup_postgres_and_lag(metrics: FleetMe
             assert got == (1 if status == current else 0), (gid, status)
     assert value(fams, "clawd_peer_missed_pings", gateway="gw-b", name="bravo") == 5
     assert value(fams, "clawd_peer_missed_pings", gateway="gw-c", name="charlie") == 2
+    assert value(fams, "clawd_peer_phi", gateway="gw-b", name="bravo") == 12.5
+    assert value(fams, "clawd_peer_phi", gateway="gw-a", name="alpha") == 0
     assert {s.labels["status"]: s.value for s in fams["clawd_peers"]} == {
         "online": 1,
         "offline": 1,

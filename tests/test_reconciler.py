@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from clawd.detection.accrual import DetectorSettings
 from clawd.model import EventType, Instance, PeerState, PeerStatus
-from clawd.observations import MdnsGone, MdnsSeen, Observation, PeerConfigured, PingResult, Tick
+from clawd.observations import MdnsGone, MdnsSeen, Observation, PeerConfigured, PingResult
 from clawd.reconciler import (
     Decision,
     FleetView,
@@ -17,11 +18,14 @@ from clawd.reconciler import (
     initial_view,
 )
 
+
+def missed(n: int) -> DetectorSettings:
+    return DetectorSettings(kind="threshold", offline_after_missed=n)
+
+
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 ME = Instance(gateway_id="gw-a", name="alpha", lead_number=5)
-THRESHOLDS = Thresholds(
-    offline_after_missed=3, flap_transitions=4, flap_window=timedelta(minutes=10)
-)
+THRESHOLDS = Thresholds(detector=missed(3))
 
 
 def at(seconds: float) -> datetime:
@@ -144,7 +148,7 @@ def test_mdns_presence_keeps_a_silent_peer_unresponsive_until_it_goes() -> None:
 
 
 def test_mdns_cache_alone_is_trusted_only_for_a_grace_period() -> None:
-    fleet = Fleet(thresholds=Thresholds(offline_after_missed=3, mdns_grace_misses=6))
+    fleet = Fleet(thresholds=Thresholds(detector=missed(3), mdns_grace_misses=6))
     fleet.feed(MdnsSeen(peer("gw-b"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     for t in range(2, 7):
@@ -189,47 +193,53 @@ def test_offline_then_unresponsive_then_online_is_one_recovery() -> None:
     assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE, EventType.RECOVERY]
 
 
-def _flap(fleet: Fleet, gid: str, cycles: int, t: float = 1.0) -> float:
-    """Up for one ping, down for three, `cycles` times; returns the time reached."""
-    for _ in range(cycles):
-        fleet.ping(gid, t, ok=True)
-        for _ in range(3):
-            t += 1
-            fleet.ping(gid, t, ok=False)
+def _flap(fleet: Fleet, gid: str, pings: int, t: float = 1.0) -> float:
+    """Up, down, up, down ... for `pings` pings; returns the time reached."""
+    for n in range(pings):
+        fleet.ping(gid, t, ok=n % 2 == 0)
         t += 1
     return t
 
 
 UP, DOWN, BACK = EventType.ONLINE, EventType.OFFLINE, EventType.RECOVERY
+FLAPPY = Thresholds(detector=missed(1))
 
 
 def test_flapping_is_reported_once_not_as_a_flood() -> None:
     fleet = configured("gw-b", "gw-c")
+    fleet.reconciler = Reconciler(FLAPPY)
     fleet.ping("gw-c", 0, ok=True)
-    t = _flap(fleet, "gw-b", cycles=10)
-    fleet.ping("gw-b", t, ok=True)  # the flap ends up
-    # Four transitions make incidents; the fourth up/down change starts the flap.
-    assert fleet.events("gw-b") == [UP, DOWN, BACK, DOWN]
-    assert fleet.notes().count("flap_start") == 1
+    t = _flap(fleet, "gw-b", pings=40)
+    events = fleet.events("gw-b")
+    # Nagios' percent state change crosses 50 % after 11 alternating results:
+    # until then each change is news, afterwards one flap_start and silence.
+    assert events.count(EventType.FLAP_START) == 1
+    assert events.index(EventType.FLAP_START) <= 12
+    assert len(events) <= 13
     assert fleet.view.peers["gw-b"].flapping
-    fleet.feed(Tick(at(t + 300)))
-    assert fleet.view.peers["gw-b"].flapping  # not stable for a whole window yet
-    # Stable for a whole window: the flap ends with one incident for where it ended up.
-    fleet.feed(Tick(at(t + 601)))
-    assert fleet.notes().count("flap_stop") == 1
-    assert fleet.events("gw-b") == [UP, DOWN, BACK, DOWN, BACK]
+    # Steady again: the percentage decays below 25 % within the 21-result window.
+    for n in range(21):
+        fleet.ping("gw-b", t + n, ok=True)
+    events = fleet.events("gw-b")
+    assert events.count(EventType.FLAP_STOP) == 1
     assert not fleet.view.peers["gw-b"].flapping
+    # It flapped into "down" last reported; it ends up: one recovery after the stop.
+    last_reported = [
+        e for e in events[: events.index(EventType.FLAP_STOP)] if e in (UP, DOWN, BACK)
+    ][-1]
+    tail = events[events.index(EventType.FLAP_STOP) + 1 :]
+    assert tail == ([BACK] if last_reported is DOWN else [])
     assert fleet.events("gw-c") == [UP]  # the other peer is untouched
 
 
-def test_flap_that_ends_where_it_was_reported_adds_nothing() -> None:
+def test_a_peer_that_stops_and_returns_is_not_flapping() -> None:
     fleet = configured("gw-b")
-    t = _flap(fleet, "gw-b", cycles=4)  # ends down, as last reported
-    before = fleet.events("gw-b")
-    fleet.feed(Tick(at(t + 700)))
-    assert fleet.status("gw-b") is PeerStatus.OFFLINE
-    assert fleet.notes().count("flap_stop") == 1
-    assert fleet.events("gw-b") == before
+    t = 1.0
+    for ok in [True] * 10 + [False] * 5 + [True] * 10:
+        fleet.ping("gw-b", t, ok=ok)
+        t += 1
+    assert fleet.events("gw-b") == [UP, DOWN, BACK]
+    assert fleet.view.peers["gw-b"].flap_percent < 25
 
 
 def test_leader_is_lowest_lead_number_among_online_including_self() -> None:
@@ -242,7 +252,7 @@ def test_leader_is_lowest_lead_number_among_online_including_self() -> None:
     decision = fleet.ping("gw-b", 2, ok=True)
     assert fleet.view.leader == "gw-b"
     (change,) = [i for i in decision.incidents if i.event_type is EventType.LEADER_CHANGE]
-    assert change.details == {"old": "gw-a", "new": "gw-b"}
+    assert change.details == {"old": "gw-a", "new": "gw-b", "epoch": 2}  # each change: +1
     for t in (3, 4, 5):
         fleet.ping("gw-b", t, ok=False)
     assert fleet.view.leader == "gw-a"
@@ -302,7 +312,7 @@ def test_own_announcement_is_ignored() -> None:
 
 @pytest.mark.parametrize("threshold", [1, 2, 5])
 def test_threshold_is_honoured(threshold: int) -> None:
-    fleet = Fleet(thresholds=Thresholds(offline_after_missed=threshold))
+    fleet = Fleet(thresholds=Thresholds(detector=missed(threshold)))
     fleet.feed(PeerConfigured(peer("gw-b"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     for n in range(1, threshold):

@@ -1,16 +1,30 @@
-"""config.json to every online peer: by the leader after a change, and on demand."""
+"""config.json to every online peer: by the leader after a change, and on demand.
+
+Every push first claims the peer's fence (fence.py) with the pusher's token: a peer that
+holds a stronger leader's token refuses the push ("fenced"), so a stale leader cannot
+overwrite what the current one delivered.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import structlog
 
+from clawd.fleetops.fence import (
+    FenceKind,
+    FenceToken,
+    claim,
+    fence_dir,
+    notify_fenced,
+    settings_token,
+    token_for,
+)
 from clawd.fleetops.leadership import acting_leader, addresses
 from clawd.fleetops.loop import LeaderLoop, new_backoff
 from clawd.fleetops.payload import config_for_peer, read_config
@@ -23,7 +37,9 @@ from clawd.status_view import printable
 
 log = structlog.get_logger("clawd.distribution")
 
-Result = Literal["pushed", "unchanged", "failed"]
+# "fenced": the peer holds a stronger leader's token and refused us (nothing written).
+Result = Literal["pushed", "unchanged", "failed", "fenced"]
+RESULTS: tuple[Result, ...] = ("pushed", "unchanged", "failed", "fenced")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +48,16 @@ class PushOutcome:
     name: str
     result: Result
     detail: str = ""
+    # "fenced": the token the peer holds (not sent over the control socket).
+    fenced_by: FenceToken | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        return {
+            "gateway_id": self.gateway_id,
+            "name": self.name,
+            "result": self.result,
+            "detail": self.detail,
+        }
 
 
 def remote_config_path(settings: Settings) -> str:
@@ -47,12 +70,28 @@ async def push_one(
     ours: dict[str, Any],
     settings: Settings,
     borrow: Borrow | None = None,
+    *,
+    token: FenceToken | None = None,
 ) -> PushOutcome:
-    """Write our config.json to one peer unless it already has the same content."""
+    """Write our config.json to one peer unless it already has the same content.
+
+    The peer's fence is claimed first with `token` (default: `settings_token`).
+    """
     path = remote_config_path(settings)
     seconds = settings.distribution.timeout_seconds
+    if token is None:
+        token = settings_token(settings)
     try:
         async with asyncio.timeout(seconds), RemoteHost(connector, peer, borrow) as host:
+            fence = await claim(
+                host,
+                fence_dir(settings.recovery.remote_home),
+                token,
+                reinstall=False,
+                seconds=seconds,
+            )
+            if fence.kind is FenceKind.STALE and fence.stored is not None:
+                return _fenced(peer, token, fence.stored)
             current = await host.read(path)
             wanted = config_for_peer(ours, current)
             if current == wanted:
@@ -60,9 +99,19 @@ async def push_one(
             await host.write_atomic(path, wanted, 0o600)
     except TimeoutError:
         return PushOutcome(peer.gateway_id, peer.name, "failed", f"timed out after {seconds:g}s")
-    except RemoteError as exc:
+    except RemoteError as exc:  # FenceError included
         return PushOutcome(peer.gateway_id, peer.name, "failed", str(exc))
     return PushOutcome(peer.gateway_id, peer.name, "pushed")
+
+
+def _fenced(peer: PeerAddress, ours: FenceToken, stored: FenceToken) -> PushOutcome:
+    if stored.gateway_id == ours.gateway_id:
+        # Typically `clawd config push` (epoch 0) while our own daemon, stopped now,
+        # had claimed the peer at a later epoch.
+        detail = f"the peer holds a later claim of this instance (epoch {stored.epoch})"
+    else:
+        detail = f"the peer follows another leader ({stored})"
+    return PushOutcome(peer.gateway_id, peer.name, "fenced", detail, stored)
 
 
 async def push_many(
@@ -71,13 +120,17 @@ async def push_many(
     ours: dict[str, Any],
     settings: Settings,
     borrow: Borrow | None = None,
+    *,
+    token: FenceToken | None = None,
 ) -> list[PushOutcome]:
     """push_one for every peer, `distribution.concurrency` at a time, in input order."""
     gate = asyncio.Semaphore(settings.distribution.concurrency)
+    if token is None:
+        token = settings_token(settings)
 
     async def one(peer: PeerAddress) -> PushOutcome:
         async with gate:
-            return await push_one(connector, peer, ours, settings, borrow)
+            return await push_one(connector, peer, ours, settings, borrow, token=token)
 
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(one(p)) for p in peers]
@@ -90,7 +143,10 @@ def render_outcomes(outcomes: Sequence[PushOutcome]) -> str:
     lines = [f"{'PEER':<{width}}  {'RESULT':<9}  DETAIL"]
     for o in outcomes:
         lines.append(f"{printable(o.name):<{width}}  {o.result:<9}  {printable(o.detail)}")
-    counts = {r: sum(o.result == r for o in outcomes) for r in ("pushed", "unchanged", "failed")}
+    counts = {r: sum(o.result == r for o in outcomes) for r in RESULTS}
+    # Fencing is rare: only mention it when it happened.
+    if not counts["fenced"]:
+        del counts["fenced"]
     lines.append(", ".join(f"{n} {r}" for r, n in counts.items()))
     return "\n".join(lines)
 
@@ -106,11 +162,16 @@ class ConfigDistributor(LeaderLoop):
         config_path: Path,
         connector: Connector,
         borrow: Borrow | None = None,
+        *,
+        on_fenced: Callable[[FenceToken], None] | None = None,
     ) -> None:
         super().__init__(settings)
         self.config_path = config_path
         self.connector = connector
         self.borrow = borrow
+        # Told the token of a leader that outranks us, as a peer's fence reported it.
+        self.on_fenced = on_fenced
+        self._fenced_by: dict[str, FenceToken] = {}  # gateway id -> last logged token
         self._delivered: dict[str, str] = {}  # gateway id -> hash of our config it has
         self.pushes = 0
 
@@ -144,12 +205,18 @@ class ConfigDistributor(LeaderLoop):
         ours, config_hash = await asyncio.to_thread(read_config, self.config_path)
         pending = self._pending(view, config_hash)
         if pending:
-            outcomes = await push_many(self.connector, pending, ours, self.settings, self.borrow)
+            outcomes = await push_many(
+                self.connector, pending, ours, self.settings, self.borrow, token=token_for(view)
+            )
             self._note(outcomes, config_hash)
 
     def _note(self, outcomes: Sequence[PushOutcome], config_hash: str) -> None:
         now = time.monotonic()
         for o in outcomes:
+            if o.result == "fenced" and o.fenced_by is not None:
+                self._fenced(o, o.fenced_by, now)
+                continue
+            self._fenced_by.pop(o.gateway_id, None)
             if o.result == "failed":
                 if self._backoff.failed(o.gateway_id, o.detail, now):
                     log.warning("config_push_failed", gateway=o.gateway_id, error=o.detail)
@@ -160,11 +227,28 @@ class ConfigDistributor(LeaderLoop):
                 self.pushes += 1
                 log.info("config_pushed", gateway=o.gateway_id, name=o.name)
 
+    def _fenced(self, o: PushOutcome, stored: FenceToken, now: float) -> None:
+        """A stronger leader claimed the peer: not delivered; back off, log each token once."""
+        self._backoff.failed(o.gateway_id, o.detail, now)
+        if self._fenced_by.get(o.gateway_id) != stored:
+            self._fenced_by[o.gateway_id] = stored
+            log.warning(
+                "config_push_fenced",
+                gateway=o.gateway_id,
+                name=o.name,
+                stored_epoch=stored.epoch,
+                stored_lead=stored.lead_number,
+                stored_gateway=stored.gateway_id,
+            )
+        notify_fenced(self.on_fenced, stored)
+
     async def push_now(self, view: FleetView) -> list[PushOutcome]:
         """Every known peer with an address, leader or not (a person asked for it)."""
         ours, config_hash = await asyncio.to_thread(read_config, self.config_path)
         peers = addresses(view, self.settings.instance.ssh_user).values()
-        outcomes = await push_many(self.connector, peers, ours, self.settings, self.borrow)
+        outcomes = await push_many(
+            self.connector, peers, ours, self.settings, self.borrow, token=token_for(view)
+        )
         self._note(outcomes, config_hash)
         return outcomes
 

@@ -1,8 +1,10 @@
 """Reinstalling claw-clan on peers that answer SSH without it (or with an older version).
 
 Only the acting leader reinstalls, so peers never race each other. Each attempt: check
-again on the peer, copy `<home>/scripts/` and config.json over SFTP, run the install
-command, check the result; one `reinstall` incident per success and per new failure.
+again on the peer, claim the peer's fence (see fence.py: two leaders that cannot see each
+other reinstall a peer at most once per epoch, and a stale leader is refused by the peer),
+copy `<home>/scripts/` and config.json over SFTP, run the install command, check the
+result; one `reinstall` incident per success and per new failure.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ from pathlib import Path
 import structlog
 
 from clawd.errors import ClawdError
+from clawd.fleetops.fence import (
+    FenceKind,
+    FenceResult,
+    FenceToken,
+    claim,
+    fence_dir,
+    notify_fenced,
+    settings_token,
+    token_for,
+)
 from clawd.fleetops.leadership import acting_leader, addresses, is_older
 from clawd.fleetops.loop import LeaderLoop, new_backoff
 from clawd.fleetops.payload import collect_scripts, config_for_peer, read_config
@@ -41,6 +53,8 @@ class ReinstallOutcome:
     seconds: float = 0.0
     error: str | None = None
     already_installed: bool = False
+    # Set when the peer's fence turned us away (ALREADY or STALE): nothing was copied.
+    fenced: FenceResult | None = None
 
     def details(self, peer: PeerAddress) -> dict[str, object]:
         out: dict[str, object] = {
@@ -78,12 +92,20 @@ async def reinstall(
     config_path: Path,
     reason: str,
     borrow: Borrow | None = None,
+    *,
+    token: FenceToken | None = None,
 ) -> ReinstallOutcome:
-    """One reinstall attempt; never raises for a peer-side failure."""
+    """One reinstall attempt; never raises for a peer-side failure.
+
+    `token` claims the peer's fence; without one, this instance's at epoch 0 (a run
+    outside the daemon, which knows no epoch).
+    """
     outcome = ReinstallOutcome(ok=False, reason=reason)
     started = time.monotonic()
     r, ssh = settings.recovery, settings.ssh
     base = r.remote_home.rstrip("/")
+    if token is None:
+        token = settings_token(settings)
     try:
         files = await asyncio.to_thread(collect_scripts, settings.scripts_dir)
         ours, _ = await asyncio.to_thread(read_config, config_path)
@@ -93,6 +115,16 @@ async def reinstall(
                 if check.ok:
                     outcome.ok = outcome.already_installed = True
                     return outcome
+            fence = await claim(
+                host,
+                fence_dir(r.remote_home),
+                token,
+                reinstall=True,
+                seconds=min(CHECK_SECONDS, r.timeout_seconds),
+            )
+            if fence.kind is not FenceKind.ACCEPTED:
+                outcome.fenced = fence
+                return outcome
             for f in files:
                 await host.write_atomic(f"{base}/{f.relative}", f.data, f.mode)
                 outcome.files.append(f.relative)
@@ -134,6 +166,8 @@ class Recoverer(LeaderLoop):
         recorder: IncidentRecorder,
         recheck: Callable[[str], None],
         borrow: Borrow | None = None,
+        *,
+        on_fenced: Callable[[FenceToken], None] | None = None,
     ) -> None:
         super().__init__(settings)
         self.config_path = config_path
@@ -141,7 +175,10 @@ class Recoverer(LeaderLoop):
         self.recorder = recorder
         self.recheck = recheck
         self.borrow = borrow
+        # Told the token of a leader that outranks us, as a peer's fence reported it.
+        self.on_fenced = on_fenced
         self._busy: set[str] = set()
+        self._fenced_by: dict[str, FenceToken] = {}  # gateway id -> last logged token
         self.reinstalls = 0
 
     def update_settings(self, settings: Settings) -> None:
@@ -165,31 +202,42 @@ class Recoverer(LeaderLoop):
         if not todo:
             return
         gate = asyncio.Semaphore(CONCURRENT_REINSTALLS)
+        token = token_for(view)
 
         async def one(peer: PeerAddress, reason: str) -> None:
             async with gate:
-                await self._attempt(peer, reason)
+                await self._attempt(peer, reason, token)
 
         async with asyncio.TaskGroup() as tg:
             for peer, reason in todo:
                 tg.create_task(one(peer, reason))
 
-    async def _attempt(self, peer: PeerAddress, reason: str) -> None:
+    async def _attempt(self, peer: PeerAddress, reason: str, token: FenceToken) -> None:
         gid = peer.gateway_id
         self._busy.add(gid)
         try:
             log.info("reinstall_started", gateway=gid, name=peer.name, reason=reason)
-            outcome = await reinstall(self.connector, peer, self.settings, self.config_path, reason)
+            outcome = await reinstall(
+                self.connector,
+                peer,
+                self.settings,
+                self.config_path,
+                reason,
+                self.borrow,
+                token=token,
+            )
         finally:
             self._busy.discard(gid)
-        r = self.settings.recovery
         now = time.monotonic()
+        if outcome.fenced is not None:
+            self._fenced(peer, reason, outcome.fenced, token, now)
+            return
+        self._fenced_by.pop(gid, None)
         if outcome.ok:
             self.recheck(gid)
             # The pinger confirms the install within a ping round or two; until then the
             # view still says "not installed", which must not start a second reinstall.
-            hold = r.retry_max_seconds if reason.startswith("version") else r.retry_initial_seconds
-            self._backoff.hold(gid, now + hold)
+            self._hold(gid, reason, now)
             if outcome.already_installed:
                 log.info("reinstall_not_needed", gateway=gid, name=peer.name)
                 return
@@ -199,3 +247,45 @@ class Recoverer(LeaderLoop):
         error = outcome.error or "unknown error"
         if self._backoff.failed(gid, error, now):
             await self.recorder.record(Incident(gid, EventType.REINSTALL, outcome.details(peer)))
+
+    def _hold(self, gid: str, reason: str, now: float) -> None:
+        r = self.settings.recovery
+        hold = r.retry_max_seconds if reason.startswith("version") else r.retry_initial_seconds
+        self._backoff.hold(gid, now + hold)
+
+    def _fenced(
+        self, peer: PeerAddress, reason: str, fence: FenceResult, token: FenceToken, now: float
+    ) -> None:
+        """The peer's fence turned us away: nothing was copied, so no incident."""
+        gid = peer.gateway_id
+        if fence.kind is FenceKind.ALREADY:
+            # Another leader of our epoch owns this reinstall and may be running it now:
+            # wait as after our own success, and let the pinger look again.
+            self._fenced_by.pop(gid, None)
+            self.recheck(gid)
+            self._hold(gid, reason, now)
+            log.info(
+                "reinstall_fenced",
+                gateway=gid,
+                name=peer.name,
+                reason="already_done_this_epoch",
+                epoch=token.epoch,
+                owner=fence.owner,
+            )
+            return
+        stored = fence.stored
+        assert stored is not None  # parse_answer guarantees one for STALE
+        self._backoff.failed(gid, f"fenced by {stored}", now)
+        if self._fenced_by.get(gid) != stored:
+            self._fenced_by[gid] = stored
+            log.warning(
+                "reinstall_fenced",
+                gateway=gid,
+                name=peer.name,
+                reason="stale_leader",
+                epoch=token.epoch,
+                stored_epoch=stored.epoch,
+                stored_lead=stored.lead_number,
+                stored_gateway=stored.gateway_id,
+            )
+        notify_fenced(self.on_fenced, stored)

@@ -15,6 +15,9 @@ from clawd.errors import ClawdError
 from clawd.ssh_client import Connector, SshConnectError
 
 STDERR_TAIL = 300
+# Enough for a command's short machine-readable answer; a chatty login shell's noise
+# ahead of it is cut from the front.
+STDOUT_TAIL = 16_384
 
 
 class RemoteError(ClawdError):
@@ -36,6 +39,7 @@ class PeerAddress:
 class CommandResult:
     exit_status: int | None
     stderr_tail: str
+    stdout_tail: str = ""
 
     @property
     def ok(self) -> bool:
@@ -159,4 +163,5 @@ class RemoteHost:
         except (OSError, asyncssh.Error) as exc:
             raise RemoteError(f"cannot run the command: {_reason(exc)}") from None
         stderr = done.stderr if isinstance(done.stderr, str) else ""
-        return CommandResult(done.exit_status, stderr.strip()[-STDERR_TAIL:])
+        stdout = done.stdout if isinstance(done.stdout, str) else ""
+        return CommandResult(done.exit_status, stderr.strip()[-STDERR_TAIL:], stdout[-STDOUT_TAIL:])

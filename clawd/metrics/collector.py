@@ -20,10 +20,12 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=float(value))
 
 
+PHI_CAP = 999.0
 PEER_FAMILIES = {
     "clawd_peer_up": "1 when the peer is online, else 0",
     "clawd_peer_status": "1 for the peer's current status, 0 for the others",
     "clawd_peer_missed_pings": "consecutive failed pings to the peer",
+    "clawd_peer_phi": "the accrual failure detector's suspicion of the peer (phi, capped at 999)",
     "clawd_leader": "1 for the instance this one sees as leader, else 0",
 }
 
@@ -38,6 +40,7 @@ def peer_families(state: ScrapeState) -> Iterator[GaugeMetricFamily]:
     missed = GaugeMetricFamily(
         "clawd_peer_missed_pings", docs["clawd_peer_missed_pings"], labels=PEER
     )
+    phi = GaugeMetricFamily("clawd_peer_phi", docs["clawd_peer_phi"], labels=PEER)
     leader = GaugeMetricFamily("clawd_leader", docs["clawd_leader"], labels=PEER)
     me = state.me
     leader.add_metric([me.gateway, me.name], 1 if state.leader == me.gateway else 0)
@@ -47,8 +50,9 @@ def peer_families(state: ScrapeState) -> Iterator[GaugeMetricFamily]:
         for s in STATUSES:
             status.add_metric([*labels, s.value], 1 if s is peer.status else 0)
         missed.add_metric(labels, peer.missed_pings)
+        phi.add_metric(labels, round(min(peer.phi, PHI_CAP), 3))
         leader.add_metric(labels, 1 if state.leader == peer.gateway else 0)
-    yield from (up, status, missed, leader)
+    yield from (up, status, missed, phi, leader)
 
 
 def fleet_families(state: ScrapeState) -> Iterator[GaugeMetricFamily]:

@@ -58,6 +58,7 @@ class PeerSample:
     name: str
     status: PeerStatus
     missed_pings: int
+    phi: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ def read_state(source: MetricsSource) -> ScrapeState:
     view = source.fleet_view()
     me = PeerSample(view.me.gateway_id, view.me.name, PeerStatus.ONLINE, 0)
     peers = tuple(
-        PeerSample(gid, r.instance.name, r.state.status, r.state.missed_pings)
+        PeerSample(gid, r.instance.name, r.state.status, r.state.missed_pings, r.phi)
         for gid, r in view.peers.items()
     )
     return ScrapeState(

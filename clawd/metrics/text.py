@@ -7,7 +7,7 @@ thread, the GIL). Here each peer's escaped labels are built once and reused.
 
 from __future__ import annotations
 
-from clawd.metrics.collector import PEER_FAMILIES, STATUSES
+from clawd.metrics.collector import PEER_FAMILIES, PHI_CAP, STATUSES
 from clawd.metrics.source import ScrapeState
 from clawd.model import PeerStatus
 
@@ -18,7 +18,7 @@ def escape(value: str) -> str:
 
 
 class PeerText:
-    """Renders clawd_peer_up/_status/_missed_pings and clawd_leader from a ScrapeState."""
+    """Renders clawd_peer_up/_status/_missed_pings/_phi and clawd_leader from a ScrapeState."""
 
     def __init__(self) -> None:
         self._labels: dict[tuple[str, str], str] = {}
@@ -26,7 +26,7 @@ class PeerText:
     def render(self, state: ScrapeState) -> str:
         """The four families in the text format, HELP and TYPE lines included."""
         previous, labels = self._labels, {}
-        up, status, missed, leader = [], [], [], []
+        up, status, missed, phi, leader = [], [], [], [], []
         me = state.me
         for peer in (me, *state.peers):
             key = (peer.gateway, peer.name)
@@ -40,8 +40,9 @@ class PeerText:
                 value = int(s is peer.status)
                 status.append(f'clawd_peer_status{{{text},status="{s.value}"}} {value}\n')
             missed.append(f"clawd_peer_missed_pings{{{text}}} {peer.missed_pings}\n")
+            phi.append(f"clawd_peer_phi{{{text}}} {round(min(peer.phi, PHI_CAP), 3)}\n")
         self._labels = labels  # forgets peers that left the view
-        lines = dict(zip(PEER_FAMILIES, (up, status, missed, leader), strict=True))
+        lines = dict(zip(PEER_FAMILIES, (up, status, missed, phi, leader), strict=True))
         return "".join(
             f"# HELP {name} {doc}\n# TYPE {name} gauge\n" + "".join(lines[name])
             for name, doc in PEER_FAMILIES.items()

@@ -1,0 +1,188 @@
+"""The fleet as the reconciler sees it: plain, immutable records, and what one decision
+changes. No logic beyond reading them (the rules live in clawd/reconciler.py and
+clawd/detection/)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from clawd.detection.accrual import ArrivalHistory, DetectorSettings, Suspicion
+from clawd.detection.rules import Evidence, Probes
+from clawd.model import Incident, Instance, PeerState, PeerStatus
+
+REPORTED = (PeerStatus.ONLINE, PeerStatus.OFFLINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    mdns_grace_misses: int = 10
+    detector: DetectorSettings = field(default_factory=lambda: DetectorSettings(kind="threshold"))
+    interval_seconds: float = 10.0
+    recover_after: int = 1
+    flap_high: float = 50.0
+    flap_low: float = 25.0
+    # Indirect probes: helpers asked per suspect peer (0 = off), and how long to wait.
+    probes: int = 0
+    probe_wait: timedelta = timedelta(seconds=10)
+    partition_min_peers: int = 3
+    partition_fraction: float = 0.3
+    partition_window: timedelta = timedelta(seconds=20)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    instance: Instance
+    state: PeerState
+    # When the current status began (for downtime in `recovery` details).
+    since: datetime | None = None
+    tcp_reachable: bool = False
+    # The last up/down status an incident was written for.
+    reported: PeerStatus = PeerStatus.UNKNOWN
+    arrivals: ArrivalHistory = field(default_factory=ArrivalHistory)
+    results: tuple[bool, ...] = ()  # the last 21 ping results, oldest first
+    ok_streak: int = 0
+    failing_since: datetime | None = None  # first failed ping of the current streak
+    mdns_withdrawn: bool = False
+    probes: Probes = Probes.NONE
+    probes_at: datetime | None = None
+    reachable_by: tuple[str, ...] = ()
+    suspicion: Suspicion = Suspicion.NONE
+    phi: float = 0.0
+    rule: str = "no-news"
+    flapping: bool = False
+    flap_percent: float = 0.0
+    unreachable_reported: bool = False
+    # Released from a partition that ended: failures until then are still the
+    # partition's (a link that was cut may need a reconnect backoff to come back).
+    partition_hold_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    started: datetime
+    members: frozenset[str]  # still down
+    total: int  # members over its lifetime
+    reachable_via_peers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    me: Instance
+    peers: Mapping[str, PeerRecord] = field(default_factory=dict)
+    leader: str | None = None
+    # Leadership epoch: raised on every leader change this instance records (and past any
+    # higher epoch it learns of), so a stale leader's actions can be fenced off on peers.
+    epoch: int = 0
+    doubting: bool = False
+    partition: Partition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something for the journal that is not an incident (unresponsive, self-doubt)."""
+
+    event: str
+    gateway_id: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRequest:
+    """Ask these helpers to probe the target (the fleet keeper runs it)."""
+
+    target: str
+    host: str
+    port: int
+    helpers: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Decision:
+    view: FleetView
+    incidents: list[Incident] = field(default_factory=list)
+    states: list[PeerState] = field(default_factory=list)
+    instances: list[Instance] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    probes: list[ProbeRequest] = field(default_factory=list)
+    # Did anything that leadership depends on change? (Saves an O(peers) election.)
+    moved: bool = False
+    # This decision's own copy of the peers map, made at its first change (one copy
+    # per observation, however many records it touches).
+    own_peers: dict[str, PeerRecord] | None = None
+    # The view before this observation: what persisted states are compared with.
+    origin: Mapping[str, PeerRecord] = field(default_factory=dict)
+
+    def put(self, record: PeerRecord) -> None:
+        """Replace one peer's record in the new view."""
+        if self.own_peers is None or self.view.peers is not self.own_peers:
+            self.own_peers = dict(self.view.peers)
+            self.view = dataclasses.replace(self.view, peers=self.own_peers)
+        self.own_peers[record.instance.gateway_id] = record
+
+    def save_state(self, state: PeerState) -> None:
+        """Persist this state (once per peer and decision: the last one wins)."""
+        for n, queued in enumerate(self.states):
+            if queued.gateway_id == state.gateway_id:
+                self.states[n] = state
+                return
+        self.states.append(state)
+
+
+def initial_view(
+    me: Instance,
+    instances: Mapping[str, Instance],
+    states: Mapping[str, PeerState],
+    leader: str | None,
+) -> FleetView:
+    """The view at start, from what the store remembers; no incident is re-raised."""
+    peers: dict[str, PeerRecord] = {}
+    for gid, inst in instances.items():
+        if gid == me.gateway_id:
+            continue
+        state = states.get(gid) or PeerState(gateway_id=gid)
+        reported = state.status if state.status in REPORTED else PeerStatus.UNKNOWN
+        peers[gid] = PeerRecord(inst, state, since=state.updated_at, reported=reported)
+    return FleetView(me=me, peers=peers, leader=leader)
+
+
+def elect_leader(view: FleetView) -> str | None:
+    """Lowest lead_number among online instances, self included; ties by gateway id."""
+    candidates = [view.me] + [
+        r.instance for r in view.peers.values() if r.state.status is PeerStatus.ONLINE
+    ]
+    ranked = [c for c in candidates if c.lead_number is not None]
+    if not ranked:
+        return None
+    return min(ranked, key=lambda i: (i.lead_number, i.gateway_id)).gateway_id
+
+
+def partitioned(view: FleetView, record: PeerRecord) -> bool:
+    """Part of a partition, or just released from one (held for one more window)."""
+    partition = view.partition
+    return record.partition_hold_until is not None or (
+        partition is not None and record.instance.gateway_id in partition.members
+    )
+
+
+def evidence(view: FleetView, record: PeerRecord, t: Thresholds) -> Evidence:
+    state = record.state
+    return Evidence(
+        status=state.status,
+        last_ping_ok=None if state.last_ping_attempt is None else state.missed_pings == 0,
+        ok_streak=record.ok_streak,
+        missed=state.missed_pings,
+        tcp_reachable=record.tcp_reachable,
+        mdns=state.mdns_broadcasting,
+        mdns_withdrawn=record.mdns_withdrawn,
+        suspicion=record.suspicion,
+        phi=record.phi,
+        probes=record.probes,
+        partitioned=partitioned(view, record),
+        doubting=view.doubting,
+        mdns_grace_misses=t.mdns_grace_misses,
+        recover_after=t.recover_after,
+    )
