@@ -206,7 +206,9 @@ def start_server(directory: Path, addresses: Sequence[str], log: Path) -> subpro
                 "serve",
                 "--dir",
                 str(directory),
-                "--sftp",  # real peers have SFTP: the leader's config push succeeds once
+                # Real peers have SFTP and a shell: the leader's fenced config push
+                # (a claim script, then SFTP) succeeds once.
+                "--homes",
                 *addresses,
             ],
             stdout=subprocess.PIPE,

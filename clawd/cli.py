@@ -29,6 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log.level)
     warn_if_readable_by_others(args.config or default_config_path())
+    _warn_retired(settings)
     return asyncio.run(Daemon(settings, args.config).run())
 
 
@@ -36,8 +37,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging("warning")
     warn_if_readable_by_others(args.config or default_config_path())
+    _warn_retired(settings)
     print(settings.summary())
     return 0
+
+
+def _warn_retired(settings: Settings) -> None:
+    """An older config.json still starts; say once what it sets in vain."""
+    import structlog
+
+    for key in settings.retired_keys():
+        structlog.get_logger("clawd.config").warning(
+            "config_key_unused",
+            key=key,
+            fix="remove it: flapping is now detection.flapHighPercent / flapLowPercent",
+        )
 
 
 def cmd_config_push(args: argparse.Namespace) -> int:

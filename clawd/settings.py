@@ -32,6 +32,9 @@ from clawd.errors import ConfigError
 
 DEFAULT_HOME = Path("~/.openclaw/claw-clan")
 
+# Accepted in config.json for older files, read by nothing (see Settings.retired_keys).
+RETIRED_KEYS = ("ping.flapTransitions", "ping.flapWindowSeconds")
+
 # The seed's variable names; they win over config.json.
 PG_ENV_VARS: dict[str, str] = {
     "CLAW_PG_HOST": "host",
@@ -101,6 +104,10 @@ class PingSettings(Section):
     offline_after_missed: int = Field(default=3, ge=1, le=1000)
     # mDNS presence alone keeps a silent peer "unresponsive" for this many misses.
     mdns_grace_misses: int = Field(default=10, ge=1, le=100_000)
+    # Replaced by detection.flapHighPercent / flapLowPercent; accepted (and reported as
+    # unused) so that an older config.json still starts the daemon.
+    flap_transitions: int | None = Field(default=None, ge=2, le=1000)
+    flap_window_seconds: float | None = Field(default=None, gt=0, le=86_400)
 
 
 class DetectionSettings(Section):
@@ -363,6 +370,12 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
+
+    def retired_keys(self) -> list[str]:
+        """Keys an older config.json may still set that clawd no longer reads."""
+        ping = self.ping
+        values = (ping.flap_transitions, ping.flap_window_seconds)
+        return [key for key, value in zip(RETIRED_KEYS, values, strict=True) if value is not None]
 
     @classmethod
     def settings_customise_sources(

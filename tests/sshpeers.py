@@ -246,6 +246,12 @@ class SshPeer:
             if command == "cat":
                 await self._echo(process)
                 process.exit(0)
+            elif (
+                self.root is not None
+                and self.fleet.native_install_check
+                and (command == self.fleet.install_check_command)
+            ):
+                process.exit(0 if (self.root / ".openclaw" / "claw-clan").is_dir() else 1)
             elif self.root is not None:
                 process.exit(await self._shell(process, command))
             elif command == self.fleet.install_check_command:
@@ -311,6 +317,9 @@ class SshFleet:
         # SFTP for every peer without a root of its own, all into this one folder
         # (benchmarks: config pushes land somewhere, commands keep their canned answers).
         self.shared_sftp_root: Path | None = None
+        # Answer the install check in-process even for peers with a home (benchmarks: a
+        # shell per check for 1,000 peers would load the server, not the daemon).
+        self.native_install_check = False
 
     async def add_peer(
         self,
@@ -615,9 +624,16 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.sftp:
         fleet.shared_sftp_root = directory / "sftp-root"
         fleet.shared_sftp_root.mkdir(exist_ok=True)
+    fleet.native_install_check = args.homes
     async with fleet:
         for address in args.addresses:
-            await fleet.add_peer(address)
+            root = None
+            if args.homes:
+                # A home of its own with claw-clan installed: SFTP, the install check and
+                # any other command (the leader's fence script) run there, as on a machine.
+                root = directory / "homes" / address
+                (root / ".openclaw" / "claw-clan").mkdir(parents=True, exist_ok=True)
+            await fleet.add_peer(address, root=root)
         (directory / "known_hosts").write_text(fleet.known_hosts_text())
         ports = {p.address: p.port for p in fleet.peers.values()}
         print(" ".join(f"{a}:{p}" for a, p in ports.items()), flush=True)
@@ -633,6 +649,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser("serve")
     serve.add_argument("--dir", required=True, help="writes id_ed25519 and known_hosts here")
     serve.add_argument("--sftp", action="store_true", help="serve SFTP into DIR/sftp-root")
+    serve.add_argument(
+        "--homes",
+        action="store_true",
+        help="each peer a home of its own under DIR/homes (SFTP and commands in /bin/sh)",
+    )
     serve.add_argument("addresses", nargs="+")
     args = parser.parse_args(argv)
     asyncio.run(_serve(args))

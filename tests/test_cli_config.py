@@ -78,3 +78,20 @@ def test_default_config_location_follows_claw_home(
     _write(tmp_path, {})
     assert main(["config", "check"]) == 0
     assert f"home={tmp_path}" in capsys.readouterr().out
+
+
+def test_a_config_from_before_detection_still_loads_and_says_what_is_unused(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path, {"ping": {"flapTransitions": 4, "flapWindowSeconds": 600}})
+    proc = subprocess.run(
+        [sys.executable, "-m", "clawd.cli", "config", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    unused = [line for line in proc.stderr.splitlines() if "config_key_unused" in line]
+    assert len(unused) == 2, proc.stdout + proc.stderr
+    assert "key=ping.flapTransitions" in unused[0]
+    assert "detection.flapHighPercent" in unused[0]
