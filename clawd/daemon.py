@@ -378,18 +378,21 @@ class Daemon:
         as an observation."""
 
         async def probe() -> None:
-            verdict = await self.prober.probe(
-                request.target, request.host, request.port, request.helpers
-            )
-            self.keeper.emit(
-                ProbeResult(
+            try:
+                verdict = await self.prober.probe(
+                    request.target, request.host, request.port, request.helpers
+                )
+                result = ProbeResult(
                     request.target,
                     utcnow(),
                     verdict.asked,
                     verdict.reachable_by,
                     verdict.unreachable_by,
                 )
-            )
+            except Exception:  # a probing bug must not stop the daemon: no verdict
+                log.exception("indirect_probe_crashed", target=request.target)
+                result = ProbeResult(request.target, utcnow(), (), (), ())
+            self.keeper.emit(result)
 
         if self._tg is not None and not self._stop.is_set():
             task = self._tg.create_task(probe(), name=f"probe-{request.target}")

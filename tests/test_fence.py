@@ -407,7 +407,7 @@ async def test_push_to_a_peer_fenced_by_another_leader(peer: Peer) -> None:
     assert json.loads(config.read_text())["ping"] == {"intervalSeconds": 30}
 
     # `clawd config push` without a daemon (epoch 0) after our own daemon claimed the
-    # peer at a later epoch: fenced, and told so plainly.
+    # peer at a later epoch: that leader is us, so the push goes through in its epoch.
     await peer.claim(_t(2, 1, "gw-a"))
     [own] = await push_many(peer.connector, [target], ours, peer.settings)
-    assert own.result == "fenced" and "later claim of this instance (epoch 2)" in own.detail
+    assert own.result in ("pushed", "unchanged"), own

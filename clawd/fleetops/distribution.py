@@ -8,6 +8,7 @@ overwrite what the current one delivered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,13 +84,18 @@ async def push_one(
         token = settings_token(settings)
     try:
         async with asyncio.timeout(seconds), RemoteHost(connector, peer, borrow) as host:
-            fence = await claim(
-                host,
-                fence_dir(settings.recovery.remote_home),
-                token,
-                reinstall=False,
-                seconds=seconds,
-            )
+            directory = fence_dir(settings.recovery.remote_home)
+            fence = await claim(host, directory, token, reinstall=False, seconds=seconds)
+            stored = fence.stored
+            if (
+                fence.kind is FenceKind.STALE
+                and stored is not None
+                and stored.gateway_id == (token.gateway_id)
+            ):
+                # Our own later claim (`clawd config push` at epoch 0 after our daemon led
+                # in epoch N): we are that leader, so push in its epoch.
+                token = dataclasses.replace(token, epoch=stored.epoch)
+                fence = await claim(host, directory, token, reinstall=False, seconds=seconds)
             if fence.kind is FenceKind.STALE and fence.stored is not None:
                 return _fenced(peer, token, fence.stored)
             current = await host.read(path)
