@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL server (see ``tests/pgserver.py``)."""
+"""Shared fixtures: a real PostgreSQL server (see ``tests/pgserver.py``); a network-namespace
+lab (see ``tests/netns.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from netns import Lab, netns_available
 from pgserver import (
     DSN_ENV,
     PG_NOT_FOUND_MESSAGE,
@@ -104,3 +106,16 @@ def _reset_structlog() -> Iterator[None]:
     import structlog
 
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A network-namespace lab, deleted afterwards (skipped where namespaces cannot be made)."""
+    why = netns_available()
+    if why is not None:
+        pytest.skip(why)
+    made = Lab()
+    try:
+        yield made
+    finally:
+        made.close()

@@ -14,13 +14,13 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from daemonproc import DaemonProcess
 from mdnspeers import MdnsPeers, claw_peer
-from netns import Lab, Node, netns_available
+from netns import Lab, Node
 from sshpeers import OpenSshServer, make_client_key, new_host_key, sshd_path
 
 INTERVAL = 0.5
@@ -30,18 +30,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
     pytest.mark.skipif(sshd_path() is None, reason="OpenSSH server not installed"),
 ]
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    why = netns_available()
-    if why is not None:
-        pytest.skip(why)
-    made = Lab()
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 class Peer:

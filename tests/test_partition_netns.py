@@ -20,14 +20,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemonproc import DaemonProcess
 from mdnspeers import MdnsPeers, claw_peer
-from netns import Lab, Node, netns_available
+from netns import Lab, Node
 from sshpeers import OpenSshServer, ensure_test_user, make_client_key, sshd_path
 from test_fleet_netns import Peer, _install_claw_clan, _status
 
@@ -80,18 +80,6 @@ def probe_command(account: pwd.struct_passwd) -> str | None:
             f"{shlex.quote(str(clawd_bin))} probe"
         )
     return next((c for c in candidates if _runs_as(account, c)), None)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    why = netns_available()
-    if why is not None:
-        pytest.skip(why)
-    made = Lab()
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 async def _start_peer(lab: Lab, n: int, role: str, tmp: Path, key: str) -> Peer:
