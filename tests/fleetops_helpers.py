@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sshpeers import SshFleet
+from sshpeers import SshFleet, SshPeer
 
 from clawd.settings import Settings, settings_from_data
 
@@ -48,3 +48,15 @@ def make_home(
 
 def write_known_hosts(fleet: SshFleet) -> None:
     (fleet.directory / "known_hosts").write_text(fleet.known_hosts_text())
+
+
+async def machine(fleet: SshFleet, root: Path, address: str, *, installed: bool = False) -> SshPeer:
+    """A peer machine with a real home at `root` (its shell and SFTP work there), trusted
+    in the fleet's known_hosts; `installed` puts claw-clan's folder there first."""
+    if installed:
+        (root / ".openclaw" / "claw-clan").mkdir(parents=True)
+    else:
+        root.mkdir()
+    peer = await fleet.add_peer(address, root=root)
+    write_known_hosts(fleet)
+    return peer

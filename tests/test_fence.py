@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleetops_helpers import make_home, write_known_hosts
+from fleetops_helpers import machine, make_home
 from sshpeers import SshFleet, SshPeer
 
 from clawd.fleetops.distribution import ConfigDistributor, push_many, render_outcomes
@@ -77,9 +77,7 @@ async def fleet(tmp_path: Path) -> AsyncIterator[SshFleet]:
 @pytest.fixture
 async def peer(tmp_path: Path, fleet: SshFleet) -> Peer:
     root = tmp_path / "peer"
-    root.mkdir()
-    ssh = await fleet.add_peer("127.0.41.2", root=root)
-    write_known_hosts(fleet)
+    ssh = await machine(fleet, root, "127.0.41.2")
     home = tmp_path / "home"
     home.mkdir()
     settings, config_path = make_home(home, fleet)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from daemonproc import DaemonProcess
-from fleetops_helpers import make_home, write_known_hosts
+from fleetops_helpers import machine, make_home
 from sshpeers import SshFleet, SshPeer
 
 INTERVAL = 0.3
@@ -83,9 +83,7 @@ async def test_two_leaders_that_cannot_see_each_other_reinstall_a_peer_once(
     tmp_path: Path, fleet: SshFleet
 ) -> None:
     bare_root = tmp_path / "bare"
-    bare_root.mkdir()
-    bare = await fleet.add_peer("127.0.42.20", root=bare_root)
-    write_known_hosts(fleet)
+    bare = await machine(fleet, bare_root, "127.0.42.20")
     daemons: dict[str, DaemonProcess] = {}
     started = time.monotonic()
     try:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from fleetops_helpers import make_home, write_known_hosts
+from fleetops_helpers import machine, make_home, write_known_hosts
 from sshpeers import OpenSshServer, SshFleet, sshd_path
 
 from clawd.fleetops.distribution import push_many, render_outcomes
@@ -98,9 +98,7 @@ async def test_leader_reinstalls_a_peer_once_and_records_it(
     tmp_path: Path, fleet: SshFleet
 ) -> None:
     root = tmp_path / "peer"
-    root.mkdir()
-    peer = await fleet.add_peer("127.0.4.10", root=root)
-    write_known_hosts(fleet)
+    peer = await machine(fleet, root, "127.0.4.10")
     home = tmp_path / "home"
     home.mkdir()
     settings, config_path = make_home(home, fleet)
@@ -152,9 +150,7 @@ async def test_failed_install_backs_off_and_records_one_incident_per_error(
     tmp_path: Path, fleet: SshFleet
 ) -> None:
     root = tmp_path / "peer"
-    root.mkdir()
-    peer = await fleet.add_peer("127.0.4.11", root=root)
-    write_known_hosts(fleet)
+    peer = await machine(fleet, root, "127.0.4.11")
     home = tmp_path / "home"
     home.mkdir()
     failing = '#!/bin/sh\necho run >> "$HOME/install-runs"\necho "disk on fire" >&2\nexit 3\n'
@@ -201,9 +197,7 @@ async def test_reinstall_skips_a_peer_that_turns_out_installed(
     tmp_path: Path, fleet: SshFleet
 ) -> None:
     root = tmp_path / "peer"
-    (root / ".openclaw" / "claw-clan").mkdir(parents=True)
-    peer = await fleet.add_peer("127.0.4.12", root=root)
-    write_known_hosts(fleet)
+    peer = await machine(fleet, root, "127.0.4.12", installed=True)
     home = tmp_path / "home"
     home.mkdir()
     settings, config_path = make_home(home, fleet)
@@ -271,9 +265,7 @@ async def test_older_version_is_reinstalled_even_though_installed(
     tmp_path: Path, fleet: SshFleet
 ) -> None:
     root = tmp_path / "peer"
-    (root / ".openclaw" / "claw-clan").mkdir(parents=True)
-    peer = await fleet.add_peer("127.0.4.13", root=root)
-    write_known_hosts(fleet)
+    peer = await machine(fleet, root, "127.0.4.13", installed=True)
     home = tmp_path / "home"
     home.mkdir()
     settings, config_path = make_home(home, fleet)
@@ -290,9 +282,7 @@ async def test_older_version_is_reinstalled_even_though_installed(
 
 async def test_recovery_disabled_leaves_peers_alone(tmp_path: Path, fleet: SshFleet) -> None:
     root = tmp_path / "peer"
-    root.mkdir()
-    peer = await fleet.add_peer("127.0.4.14", root=root)
-    write_known_hosts(fleet)
+    peer = await machine(fleet, root, "127.0.4.14")
     home = tmp_path / "home"
     home.mkdir()
     settings, config_path = make_home(home, fleet, recovery={"enabled": False})
@@ -326,9 +316,7 @@ async def test_push_and_reinstall_borrow_an_open_connection(
 ) -> None:
     # The daemon lends the pinger's connection: no new handshake, and it stays open.
     root = tmp_path / "peer"
-    root.mkdir()
-    peer = await fleet.add_peer("127.0.4.15", root=root)
-    write_known_hosts(fleet)
+    peer = await machine(fleet, root, "127.0.4.15")
     home = tmp_path / "home"
     home.mkdir()
     settings, config_path = make_home(home, fleet)
