@@ -10,11 +10,12 @@ and comes back with another host key (refused), claw-clan is removed from a peer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,19 @@ def _install_claw_clan(home: Path, uid: int, gid: int) -> None:
         os.chown(path, uid, gid)
 
 
-@pytest.fixture
-async def peers(lab: Lab, tmp_path: Path) -> AsyncIterator[tuple[dict[str, Peer], str, Path]]:
+@contextlib.asynccontextmanager
+async def namespace_fleet(
+    lab: Lab,
+    tmp_path: Path,
+    roles: Sequence[str],
+    *,
+    user: str,
+    gateway: str,
+    extra_config: Sequence[str] = (),
+) -> AsyncIterator[tuple[dict[str, Peer], str, Path]]:
+    """One namespace per role: OpenSSH sshd on port 22 under login `user.format(n)`,
+    claw-clan installed, announced over mDNS as `gateway.format(role)` on a service type
+    of this run's own. Yields (peers by role, service type, client key path)."""
     keys = tmp_path / "keys"
     keys.mkdir()
     client_key = make_client_key(keys)
@@ -59,7 +71,7 @@ async def peers(lab: Lab, tmp_path: Path) -> AsyncIterator[tuple[dict[str, Peer]
     made: dict[str, Peer] = {}
     announcers: list[MdnsPeers] = []
     try:
-        for n, role in enumerate(PEERS):
+        for n, role in enumerate(roles):
             node = lab.add(role)
             directory = tmp_path / f"sshd-{role}"
             directory.mkdir()
@@ -68,16 +80,16 @@ async def peers(lab: Lab, tmp_path: Path) -> AsyncIterator[tuple[dict[str, Peer]
                 [node.ip],
                 [client_key.public_line],
                 port=22,
-                user=f"clawnet{n + 1}",
+                user=user.format(n + 1),
                 prefix=node.prefix,
-                extra_config=["Subsystem sftp internal-sftp"],
+                extra_config=list(extra_config),
             )
             account = server.account
             shutil.rmtree(Path(account.pw_dir) / ".openclaw", ignore_errors=True)
             Path(account.pw_dir, "install-runs").unlink(missing_ok=True)
             _install_claw_clan(Path(account.pw_dir), account.pw_uid, account.pw_gid)
             await asyncio.to_thread(server.start)
-            gid = f"net-{role}"
+            gid = gateway.format(role)
             made[role] = Peer(node, server, gid)
             announcer = MdnsPeers(
                 service_type,
@@ -93,6 +105,19 @@ async def peers(lab: Lab, tmp_path: Path) -> AsyncIterator[tuple[dict[str, Peer]
             await announcer.aclose()
         for peer in made.values():
             await asyncio.to_thread(peer.server.stop)
+
+
+@pytest.fixture
+async def peers(lab: Lab, tmp_path: Path) -> AsyncIterator[tuple[dict[str, Peer], str, Path]]:
+    async with namespace_fleet(
+        lab,
+        tmp_path,
+        PEERS,
+        user="clawnet{}",
+        gateway="net-{}",
+        extra_config=["Subsystem sftp internal-sftp"],
+    ) as made:
+        yield made
 
 
 def _status(home: Path, gid: str) -> str | None:

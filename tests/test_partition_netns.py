@@ -14,7 +14,6 @@ import json
 import os
 import pwd
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -26,10 +25,9 @@ from typing import Any
 
 import pytest
 from daemonproc import DaemonProcess
-from mdnspeers import MdnsPeers, claw_peer
 from netns import Lab, Node
-from sshpeers import OpenSshServer, ensure_test_user, make_client_key, sshd_path
-from test_fleet_netns import Peer, _install_claw_clan, _status
+from sshpeers import ensure_test_user, sshd_path
+from test_fleet_netns import Peer, _status, namespace_fleet
 
 import clawd
 
@@ -82,47 +80,14 @@ def probe_command(account: pwd.struct_passwd) -> str | None:
     return next((c for c in candidates if _runs_as(account, c)), None)
 
 
-async def _start_peer(lab: Lab, n: int, role: str, tmp: Path, key: str) -> Peer:
-    node = lab.add(role)
-    directory = tmp / f"sshd-{role}"
-    directory.mkdir()
-    user = USER.format(n + 1)
-    server = OpenSshServer(directory, [node.ip], [key], port=22, user=user, prefix=node.prefix)
-    account = server.account
-    shutil.rmtree(Path(account.pw_dir) / ".openclaw", ignore_errors=True)
-    _install_claw_clan(Path(account.pw_dir), account.pw_uid, account.pw_gid)
-    await asyncio.to_thread(server.start)
-    return Peer(node, server, f"part-{role}")
-
-
 @pytest.fixture
 async def fleet(lab: Lab, tmp_path: Path) -> AsyncIterator[tuple[dict[str, Peer], str, Path, str]]:
     command = probe_command(ensure_test_user(USER.format(1)))
     if command is None:
         pytest.skip(f"no `clawd probe` the peers' login ({USER.format(1)}) can execute")
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    client_key = make_client_key(keys)
-    stype = f"_c{secrets.token_hex(4)}._tcp.local."
-    made: dict[str, Peer] = {}
-    announcers: list[MdnsPeers] = []
-    try:
-        for n, role in enumerate(PEERS):
-            peer = await _start_peer(lab, n, role, tmp_path, client_key.public_line)
-            made[role] = peer
-            record = claw_peer(
-                peer.gateway_id, lead_number=10 + n, ip=peer.node.ip, ssh_user=peer.server.user
-            )
-            announcers.append(
-                MdnsPeers(stype, [record], interfaces=[peer.node.ip], prefix=peer.node.prefix)
-            )
-        await asyncio.gather(*(a.start() for a in announcers))
-        yield made, stype, client_key.path, command
-    finally:
-        for announcer in announcers:
-            await announcer.aclose()
-        for peer in made.values():
-            await asyncio.to_thread(peer.server.stop)
+    async with namespace_fleet(lab, tmp_path, PEERS, user=USER, gateway="part-{}") as made:
+        peers, stype, key = made
+        yield peers, stype, key, command
 
 
 def _cut(monitor: Node, peers: list[Peer], action: str) -> None:
