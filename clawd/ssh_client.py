@@ -468,7 +468,11 @@ class Connector:
                 error = self._host_key_error(accept_new)
                 raise SshConnectError(error, True) from exc
         if accept_new and recorded is None:
-            await self._remember(host, port, conn)
+            try:
+                await self._remember(host, port, conn)
+            except BaseException:  # cancelled mid-write (peer removed, stopping): not leaked
+                conn.abort()
+                raise
         return conn
 
     async def _handshake(

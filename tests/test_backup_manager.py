@@ -110,7 +110,7 @@ async def test_stop_cancels_a_running_dump_and_cleans_up(tmp_path: Path, pg_db: 
     started = time.monotonic()
     manager.stop()
     await asyncio.wait_for(task, 5)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # the dump would take 30 s: it was killed
     with pytest.raises(BackupError, match="stopping"):
         await waiting
     directory = backup_dir(settings.home)

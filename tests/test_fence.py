@@ -288,7 +288,8 @@ async def test_a_dead_holders_lock_is_broken_a_live_one_is_waited_for(peer: Peer
     async with peer.host() as host:
         with pytest.raises(FenceError, match="stayed locked"):
             await claim(host, FENCE, _t(0, 1, "gw-a"), reinstall=False, seconds=2)
-    assert time.monotonic() - started < 4  # bounded by the claim's time budget
+    # Bounded by the claim's 2 s budget (an SSH exec on a busy machine on top).
+    assert time.monotonic() - started < 8
     assert lock.is_dir()  # not ours to remove
 
 

@@ -154,9 +154,11 @@ async def test_stopped_peer_fails_then_reconnects(fleet: SshFleet, home: Path) -
         assert any(r.error == "connection refused" for r in failures), failures
         for other in addresses[:2]:
             assert results.of(other, down) and all(r.success for r in results.of(other, down))
-        # A miss is reported every round while disconnected, not once per reconnect attempt.
+        # A miss is reported every round while disconnected, not once per reconnect attempt
+        # (reconnects back off to 0.4 s, rounds come every 0.2 s): at least half the rounds
+        # that fit, so a late event loop on a busy machine cannot fail it.
         elapsed = time.monotonic() - down
-        assert len(results.of("127.0.0.4", down)) >= int(elapsed / (INTERVAL * 1.1)) - 1
+        assert len(results.of("127.0.0.4", down)) >= int(elapsed / INTERVAL) // 2
 
         await peers[2].start()
         up = time.monotonic()
@@ -176,7 +178,9 @@ async def test_silent_peer_times_out_with_tcp_reachable(fleet: SshFleet, home: P
         await eventually(lambda: len(results.of("silent")) >= 3)
     got = results.of("silent")
     assert not any(r.success for r in got)
-    assert all(TIMEOUT - 0.05 <= results.took[r] <= TIMEOUT + 0.4 for r in got), results.took
+    # Reported after the ping timeout, not after the 5 s handshake limit (the margin is for
+    # a busy machine's late loop).
+    assert all(TIMEOUT - 0.05 <= results.took[r] <= TIMEOUT + 1.5 for r in got), results.took
     assert all(r.tcp_reachable is True for r in got), got
     assert all(r.error == f"SSH handshake unfinished after {TIMEOUT:g}s" for r in got), got
     assert silent.accepted == 1  # still the first handshake, not a reconnect storm
@@ -184,7 +188,7 @@ async def test_silent_peer_times_out_with_tcp_reachable(fleet: SshFleet, home: P
 
 async def test_slow_echo_fails_within_timeout(fleet: SshFleet, home: Path) -> None:
     peer = await fleet.add_peer("127.0.0.6")
-    peer.echo_delay = 2 * TIMEOUT
+    peer.echo_delay = 6 * TIMEOUT  # far beyond the timeout, so a late loop cannot blur them
     results = Results()
     pinger = Pinger(ping_settings(), ssh_settings(fleet), home, results)
     pinger.set_targets(targets_for(fleet, ["127.0.0.6"]))
@@ -193,7 +197,7 @@ async def test_slow_echo_fails_within_timeout(fleet: SshFleet, home: Path) -> No
     got = results.of("127.0.0.6")
     assert not any(r.success for r in got)
     assert got[0].error == f"no echo within {TIMEOUT:g}s"
-    assert TIMEOUT - 0.05 <= results.took[got[0]] <= TIMEOUT + 0.4  # not the 2x-timeout echo
+    assert TIMEOUT - 0.05 <= results.took[got[0]] <= TIMEOUT + 1.5  # not the 6x-timeout echo
 
 
 async def test_install_check_false_and_every_n_rounds(fleet: SshFleet, home: Path) -> None:
@@ -244,11 +248,14 @@ async def test_refused_peer_backs_off_but_misses_every_round(fleet: SshFleet, ho
         await asyncio.sleep(2.0)
         elapsed = time.monotonic() - started
     got = results.of("gone")
-    assert len(got) >= int(elapsed / 0.11) - 2  # one miss per round, ~every 0.1 s …
+    # One miss per round (~every 0.1 s), not one per reconnect attempt (backing off
+    # 0.1 → 0.8 s: about 6 in 2 s). Half the rounds that fit, for a busy machine.
+    assert len(got) >= int(elapsed / 0.1) // 2, len(got)
     assert all(not r.success and r.tcp_reachable is False for r in got)
     assert all(r.error == "connection refused" for r in got)
     # … while connection attempts back off: 0, 0.1, 0.2, 0.4, 0.8, 0.8 … s apart (less 20 %).
-    assert 4 <= pinger.connect_failures <= 7, pinger.connect_failures
+    # A late loop on a busy machine may fit one fewer; without backoff there would be ~20.
+    assert 3 <= pinger.connect_failures <= 8, pinger.connect_failures
 
 
 async def test_unreadable_client_key_is_reported(fleet: SshFleet, home: Path) -> None:
@@ -334,10 +341,13 @@ async def test_concurrent_handshakes_stay_under_max_startups(
                 recorded = (home / "known_hosts").read_text().splitlines()
                 assert sorted(recorded) == sorted(fleet.known_hosts_text().splitlines())
                 # First rounds start at random phases over the 1 s interval, not all at once.
-                await eventually(lambda: all(results.of(a) for a in addresses), 3)
+                # Counted in the pinger's own 50 ms ticks: on a busy machine the loop wakes
+                # late and several ticks' rounds share one timestamp, but all-at-once
+                # would put every first round in one or two ticks.
+                await eventually(lambda: all(results.of(a) for a in addresses), 10)
                 firsts = sorted(results.of(a)[0].at.timestamp() for a in addresses)
-                assert firsts[-1] - firsts[0] >= 0.6, firsts
-                assert len({round(t, 2) for t in firsts}) >= 10
+                assert firsts[-1] - firsts[0] >= 0.5, firsts
+                assert len({round(t / 0.05) for t in firsts}) >= 4, firsts
             else:  # the control: without the cap the same fleet refuses connections
                 await eventually(lambda: fleet.counters.refused > 0, 10)
 
@@ -354,7 +364,7 @@ async def test_set_targets_and_stop_close_everything(fleet: SshFleet, home: Path
     await eventually(lambda: all(p.connections for p in peers[:2]))
 
     pinger.set_targets(targets_for(fleet, ["127.0.0.12", "127.0.0.14"]))
-    await eventually(lambda: not peers[1].connections, 2, "removed peer's connection closed")
+    await eventually(lambda: not peers[1].connections, 10, "removed peer's connection closed")
     await eventually(lambda: bool(results.ok("127.0.0.14")))
     removed = time.monotonic()
     await eventually(lambda: len(results.of("127.0.0.12", removed)) >= 2)
@@ -368,17 +378,17 @@ async def test_set_targets_and_stop_close_everything(fleet: SshFleet, home: Path
             "127.0.0.14": target("127.0.0.14", "127.0.0.14", peers[2].port),
         }
     )
-    await eventually(lambda: not peers[0].connections and bool(moved.connections), 2)
+    await eventually(lambda: not peers[0].connections and bool(moved.connections), 10)
 
     stop_started = time.monotonic()
     pinger.stop()
     await asyncio.wait_for(task, 5)
-    assert time.monotonic() - stop_started < TIMEOUT + 1.5
+    assert time.monotonic() - stop_started < TIMEOUT + 3.0
     # The harness's own server-side handlers end a moment after the client closes;
     # a task the pinger leaked would never end.
-    await eventually(lambda: asyncio.all_tasks() - before <= {asyncio.current_task()}, 2)
+    await eventually(lambda: asyncio.all_tasks() - before <= {asyncio.current_task()}, 5)
     assert pinger.connected == 0
-    await eventually(lambda: not any(p.connections for p in fleet.peers.values()), 2)
+    await eventually(lambda: not any(p.connections for p in fleet.peers.values()), 5)
 
 
 async def test_stop_finishes_a_ping_in_flight(fleet: SshFleet, home: Path) -> None:
@@ -397,7 +407,7 @@ async def test_stop_finishes_a_ping_in_flight(fleet: SshFleet, home: Path) -> No
     await asyncio.wait_for(task, 5)
     assert len(results.all) == sent + 1  # the ping in flight was reported …
     assert results.all[-1][1].success  # … with its real outcome
-    await eventually(lambda: not peer.connections, 2)
+    await eventually(lambda: not peer.connections, 5)
 
 
 async def test_cancelling_run_cancels_and_closes(fleet: SshFleet, home: Path) -> None:
@@ -415,7 +425,7 @@ async def test_cancelling_run_cancels_and_closes(fleet: SshFleet, home: Path) ->
         await task
     assert task.cancelled()
     assert asyncio.all_tasks() - before == {asyncio.current_task()} - before
-    await eventually(lambda: not peer.connections, 2)
+    await eventually(lambda: not peer.connections, 5)
 
 
 async def test_new_interval_applies_without_waiting_out_the_old(
@@ -431,7 +441,8 @@ async def test_new_interval_applies_without_waiting_out_the_old(
         await eventually(lambda: pinger.connected == 1)
         pinger.update_settings(ping_settings(interval_seconds=0.1), ssh)
         changed = time.monotonic()
-        await eventually(lambda: len(results.of("127.0.0.18", changed)) >= 3, 2)
+        # The old interval is 30 s: three rounds within 10 s can only come from the new one.
+        await eventually(lambda: len(results.of("127.0.0.18", changed)) >= 3, 10)
 
 
 async def test_openssh_end_to_end(tmp_path: Path, home: Path) -> None:

@@ -161,7 +161,9 @@ async def test_probe_silent_listener_times_out_in_time(fleet: SshFleet) -> None:
     assert answer["error"] == "timed out after 0.5s waiting for the SSH banner"
     assert answer["tcp"] is True and answer["reachable"] is False
     assert 500 <= float(str(answer["ms"])) < 1000
-    assert ran.seconds < 0.5 + 2.0  # the timeout plus Python's start-up, with room
+    # The timeout plus Python's start-up with room for a busy machine; `ms` above is
+    # the probe's own measure of honouring the timeout.
+    assert ran.seconds < 0.5 + 5.0
     assert silent.accepted == 1
 
 
@@ -437,8 +439,10 @@ async def test_concurrent_probes_of_one_target_share_one_round(rig: Rig) -> None
 
 async def test_hung_helper_and_lost_connection_are_bounded_errors(rig: Rig) -> None:
     for gid in ("gw-h1", "gw-h2"):
-        rig.install_script(gid, "#!/bin/sh\nexec sleep 2\n")
-    prober = IndirectProber(rig.connection, command=HOME_PROBE, timeout=0.3, k=3, margin=1.2)
+        rig.install_script(gid, "#!/bin/sh\nexec sleep 30\n")
+    # A limit of 3.3 s: room for gw-h3's Python start-up on a busy machine, far below the
+    # hung helpers' 30 s.
+    prober = IndirectProber(rig.connection, command=HOME_PROBE, timeout=0.3, k=3, margin=3.0)
 
     async def drop_h2() -> None:  # gw-h2 goes away while its probe runs
         await asyncio.sleep(0.3)
@@ -450,9 +454,9 @@ async def test_hung_helper_and_lost_connection_are_bounded_errors(rig: Rig) -> N
     )
     took = time.monotonic() - start
 
-    assert took < 1.5 + 0.7  # the limit (gw-h3 needs Python's start-up within it)
+    assert took < 3.3 + 1.5  # the limit, not the hung helpers' 30 s
     assert verdict.reachable_by == ("gw-h3",)
-    assert verdict.errors["gw-h1"] == "no answer within 1.5s"
+    assert verdict.errors["gw-h1"] == "no answer within 3.3s"
     assert verdict.errors["gw-h2"] == "connection lost"
     # a connection already closed (the prober is still handed it): refused at once
     closed = IndirectProber(rig.connection, command=PROBE, timeout=0.4, k=3)
