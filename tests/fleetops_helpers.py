@@ -8,6 +8,8 @@ from typing import Any
 
 from sshpeers import SshFleet, SshPeer
 
+from clawd.fleetops.payload import ConfigDocument
+from clawd.reload import load_in_force
 from clawd.settings import Settings, settings_from_data
 
 INSTALL_SCRIPT = """#!/bin/sh
@@ -44,6 +46,11 @@ def make_home(
     path = home / "config.json"
     path.write_text(json.dumps(config, indent=2))
     return settings_from_data(config, {}, config_dir=home), path
+
+
+def document(config_path: Path) -> ConfigDocument:
+    """The home's config.json as a daemon puts it in force (validated)."""
+    return load_in_force(config_path, {})[1]
 
 
 def write_known_hosts(fleet: SshFleet) -> None:
