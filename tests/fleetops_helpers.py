@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sshpeers import SshFleet, SshPeer
 
-from clawd.fleetops.payload import ConfigDocument
-from clawd.reload import load_in_force
 from clawd.settings import Settings, settings_from_data
+
+if TYPE_CHECKING:
+    from clawd.fleetops.payload import ConfigDocument
 
 INSTALL_SCRIPT = """#!/bin/sh
 # The test payload's installer: leaves a mark each time it runs.
@@ -50,6 +51,8 @@ def make_home(
 
 def document(config_path: Path) -> ConfigDocument:
     """The home's config.json as a daemon puts it in force (validated)."""
+    from clawd.reload import load_in_force
+
     return load_in_force(config_path, {})[1]
 
 
