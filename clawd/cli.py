@@ -360,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_config_check
     )
     config.add_parser(
-        "push", parents=[common], help="copy config.json to every known peer now"
+        "push",
+        parents=[common],
+        help="copy the validated config.json (a running daemon's, in force) to every known peer",
     ).set_defaults(func=cmd_config_push)
 
     db = sub.add_parser("db", help="PostgreSQL").add_subparsers(dest="db_command", required=True)

@@ -20,6 +20,7 @@ from sshpeers import SshFleet, SshPeer
 from clawd.errors import ClawdError
 from clawd.fleetops.loop import LeaderLoop
 from clawd.model import Instance, PeerState
+from clawd.reconciler import FleetView
 from clawd.store.json_store import JsonStore
 
 INTERVAL = 0.3
@@ -211,7 +212,7 @@ async def test_a_cycle_that_fails_alike_logs_once() -> None:
         for n in range(30):
             if n == 20:
                 loop.reason = "config.json: no such file"
-            loop.update_view(object())  # type: ignore[arg-type]
+            loop.update_view(FleetView(Instance("gw-a", "alpha")))
             await asyncio.sleep(0.01)
         loop.stop()
         await task
