@@ -25,12 +25,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from clawd.daemon import Daemon
+    from clawd.reload import load_in_force
 
-    settings = _settings(args)
+    settings, document = load_in_force(args.config)
     configure_logging(settings.log.level)
     warn_if_readable_by_others(args.config or default_config_path())
     _warn_retired(settings)
-    return asyncio.run(Daemon(settings, args.config).run())
+    return asyncio.run(Daemon(settings, document, args.config).run())
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -55,12 +56,17 @@ def _warn_retired(settings: Settings) -> None:
 
 
 def cmd_config_push(args: argparse.Namespace) -> int:
-    """config.json to every known peer: through the daemon if one runs, else directly."""
+    """A validated config.json to every known peer.
+
+    Through the daemon if one runs (it pushes the configuration it runs), else this file,
+    validated first (a file clawd would reject is never pushed).
+    """
     from clawd.backup.commands import daemon_running
     from clawd.control import request
     from clawd.fleetops.distribution import PushOutcome, render_outcomes
+    from clawd.reload import load_in_force
 
-    settings = _settings(args)
+    settings, document = load_in_force(args.config)
     configure_logging("warning")
     if daemon_running(settings):
         wait = settings.distribution.timeout_seconds * 4 + 10
@@ -68,10 +74,16 @@ def cmd_config_push(args: argparse.Namespace) -> int:
         if not answer.get("ok"):
             print(f"error: {answer.get('error')}", file=sys.stderr)
             return 1
+        if answer.get("digest") not in (None, document.digest):
+            print(
+                "note: pushed the configuration the daemon runs, which differs from "
+                "config.json now; `clawd reload` puts the file in force",
+                file=sys.stderr,
+            )
         outcomes = [PushOutcome(**o) for o in answer.get("outcomes", [])]
         retry_note = "the daemon pushes to failed peers again when they come back"
     else:
-        outcomes = asyncio.run(_push_directly(settings, args.config))
+        outcomes = asyncio.run(_push_directly(settings, document.data))
         retry_note = "run again, or start the daemon to retry when they come back"
     if not outcomes:
         print("no peers known yet (see `clawd status`)")
@@ -87,15 +99,20 @@ def cmd_config_push(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if any(o.result == "skipped" for o in outcomes):
+        print(
+            "some peers lack claw-clan: nothing was written there; the leading daemon "
+            "reinstalls them (with this configuration)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
-async def _push_directly(settings: Settings, config: Path | None) -> list[Any]:
+async def _push_directly(settings: Settings, ours: dict[str, Any]) -> list[Any]:
     from clawd.fleetops.distribution import push_many
     from clawd.fleetops.leadership import addresses
-    from clawd.fleetops.payload import read_config
     from clawd.reconciler import initial_view
-    from clawd.settings import default_config_path
     from clawd.ssh_client import Connector
     from clawd.store.factory import self_instance
     from clawd.store.json_store import JsonStore
@@ -103,7 +120,6 @@ async def _push_directly(settings: Settings, config: Path | None) -> list[Any]:
     snap = (await JsonStore(settings.home).load(read_only=True)).snapshot
     view = initial_view(self_instance(settings), snap.instances, snap.peers, snap.leader)
     peers = [p for _, p in sorted(addresses(view, settings.instance.ssh_user).items())]
-    ours, _ = await asyncio.to_thread(read_config, config or default_config_path())
     return await push_many(Connector(settings.ssh, settings.home), peers, ours, settings)
 
 
@@ -344,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_config_check
     )
     config.add_parser(
-        "push", parents=[common], help="copy config.json to every known peer now"
+        "push",
+        parents=[common],
+        help="copy the validated config.json (a running daemon's, in force) to every known peer",
     ).set_defaults(func=cmd_config_push)
 
     db = sub.add_parser("db", help="PostgreSQL").add_subparsers(dest="db_command", required=True)

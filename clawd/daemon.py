@@ -29,6 +29,7 @@ from clawd.fleet import FleetKeeper, summary
 from clawd.fleetops.distribution import ConfigDistributor
 from clawd.fleetops.fence import FenceToken
 from clawd.fleetops.leadership import acting_leader
+from clawd.fleetops.payload import ConfigDocument
 from clawd.fleetops.recovery import Recoverer
 from clawd.history.rollup import RollupMaintainer
 from clawd.incidents import IncidentRecorder
@@ -118,8 +119,11 @@ def _first_leaf(group: BaseExceptionGroup[ClawdError]) -> BaseException:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, document: ConfigDocument, config_path: Path | None = None
+    ) -> None:
         self.settings = settings
+        self.document = document  # what `settings` were validated from (reload.load_in_force)
         self.config_path = config_path or default_config_path()
         self.notifier = Notifier()
         self._stop = asyncio.Event()
@@ -211,7 +215,7 @@ class Daemon:
         borrow = self.pinger.connection
         self.recoverer = Recoverer(
             s,
-            self.config_path,
+            self.document,
             self.ops_connector,
             recorder,
             self.pinger.recheck_install,
@@ -219,7 +223,12 @@ class Daemon:
             on_fenced=self._fenced,
         )
         self.distributor = ConfigDistributor(
-            s, self.config_path, self.ops_connector, borrow, on_fenced=self._fenced
+            s,
+            self.document,
+            self.ops_connector,
+            borrow,
+            on_fenced=self._fenced,
+            recheck=self.pinger.recheck_install,
         )
         self.skills = SkillSyncer(s, self.repo, recorder)
 
@@ -238,7 +247,13 @@ class Daemon:
         self.discovery = (
             Discovery(me, s.discovery, self.keeper.emit) if s.discovery.enabled else None
         )
-        self.reloader = Reloader(self.config_path, s, self._apply_settings)
+        self.reloader = Reloader(
+            self.config_path,
+            s,
+            self._apply_settings,
+            self.document,
+            on_document=(self.recoverer.update_document, self.distributor.update_document),
+        )
         self.watcher = ConfigWatcher(self.config_path, lambda: self._reload_from("file"))
         self.control = ControlServer(
             socket_path(s.home),

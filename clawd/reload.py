@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import copy
+import json
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,8 @@ import structlog
 from pydantic import SecretStr
 
 from clawd.errors import ConfigError
-from clawd.settings import Settings, load_settings
+from clawd.fleetops.payload import ConfigDocument, digest
+from clawd.settings import Settings, default_config_path, settings_from_data
 
 log = structlog.get_logger("clawd.reload")
 
@@ -20,6 +24,46 @@ POLL_SECONDS = 0.5
 DEBOUNCE_SECONDS = 0.3
 # What cannot change under a running process (its files would move under it).
 RESTART_ONLY = ("home", "instance.gatewayId")
+
+
+def _parse(path: Path, raw: bytes) -> dict[str, Any]:
+    """The file's JSON object; errors worded as settings.read_config_file words them."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def load_in_force(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Settings, ConfigDocument]:
+    """Validated Settings and the document they came from, out of ONE read of config.json.
+
+    What a running clawd distributes is that document: the file is never read again for
+    it, so an edit made after validation (or one that fails it) is never sent. Blocking.
+    """
+    env = os.environ if environ is None else environ
+    config_path = (path or default_config_path(env)).expanduser()
+    try:
+        raw = config_path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{config_path}: no such file (copy config.example.json there to start)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{config_path}: cannot read: {exc}") from None
+    data = _parse(config_path, raw)
+    settings = settings_from_data(
+        copy.deepcopy(data), env, config_dir=config_path.parent.resolve(), source=str(config_path)
+    )
+    return settings, ConfigDocument(data, digest(raw))
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -48,26 +92,44 @@ class ReloadResult:
 
 
 Applier = Callable[[Settings, list[str]], Awaitable[None]]
+# Told each document put in force (those whose Settings equal the running ones included).
+DocumentListener = Callable[[ConfigDocument], None]
 
 
 class Reloader:
+    """Validates config.json and puts it in force, or keeps the running configuration.
+
+    `document` is the raw config.json the running Settings came from; it changes only
+    together with them (or when an edit leaves them equal), never to a rejected file.
+    """
+
     def __init__(
         self,
         path: Path,
         current: Settings,
         apply: Applier,
+        document: ConfigDocument,
         environ: Mapping[str, str] | None = None,
+        *,
+        on_document: Sequence[DocumentListener] = (),
     ) -> None:
         self.path = path
         self.current = current
+        self.document = document
         self._apply = apply
         self._environ = environ
+        self._on_document = tuple(on_document)
         self._lock = asyncio.Lock()
+
+    def _put_in_force(self, document: ConfigDocument) -> None:
+        self.document = document
+        for listener in self._on_document:
+            listener(document)
 
     async def reload(self, source: str) -> ReloadResult:
         async with self._lock:
             try:
-                new = await asyncio.to_thread(load_settings, self.path, self._environ)
+                new, document = await asyncio.to_thread(load_in_force, self.path, self._environ)
             except ConfigError as exc:
                 log.error(
                     "config_rejected",
@@ -78,6 +140,9 @@ class Reloader:
                 return ReloadResult(False, error=str(exc))
             changed = changed_keys(self.current, new)
             if not changed:
+                # Same Settings; the file may still differ in form (order, defaults spelled
+                # out): it is valid, so peers get it as it now reads.
+                self._put_in_force(document)
                 log.info("config_unchanged", source=source)
                 return ReloadResult(True)
             fixed = [k for k in changed if k in RESTART_ONLY]
@@ -92,6 +157,7 @@ class Reloader:
                 return ReloadResult(False, changed, error)
             await self._apply(new, changed)
             self.current = new
+            self._put_in_force(document)
             log.info("config_reloaded", source=source, changed=",".join(changed))
             return ReloadResult(True, changed)
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sshpeers import SshFleet, SshPeer
 
 from clawd.settings import Settings, settings_from_data
+
+if TYPE_CHECKING:
+    from clawd.fleetops.payload import ConfigDocument
 
 INSTALL_SCRIPT = """#!/bin/sh
 # The test payload's installer: leaves a mark each time it runs.
@@ -44,6 +47,13 @@ def make_home(
     path = home / "config.json"
     path.write_text(json.dumps(config, indent=2))
     return settings_from_data(config, {}, config_dir=home), path
+
+
+def document(config_path: Path) -> ConfigDocument:
+    """The home's config.json as a daemon puts it in force (validated)."""
+    from clawd.reload import load_in_force
+
+    return load_in_force(config_path, {})[1]
 
 
 def write_known_hosts(fleet: SshFleet) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleetops_helpers import machine, make_home
+from fleetops_helpers import document, machine, make_home
 from sshpeers import SshFleet, SshPeer
 
 from clawd.fleetops.distribution import ConfigDistributor, push_many, render_outcomes
@@ -337,7 +337,7 @@ async def test_stale_or_second_leader_does_not_reinstall(peer: Peer, tmp_path: P
     rechecked: list[str] = []
     recoverer = Recoverer(
         peer.settings,
-        peer.config_path,
+        document(peer.config_path),
         peer.connector,
         IncidentRecorder(repo),
         rechecked.append,
@@ -370,6 +370,7 @@ async def test_stale_or_second_leader_does_not_reinstall(peer: Peer, tmp_path: P
 
 
 async def test_push_to_a_peer_fenced_by_another_leader(peer: Peer) -> None:
+    (peer.root / ".openclaw" / "claw-clan").mkdir(parents=True)  # claw-clan is installed
     ours, _ = read_config(peer.config_path)
     target = peer.address
     # A user's push without a daemon claims at epoch 0 with our lead number (1).
@@ -392,7 +393,7 @@ async def test_push_to_a_peer_fenced_by_another_leader(peer: Peer) -> None:
     # The leader loop: told once per push round, backs off, delivers nothing.
     fenced: list[FenceToken] = []
     distributor = ConfigDistributor(
-        peer.settings, peer.config_path, peer.connector, on_fenced=fenced.append
+        peer.settings, document(peer.config_path), peer.connector, on_fenced=fenced.append
     )
     me = Instance("gw-a", "alpha", lead_number=1)
     distributor.update_view(_view(me, peer, epoch=0, installed=True))

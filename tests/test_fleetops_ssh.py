@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from fleetops_helpers import machine, make_home, write_known_hosts
+from fleetops_helpers import document, machine, make_home, write_known_hosts
 from sshpeers import OpenSshServer, SshFleet, sshd_path
 
 from clawd.fleetops.distribution import push_many, render_outcomes
@@ -50,12 +50,11 @@ async def test_push_reports_each_peer_and_keeps_their_identity(
     roots = {gid: tmp_path / gid for gid in ("gw-b", "gw-c", "gw-d")}
     peers = {}
     for n, (gid, root) in enumerate(roots.items()):
-        root.mkdir()
+        (root / ".openclaw" / "claw-clan").mkdir(parents=True)  # claw-clan is installed
         peers[gid] = await fleet.add_peer(f"127.0.4.{n + 2}", root=root)
     write_known_hosts(fleet)
     # gw-b already has a config of its own: its identity must survive the push.
     b_conf = roots["gw-b"] / ".openclaw" / "claw-clan" / "config.json"
-    b_conf.parent.mkdir(parents=True)
     b_conf.write_text(json.dumps({"backend": "json", "instance": {"gatewayId": "gw-b"}}))
     home = tmp_path / "home"
     home.mkdir()
@@ -107,7 +106,7 @@ async def test_leader_reinstalls_a_peer_once_and_records_it(
     rechecked: list[str] = []
     connector = Connector(settings.ssh, home)
     recoverer = Recoverer(
-        settings, config_path, connector, IncidentRecorder(repo), rechecked.append
+        settings, document(config_path), connector, IncidentRecorder(repo), rechecked.append
     )
     me = Instance("gw-a", "alpha", lead_number=1)
     view = _view_with(me, "gw-t", peer.address, peer.port, installed=False)
@@ -165,7 +164,11 @@ async def test_failed_install_backs_off_and_records_one_incident_per_error(
     repo = build_repository(settings)
     await repo.open()
     recoverer = Recoverer(
-        settings, config_path, Connector(settings.ssh, home), IncidentRecorder(repo), print
+        settings,
+        document(config_path),
+        Connector(settings.ssh, home),
+        IncidentRecorder(repo),
+        print,
     )
     recoverer.update_view(
         _view_with(Instance("gw-a", "a", lead_number=1), "gw-t", peer.address, peer.port, False)
@@ -205,7 +208,7 @@ async def test_reinstall_skips_a_peer_that_turns_out_installed(
         Connector(settings.ssh, home),
         _address("gw-t", peer.address, peer.port),
         settings,
-        config_path,
+        document(config_path).data,
         "claw-clan not installed",
     )
     assert outcome.ok and outcome.already_installed and outcome.files == []
@@ -241,7 +244,9 @@ async def test_push_and_reinstall_through_openssh(tmp_path: Path, fleet: SshFlee
         )
         peer = PeerAddress("gw-o", "openssh", "127.0.4.20", server.port, server.user)
         connector = Connector(settings.ssh, home)
-        outcome = await reinstall(connector, peer, settings, config_path, "claw-clan not installed")
+        outcome = await reinstall(
+            connector, peer, settings, document(config_path).data, "claw-clan not installed"
+        )
         assert outcome.ok and not outcome.already_installed, outcome.error
         installed = user_home / remote_home
         assert (installed / "install-runs").read_text() == "run\n"
@@ -273,7 +278,7 @@ async def test_older_version_is_reinstalled_even_though_installed(
         Connector(settings.ssh, home),
         _address("gw-t", peer.address, peer.port),
         settings,
-        config_path,
+        document(config_path).data,
         "version 0.0.9 older than 0.1.0",
     )
     assert outcome.ok and not outcome.already_installed, outcome.error
@@ -289,7 +294,11 @@ async def test_recovery_disabled_leaves_peers_alone(tmp_path: Path, fleet: SshFl
     repo = build_repository(settings)
     await repo.open()
     recoverer = Recoverer(
-        settings, config_path, Connector(settings.ssh, home), IncidentRecorder(repo), print
+        settings,
+        document(config_path),
+        Connector(settings.ssh, home),
+        IncidentRecorder(repo),
+        print,
     )
     me = Instance("gw-a", "alpha", lead_number=1)
     recoverer.update_view(_view_with(me, "gw-t", peer.address, peer.port, installed=False))
@@ -325,7 +334,12 @@ async def test_push_and_reinstall_borrow_an_open_connection(
     address = _address("gw-t", peer.address, peer.port)
     try:
         outcome = await reinstall(
-            connector, address, settings, config_path, "claw-clan not installed", {"gw-t": lent}.get
+            connector,
+            address,
+            settings,
+            document(config_path).data,
+            "claw-clan not installed",
+            {"gw-t": lent}.get,
         )
         assert outcome.ok, outcome.error
         ours, _ = read_config(config_path)
@@ -347,7 +361,7 @@ async def test_config_push_without_a_daemon_reads_peers_from_the_store(
     from clawd.store.json_store import JsonStore
 
     root = tmp_path / "peer"
-    root.mkdir()
+    (root / ".openclaw" / "claw-clan").mkdir(parents=True)  # claw-clan is installed
     up = await fleet.add_peer("127.0.4.16", root=root)
     down = await fleet.add_peer("127.0.4.17", root=tmp_path)
     write_known_hosts(fleet)

@@ -133,7 +133,7 @@ async def test_config_push_to_a_changed_host_key_fails_and_writes_nothing(
     tmp_path: Path, fleet: SshFleet
 ) -> None:
     root = tmp_path / "peer"
-    root.mkdir()
+    (root / ".openclaw" / "claw-clan").mkdir(parents=True)  # claw-clan is installed
     peer = await fleet.add_peer("127.0.7.6", root=root)
     home = tmp_path / "home"
     home.mkdir()

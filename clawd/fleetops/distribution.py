@@ -1,5 +1,10 @@
 """config.json to every online peer: by the leader after a change, and on demand.
 
+What is sent is the configuration in force (payload.ConfigDocument: validated, the one
+this clawd runs), never the file as it reads now. A peer is pushed to only when claw-clan
+is installed there (the install check passes); the push never creates the install folder,
+which would make a peer that lost claw-clan look installed and never be reinstalled.
+
 Every push first claims the peer's fence (fence.py) with the pusher's token: a peer that
 holds a stronger leader's token refuses the push ("fenced"), so a stale leader cannot
 overwrite what the current one delivered.
@@ -12,7 +17,6 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import structlog
@@ -28,8 +32,9 @@ from clawd.fleetops.fence import (
 )
 from clawd.fleetops.leadership import acting_leader, addresses
 from clawd.fleetops.loop import LeaderLoop, new_backoff
-from clawd.fleetops.payload import config_for_peer, read_config
+from clawd.fleetops.payload import ConfigDocument, config_for_peer
 from clawd.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
+from clawd.fleetops.retry import LogLimiter
 from clawd.model import PeerStatus
 from clawd.reconciler import FleetView
 from clawd.settings import Settings
@@ -39,8 +44,10 @@ from clawd.status_view import printable
 log = structlog.get_logger("clawd.distribution")
 
 # "fenced": the peer holds a stronger leader's token and refused us (nothing written).
-Result = Literal["pushed", "unchanged", "failed", "fenced"]
-RESULTS: tuple[Result, ...] = ("pushed", "unchanged", "failed", "fenced")
+# "skipped": claw-clan is not installed there (nothing written; the leader reinstalls it).
+Result = Literal["pushed", "unchanged", "failed", "fenced", "skipped"]
+RESULTS: tuple[Result, ...] = ("pushed", "unchanged", "failed", "fenced", "skipped")
+NOT_INSTALLED = "claw-clan is not installed there (install check failed); reinstall it first"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +83,8 @@ async def push_one(
 ) -> PushOutcome:
     """Write our config.json to one peer unless it already has the same content.
 
-    The peer's fence is claimed first with `token` (default: `settings_token`).
+    Only where claw-clan is installed ("skipped" otherwise). The peer's fence is claimed
+    first with `token` (default: `settings_token`).
     """
     path = remote_config_path(settings)
     seconds = settings.distribution.timeout_seconds
@@ -84,6 +92,11 @@ async def push_one(
         token = settings_token(settings)
     try:
         async with asyncio.timeout(seconds), RemoteHost(connector, peer, borrow) as host:
+            check = await host.run(settings.ssh.install_check_command, seconds)
+            if check.exit_status is None:
+                raise RemoteError(f"install check: {check.stderr_tail}")
+            if not check.ok:
+                return PushOutcome(peer.gateway_id, peer.name, "skipped", NOT_INSTALLED)
             directory = fence_dir(settings.recovery.remote_home)
             fence = await claim(host, directory, token, reinstall=False, seconds=seconds)
             stored = fence.stored
@@ -102,7 +115,8 @@ async def push_one(
             wanted = config_for_peer(ours, current)
             if current == wanted:
                 return PushOutcome(peer.gateway_id, peer.name, "unchanged")
-            await host.write_atomic(path, wanted, 0o600)
+            # Into the install folder as it is: creating it would fake an install.
+            await host.write_atomic(path, wanted, 0o600, make_parents=False)
     except TimeoutError:
         return PushOutcome(peer.gateway_id, peer.name, "failed", f"timed out after {seconds:g}s")
     except RemoteError as exc:  # FenceError included
@@ -150,9 +164,10 @@ def render_outcomes(outcomes: Sequence[PushOutcome]) -> str:
     for o in outcomes:
         lines.append(f"{printable(o.name):<{width}}  {o.result:<9}  {printable(o.detail)}")
     counts = {r: sum(o.result == r for o in outcomes) for r in RESULTS}
-    # Fencing is rare: only mention it when it happened.
-    if not counts["fenced"]:
-        del counts["fenced"]
+    # Fencing and skipping are rare: only mention them when they happened.
+    for rare in ("fenced", "skipped"):
+        if not counts[rare]:
+            del counts[rare]
     lines.append(", ".join(f"{n} {r}" for r, n in counts.items()))
     return "\n".join(lines)
 
@@ -165,20 +180,25 @@ class ConfigDistributor(LeaderLoop):
     def __init__(
         self,
         settings: Settings,
-        config_path: Path,
+        document: ConfigDocument,
         connector: Connector,
         borrow: Borrow | None = None,
         *,
         on_fenced: Callable[[FenceToken], None] | None = None,
+        recheck: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(settings)
-        self.config_path = config_path
+        self.document = document  # the configuration in force: the only one sent
         self.connector = connector
         self.borrow = borrow
         # Told the token of a leader that outranks us, as a peer's fence reported it.
         self.on_fenced = on_fenced
+        # Asked to check a peer's install again (the pinger): one found without claw-clan
+        # is then reinstalled by the recoverer.
+        self.recheck = recheck
         self._fenced_by: dict[str, FenceToken] = {}  # gateway id -> last logged token
         self._delivered: dict[str, str] = {}  # gateway id -> hash of our config it has
+        self._problems = LogLimiter()  # (gateway id, reason) logged lately
         self.pushes = 0
 
     def update_settings(self, settings: Settings) -> None:
@@ -186,6 +206,12 @@ class ConfigDistributor(LeaderLoop):
         self.settings = settings
         self._backoff = new_backoff(settings)
         self._wake.set()
+
+    def update_document(self, document: ConfigDocument) -> None:
+        """A configuration was put in force (validated): the one to deliver from now."""
+        if document.digest != self.document.digest:
+            self.document = document
+            self._wake.set()
 
     def _pending(self, view: FleetView, config_hash: str) -> list[PeerAddress]:
         now = time.monotonic()
@@ -208,13 +234,18 @@ class ConfigDistributor(LeaderLoop):
         view = self._view
         if view is None or not self.settings.distribution.enabled or not acting_leader(view):
             return
-        ours, config_hash = await asyncio.to_thread(read_config, self.config_path)
-        pending = self._pending(view, config_hash)
+        ours = self.document
+        pending = self._pending(view, ours.digest)
         if pending:
             outcomes = await push_many(
-                self.connector, pending, ours, self.settings, self.borrow, token=token_for(view)
+                self.connector,
+                pending,
+                ours.data,
+                self.settings,
+                self.borrow,
+                token=token_for(view),
             )
-            self._note(outcomes, config_hash)
+            self._note(outcomes, ours.digest)
 
     def _note(self, outcomes: Sequence[PushOutcome], config_hash: str) -> None:
         now = time.monotonic()
@@ -224,14 +255,29 @@ class ConfigDistributor(LeaderLoop):
                 continue
             self._fenced_by.pop(o.gateway_id, None)
             if o.result == "failed":
-                if self._backoff.failed(o.gateway_id, o.detail, now):
+                self._backoff.failed(o.gateway_id, o.detail, now)
+                # Retries of a peer that stays down fail alike: one line per reason.
+                if self._problems.fresh((o.gateway_id, o.detail), now):
                     log.warning("config_push_failed", gateway=o.gateway_id, error=o.detail)
+                continue
+            if o.result == "skipped":
+                self._skipped(o, now)
                 continue
             self._backoff.forget(o.gateway_id)
             self._delivered[o.gateway_id] = config_hash
             if o.result == "pushed":
                 self.pushes += 1
                 log.info("config_pushed", gateway=o.gateway_id, name=o.name)
+
+    def _skipped(self, o: PushOutcome, now: float) -> None:
+        """No claw-clan there: have the pinger look again, so the recoverer reinstalls it."""
+        self._backoff.failed(o.gateway_id, o.detail, now)
+        if self.recheck is not None:
+            self.recheck(o.gateway_id)
+        if self._problems.fresh((o.gateway_id, o.detail), now):
+            log.warning(
+                "config_push_skipped", gateway=o.gateway_id, name=o.name, reason="not_installed"
+            )
 
     def _fenced(self, o: PushOutcome, stored: FenceToken, now: float) -> None:
         """A stronger leader claimed the peer: not delivered; back off, log each token once."""
@@ -250,16 +296,21 @@ class ConfigDistributor(LeaderLoop):
 
     async def push_now(self, view: FleetView) -> list[PushOutcome]:
         """Every known peer with an address, leader or not (a person asked for it)."""
-        ours, config_hash = await asyncio.to_thread(read_config, self.config_path)
+        ours = self.document
         peers = addresses(view, self.settings.instance.ssh_user).values()
         outcomes = await push_many(
-            self.connector, peers, ours, self.settings, self.borrow, token=token_for(view)
+            self.connector, peers, ours.data, self.settings, self.borrow, token=token_for(view)
         )
-        self._note(outcomes, config_hash)
+        self._note(outcomes, ours.digest)
         return outcomes
 
     async def handle_control(self, _request: Mapping[str, Any]) -> dict[str, Any]:
         if self._view is None:
             return {"ok": False, "error": "the daemon has not loaded the fleet yet"}
         outcomes = await self.push_now(self._view)
-        return {"ok": True, "outcomes": [o.to_dict() for o in outcomes]}
+        # The digest lets `clawd config push` say when the file differs from what was sent.
+        return {
+            "ok": True,
+            "outcomes": [o.to_dict() for o in outcomes],
+            "digest": self.document.digest,
+        }

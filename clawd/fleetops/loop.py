@@ -8,7 +8,7 @@ import time
 import structlog
 
 from clawd.errors import ClawdError
-from clawd.fleetops.retry import PeerBackoff
+from clawd.fleetops.retry import LogLimiter, PeerBackoff
 from clawd.reconciler import FleetView
 from clawd.settings import Settings
 
@@ -34,6 +34,8 @@ class LeaderLoop:
         self._backoff = new_backoff(settings)
         self._wake = asyncio.Event()
         self._stopping = False
+        # Cycles fail again at every wake while the cause lasts: one line per cause.
+        self._failures = LogLimiter()
 
     def update_view(self, view: FleetView) -> None:
         self._view = view
@@ -52,7 +54,8 @@ class LeaderLoop:
             try:
                 await self._cycle()
             except ClawdError as exc:
-                log.error(self.failed_event, error=str(exc))
+                if self._failures.fresh(str(exc), time.monotonic()):
+                    log.error(self.failed_event, error=str(exc))
 
     async def _sleep(self) -> None:
         due = self._backoff.next_due()

@@ -3,7 +3,8 @@
 Only the acting leader reinstalls, so peers never race each other. Each attempt: check
 again on the peer, claim the peer's fence (see fence.py: two leaders that cannot see each
 other reinstall a peer at most once per epoch, and a stale leader is refused by the peer),
-copy `<home>/scripts/` and config.json over SFTP, run the install command, check the
+copy `<home>/scripts/` and the config.json in force (validated, never the file as it
+reads now) over SFTP, run the install command, check the
 result; one `reinstall` incident per success and per new failure.
 """
 
@@ -13,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -30,7 +31,7 @@ from clawd.fleetops.fence import (
 )
 from clawd.fleetops.leadership import acting_leader, addresses, is_older
 from clawd.fleetops.loop import LeaderLoop, new_backoff
-from clawd.fleetops.payload import collect_scripts, config_for_peer, read_config
+from clawd.fleetops.payload import ConfigDocument, collect_scripts, config_for_peer
 from clawd.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
 from clawd.incidents import IncidentRecorder
 from clawd.model import EventType, Incident, PeerStatus
@@ -89,7 +90,7 @@ async def reinstall(
     connector: Connector,
     peer: PeerAddress,
     settings: Settings,
-    config_path: Path,
+    ours: dict[str, Any],
     reason: str,
     borrow: Borrow | None = None,
     *,
@@ -97,7 +98,8 @@ async def reinstall(
 ) -> ReinstallOutcome:
     """One reinstall attempt; never raises for a peer-side failure.
 
-    `token` claims the peer's fence; without one, this instance's at epoch 0 (a run
+    `ours` is the config.json to install (the one in force). `token` claims the peer's
+    fence; without one, this instance's at epoch 0 (a run
     outside the daemon, which knows no epoch).
     """
     outcome = ReinstallOutcome(ok=False, reason=reason)
@@ -108,7 +110,6 @@ async def reinstall(
         token = settings_token(settings)
     try:
         files = await asyncio.to_thread(collect_scripts, settings.scripts_dir)
-        ours, _ = await asyncio.to_thread(read_config, config_path)
         async with asyncio.timeout(r.timeout_seconds), RemoteHost(connector, peer, borrow) as host:
             if not reason.startswith("version"):
                 check = await host.run(ssh.install_check_command, CHECK_SECONDS)
@@ -161,7 +162,7 @@ class Recoverer(LeaderLoop):
     def __init__(
         self,
         settings: Settings,
-        config_path: Path,
+        document: ConfigDocument,
         connector: Connector,
         recorder: IncidentRecorder,
         recheck: Callable[[str], None],
@@ -170,7 +171,7 @@ class Recoverer(LeaderLoop):
         on_fenced: Callable[[FenceToken], None] | None = None,
     ) -> None:
         super().__init__(settings)
-        self.config_path = config_path
+        self.document = document  # the configuration in force: the one installed
         self.connector = connector
         self.recorder = recorder
         self.recheck = recheck
@@ -186,6 +187,10 @@ class Recoverer(LeaderLoop):
         if settings.recovery != old.recovery:
             self._backoff = new_backoff(settings)
         self._wake.set()
+
+    def update_document(self, document: ConfigDocument) -> None:
+        """A configuration was put in force: later reinstalls copy that one."""
+        self.document = document
 
     async def _cycle(self) -> None:
         view = self._view
@@ -221,7 +226,7 @@ class Recoverer(LeaderLoop):
                 self.connector,
                 peer,
                 self.settings,
-                self.config_path,
+                self.document.data,
                 reason,
                 self.borrow,
                 token=token,

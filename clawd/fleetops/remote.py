@@ -120,13 +120,18 @@ class RemoteHost:
         except (OSError, asyncssh.Error) as exc:
             raise RemoteError(f"cannot read {path}: {_reason(exc)}") from None
 
-    async def write_atomic(self, path: str, data: bytes, mode: int = 0o600) -> None:
-        """Write to a temp file created with `mode`, then rename over `path`."""
+    async def write_atomic(
+        self, path: str, data: bytes, mode: int = 0o600, *, make_parents: bool = True
+    ) -> None:
+        """Write to a temp file created with `mode`, then rename over `path`.
+
+        Without `make_parents`, a missing parent folder is an error, not created.
+        """
         parent = dirname(path)
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
         sftp = self.sftp
         try:
-            if parent:
+            if parent and make_parents:
                 await sftp.makedirs(parent, exist_ok=True)
             attrs = asyncssh.SFTPAttrs(permissions=mode)
             async with sftp.open(tmp, "wb", attrs) as f:
