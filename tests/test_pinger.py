@@ -20,7 +20,7 @@ from clawd.observations import Observation, PingResult
 from clawd.pinger import Pinger, PingTarget
 from clawd.settings import PingSettings, SshSettings
 
-pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("no_blocking")]
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_blocking")]
 
 INTERVAL = 0.2
 TIMEOUT = 0.5
@@ -71,7 +71,7 @@ class Results:
         return [r for r in self.of(gateway, since) if not r.success]
 
 
-async def eventually(condition: Callable[[], bool], seconds: float = 5.0, what: str = "") -> None:
+async def eventually(condition: Callable[[], bool], seconds: float = 10.0, what: str = "") -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
