@@ -26,7 +26,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     from clawd.daemon import Daemon
 
-    settings = _settings(args)
+    settings = load_settings(args.config, check_files=True)
     configure_logging(settings.log.level)
     warn_if_readable_by_others(args.config or default_config_path())
     _warn_retired(settings)
@@ -34,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = load_settings(args.config, check_files=True)
     configure_logging("warning")
     warn_if_readable_by_others(args.config or default_config_path())
     _warn_retired(settings)

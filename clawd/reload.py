@@ -67,7 +67,9 @@ class Reloader:
     async def reload(self, source: str) -> ReloadResult:
         async with self._lock:
             try:
-                new = await asyncio.to_thread(load_settings, self.path, self._environ)
+                new = await asyncio.to_thread(
+                    load_settings, self.path, self._environ, check_files=True
+                )
             except ConfigError as exc:
                 log.error(
                     "config_rejected",
