@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from clawd.daemon import Daemon
     from clawd.reload import load_in_force
 
-    settings, document = load_in_force(args.config)
+    settings, document = load_in_force(args.config, check_files=True)
     configure_logging(settings.log.level)
     warn_if_readable_by_others(args.config or default_config_path())
     _warn_retired(settings)
@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = load_settings(args.config, check_files=True)
     configure_logging("warning")
     warn_if_readable_by_others(args.config or default_config_path())
     _warn_retired(settings)
@@ -66,7 +66,7 @@ def cmd_config_push(args: argparse.Namespace) -> int:
     from clawd.fleetops.distribution import PushOutcome, render_outcomes
     from clawd.reload import load_in_force
 
-    settings, document = load_in_force(args.config)
+    settings, document = load_in_force(args.config, check_files=True)
     configure_logging("warning")
     if daemon_running(settings):
         wait = settings.distribution.timeout_seconds * 4 + 10

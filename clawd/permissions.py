@@ -1,4 +1,5 @@
-"""config.json holds the PostgreSQL password: say so when others can read it."""
+"""File modes: what clawd creates is private; config.json (the user's file, holding the
+PostgreSQL password) is only warned about when others can read it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ from pathlib import Path
 import structlog
 
 log = structlog.get_logger("clawd.permissions")
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def make_private(path: Path, mode: int) -> None:
+    """chmod `path` to `mode` unless it already is (a mkdir/open mode is cut by the umask
+    only downwards; an older clawd's looser copy is tightened here). Blocking."""
+    if stat.S_IMODE(path.lstat().st_mode) != mode:
+        path.chmod(mode)
 
 
 def warn_if_readable_by_others(path: Path) -> bool:

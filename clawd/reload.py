@@ -42,7 +42,10 @@ def _parse(path: Path, raw: bytes) -> dict[str, Any]:
 
 
 def load_in_force(
-    path: Path | None = None, environ: Mapping[str, str] | None = None
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_files: bool = False,
 ) -> tuple[Settings, ConfigDocument]:
     """Validated Settings and the document they came from, out of ONE read of config.json.
 
@@ -63,6 +66,13 @@ def load_in_force(
     settings = settings_from_data(
         copy.deepcopy(data), env, config_dir=config_path.parent.resolve(), source=str(config_path)
     )
+    if check_files:  # the SSH files it names, as load_settings(check_files=True) does
+        from clawd.ssh_files import ssh_file_problems
+
+        problems = ssh_file_problems(settings.ssh, settings.home)
+        if problems:
+            noun = "problem" if len(problems) == 1 else "problems"
+            raise ConfigError(f"{config_path}: {len(problems)} {noun}:\n  " + "\n  ".join(problems))
     return settings, ConfigDocument(data, digest(raw))
 
 
@@ -129,7 +139,9 @@ class Reloader:
     async def reload(self, source: str) -> ReloadResult:
         async with self._lock:
             try:
-                new, document = await asyncio.to_thread(load_in_force, self.path, self._environ)
+                new, document = await asyncio.to_thread(
+                    load_in_force, self.path, self._environ, check_files=True
+                )
             except ConfigError as exc:
                 log.error(
                     "config_rejected",

@@ -7,8 +7,11 @@ like the seed's files (`sshUser`, `leadNumber`).
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -27,7 +31,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from clawd.config_errors import describe_validation_error
+from clawd.config_errors import cross_field, describe_validation_error
 from clawd.errors import ConfigError
 
 DEFAULT_HOME = Path("~/.openclaw/claw-clan")
@@ -63,9 +67,48 @@ class PostgresSettings(Section):
     pool_max: int = Field(default=20, ge=1, le=100)
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
 
+    @model_validator(mode="after")
+    def _pool_ordered(self) -> PostgresSettings:
+        if self.pool_min > self.pool_max:
+            raise cross_field(
+                [
+                    (
+                        "poolMin",
+                        f"{self.pool_min} must not be above postgres.poolMax ({self.pool_max})",
+                    )
+                ]
+            )
+        return self
+
     def target(self) -> str:
         """host:port/database, for messages (never includes the password)."""
         return f"{self.host}:{self.port}/{self.database}"
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")
+
+
+def check_host(value: str) -> str:
+    """An IPv4/IPv6 address or a DNS host name; `10.0.0.999` is neither."""
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            raise ValueError("must be an IPv6 address (like fd00::12) or a host name") from None
+        return value
+    if _DOTTED_NUMBERS.match(value):
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(
+                "must be an IPv4 address (four numbers 0-255, like 10.0.0.12) or a host name"
+            ) from None
+        return value
+    name = value.removesuffix(".")
+    if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+        raise ValueError("must be an IP address or a host name (letters, digits, '-', '.')")
+    return value
 
 
 class InstanceSettings(Section):
@@ -86,6 +129,11 @@ class InstanceSettings(Section):
             raise ValueError("must not contain '/', '\\', NUL or be '.' or '..'")
         return value
 
+    @field_validator("ip")
+    @classmethod
+    def _valid_ip(cls, value: str) -> str:
+        return check_host(value)
+
 
 class StaticPeer(Section):
     name: str = Field(min_length=1, max_length=200)
@@ -96,10 +144,24 @@ class StaticPeer(Section):
     # Leadership priority where mDNS cannot announce it (lower leads).
     lead_number: int | None = Field(default=None, ge=0)
 
+    @field_validator("ip")
+    @classmethod
+    def _valid_ip(cls, value: str) -> str:
+        return check_host(value)
+
+    @property
+    def effective_gateway_id(self) -> str:
+        """The id the fleet knows this peer by: its gatewayId, else its name."""
+        return self.gateway_id or self.name
+
+
+DEFAULT_PING_TIMEOUT = 5.0
+
 
 class PingSettings(Section):
     interval_seconds: float = Field(default=10.0, gt=0, le=3600)
-    timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    # Must be below the interval; when unset: 5 s, or half the interval if that is shorter.
+    timeout_seconds: float = Field(default=DEFAULT_PING_TIMEOUT, gt=0, le=600)
     jitter_fraction: float = Field(default=0.1, ge=0, le=0.5)
     offline_after_missed: int = Field(default=3, ge=1, le=1000)
     # mDNS presence alone keeps a silent peer "unresponsive" for this many misses.
@@ -108,6 +170,37 @@ class PingSettings(Section):
     # unused) so that an older config.json still starts the daemon.
     flap_transitions: int | None = Field(default=None, ge=2, le=1000)
     flap_window_seconds: float | None = Field(default=None, gt=0, le=86_400)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_timeout(cls, data: Any) -> Any:
+        # An older config.json that shortened only the interval keeps working.
+        if not isinstance(data, dict) or {"timeoutSeconds", "timeout_seconds"} & data.keys():
+            return data
+        interval = data.get("intervalSeconds", data.get("interval_seconds", 10.0))
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            return data
+        if not (math.isfinite(interval) and interval > 0):
+            return data
+        return {**data, "timeoutSeconds": min(DEFAULT_PING_TIMEOUT, interval / 2)}
+
+    @model_validator(mode="after")
+    def _timeout_below_interval(self) -> PingSettings:
+        if self.timeout_seconds >= self.interval_seconds:
+            raise cross_field(
+                [
+                    (
+                        "timeoutSeconds",
+                        f"{_num(self.timeout_seconds)} must be less than "
+                        f"ping.intervalSeconds ({_num(self.interval_seconds)})",
+                    )
+                ]
+            )
+        return self
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
 
 
 class DetectionSettings(Section):
@@ -147,10 +240,25 @@ class DetectionSettings(Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> DetectionSettings:
+        problems: list[tuple[str, str]] = []
         if self.phi_suspect > self.phi_offline:
-            raise ValueError("phiSuspect must not be above phiOffline")
+            problems.append(
+                (
+                    "phiSuspect",
+                    f"{_num(self.phi_suspect)} must not be above "
+                    f"detection.phiOffline ({_num(self.phi_offline)})",
+                )
+            )
         if self.flap_low_percent > self.flap_high_percent:
-            raise ValueError("flapLowPercent must not be above flapHighPercent")
+            problems.append(
+                (
+                    "flapLowPercent",
+                    f"{_num(self.flap_low_percent)} must not be above "
+                    f"detection.flapHighPercent ({_num(self.flap_high_percent)})",
+                )
+            )
+        if problems:
+            raise cross_field(problems)
         return self
 
 
@@ -319,6 +427,40 @@ class LogSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+def peer_problems(
+    peers: tuple[StaticPeer, ...], own_gateway_id: str | None
+) -> list[tuple[str, str]]:
+    """Static peers that share a name or gateway id, or claim this instance's own id."""
+    problems: list[tuple[str, str]] = []
+    names: dict[str, int] = {}
+    ids: dict[str, int] = {}
+    for index, peer in enumerate(peers):
+        key = "gatewayId" if peer.gateway_id else "name"  # where the peer's id comes from
+        gid = peer.effective_gateway_id
+        if peer.name in names:
+            first = names[peer.name]
+            problems.append(
+                (
+                    f"[{index}].name",
+                    f"{peer.name!r} is also peers[{first}].name; must be unique",
+                )
+            )
+        names.setdefault(peer.name, index)
+        if gid == own_gateway_id:
+            problems.append(
+                (f"[{index}].{key}", f"{gid!r} is instance.gatewayId, this instance's own id")
+            )
+        elif gid in ids and not (key == "name" and names[peer.name] != index):
+            problems.append(
+                (
+                    f"[{index}].{key}",
+                    f"gateway id {gid!r} is also the one of peers[{ids[gid]}]; must be unique",
+                )
+            )
+        ids.setdefault(gid, index)
+    return problems
+
+
 class ClawEnvSource(PydanticBaseSettingsSource):
     """The seed's `CLAW_PG_*` variables and `CLAW_HOME`."""
 
@@ -370,6 +512,20 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("peers")
+    @classmethod
+    def _peers_distinct(
+        cls, peers: tuple[StaticPeer, ...], info: ValidationInfo
+    ) -> tuple[StaticPeer, ...]:
+        # A field validator (not a model one) so that it reports even when another section
+        # has errors too; `instance` is declared before `peers`, so it is validated by now.
+        instance = info.data.get("instance")
+        own = instance.gateway_id if isinstance(instance, InstanceSettings) else None
+        problems = peer_problems(peers, own)
+        if problems:
+            raise cross_field(problems)
+        return peers
 
     def retired_keys(self) -> list[str]:
         """Keys an older config.json may still set that clawd no longer reads."""
@@ -473,14 +629,30 @@ def settings_from_data(
         raise ConfigError(describe_validation_error(exc, source)) from None
 
 
-def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_files: bool = False,
+) -> Settings:
     """Load and validate config.json (default `<home>/config.json`) plus environment.
 
     Without a `home` key, the home is `CLAW_HOME`, else the config file's directory.
+    check_files: also read the SSH files it names (known_hosts, client keys), as
+    `clawd run`, `clawd config check` and a live reload do; a report command does not
+    need them.
     """
     env = os.environ if environ is None else environ
     config_path = (path or default_config_path(env)).expanduser()
     data = read_config_file(config_path)
-    return settings_from_data(
+    settings = settings_from_data(
         data, env, config_dir=config_path.parent.resolve(), source=str(config_path)
     )
+    if check_files:
+        from clawd.ssh_files import ssh_file_problems
+
+        problems = ssh_file_problems(settings.ssh, settings.home)
+        if problems:
+            noun = "problem" if len(problems) == 1 else "problems"
+            raise ConfigError(f"{config_path}: {len(problems)} {noun}:\n  " + "\n  ".join(problems))
+    return settings

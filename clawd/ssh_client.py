@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,15 @@ from typing import Any, TypeVar
 import asyncssh
 import structlog
 
-from clawd.errors import ClawdError
+from clawd.errors import ClawdError, ConfigError
 from clawd.settings import SshSettings
+from clawd.ssh_files import (
+    TOFU_FILE_NAME,
+    known_hosts_path,
+    parse_known_hosts,
+    read_client_keys,
+    read_text,
+)
 from clawd.store.atomic import write_atomic
 
 log = structlog.get_logger("clawd.pinger")
@@ -27,7 +35,6 @@ T = TypeVar("T")
 
 ECHO_COMMAND = "cat"
 ECHO_BYTE = b"."
-TOFU_FILE_NAME = "known_hosts"
 
 
 class SshConnectError(ClawdError):
@@ -66,17 +73,26 @@ def _file_signature(path: Path) -> Signature | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _signature_or_none(path: Path) -> Signature | None:
+    """The signature of a file that just failed to load (None if it cannot even be stat'ed)."""
+    try:
+        return _file_signature(path)
+    except OSError:
+        return None
+
+
 def _load_if_changed(
     path: Path, known: Signature | None, parse: Callable[[str], T]
 ) -> tuple[Signature | None, T | None]:
     """(signature, parsed `path`); parsed is None when the signature is still `known`.
 
-    Blocking (stat, read, parse): run it in a thread.
+    Blocking (stat, read, parse): run it in a thread. ConfigError (naming the file) when
+    it cannot be read or parsed.
     """
     signature = _file_signature(path)
     if signature == known:
         return signature, None
-    return signature, parse(path.read_text(encoding="utf-8") if signature else "")
+    return signature, parse(read_text(path) if signature else "")
 
 
 def _key_text(key: asyncssh.SSHKey) -> str:
@@ -118,6 +134,9 @@ class TrustOnFirstUse:
         self._signature: Signature | None = None
         self._dirty = False  # keys added since the last write started
         self._writing = False
+        # Why the file cannot be read right now: no key is recorded (the file is not
+        # overwritten) until it is readable again; the keys read before stay trusted.
+        self.error: str | None = None
 
     def recorded(self, host: str, port: int) -> asyncssh.SSHKey | None:
         return self._keys.get(_pattern(host, port))
@@ -126,11 +145,19 @@ class TrustOnFirstUse:
         """Re-read the file if it changed on disk (and no write of ours is pending)."""
         if self._writing or self._dirty:
             return
-        signature, keys = await asyncio.to_thread(
-            _load_if_changed, self.path, self._signature, _parse_tofu
-        )
+        try:
+            signature, keys = await asyncio.to_thread(
+                _load_if_changed, self.path, self._signature, _parse_tofu
+            )
+        except ConfigError as exc:
+            signature = await asyncio.to_thread(_signature_or_none, self.path)
+            if signature != self._signature:  # re-read (and reported) once it changes again
+                self._signature = signature
+                _report_unreadable(self.path, exc, "keys read before stay trusted; no new one is")
+            self.error = str(exc)
+            return
         if keys is not None and not (self._writing or self._dirty):
-            self._keys, self._signature = keys, signature
+            self._keys, self._signature, self.error = keys, signature, None
 
     async def remember(self, host: str, port: int, key: asyncssh.SSHKey) -> bool:
         """Trust `key` for host:port unless a key is recorded; True if it was added.
@@ -156,25 +183,58 @@ class TrustOnFirstUse:
         return True
 
 
+def _report_unreadable(path: Path, exc: ConfigError, action: str) -> None:
+    # Once per change of the file, not per connection (callers see to that).
+    log.error("ssh_file_unreadable", file=str(path), error=str(exc), action=action)
+
+
 class KnownHostsFile:
-    """known_hosts policy: only keys already in the file; re-read when the file changes."""
+    """known_hosts policy: only keys already in the file; re-read when the file changes.
+
+    A file that turns unreadable (not UTF-8, a bad line, no permission) is reported once
+    and the last good copy stays in force, so peers keep being pinged. One instance per
+    path is shared by every Connector of the process (see `shared`).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._known: asyncssh.SSHKnownHosts = asyncssh.import_known_hosts("")
-        self._signature: Signature | None = None
+        self._signature: Signature | None = None  # of the last version read, good or bad
+        self._parsed = False  # a good copy has been read
+
+    @classmethod
+    def shared(cls, path: Path) -> KnownHostsFile:
+        found = _KNOWN_HOSTS_FILES.get(path)
+        if found is None:
+            found = _KNOWN_HOSTS_FILES[path] = cls(path)
+        return found
 
     async def load(self) -> asyncssh.SSHKnownHosts:
-        signature, known = await asyncio.to_thread(
-            _load_if_changed, self.path, self._signature, asyncssh.import_known_hosts
-        )
-        if known is not None:
-            self._known, self._signature = known, signature
+        known = self._signature
+        try:
+            signature, parsed = await asyncio.to_thread(
+                _load_if_changed, self.path, known, lambda text: parse_known_hosts(text, self.path)
+            )
+        except ConfigError as exc:
+            signature = await asyncio.to_thread(_signature_or_none, self.path)
+            if signature != self._signature:  # a concurrent load may have reported it
+                self._signature = signature
+                action = "the last good copy stays in force" if self._parsed else "none trusted"
+                _report_unreadable(self.path, exc, action)
+            return self._known
+        if parsed is not None and signature != self._signature:
+            self._known, self._signature = parsed, signature
+            if known is not None:
+                log.info("known_hosts_reloaded", file=str(self.path))
+            self._parsed = True
         return self._known
 
 
-def default_known_hosts() -> Path:
-    return Path("~/.ssh/known_hosts").expanduser()
+# Every Connector of the process reading one path shares its KnownHostsFile: one parse and
+# one error line per change of the file, not one per Connector.
+_KNOWN_HOSTS_FILES: weakref.WeakValueDictionary[Path, KnownHostsFile] = (
+    weakref.WeakValueDictionary()
+)
 
 
 # --------------------------------------------------------------------------- channels
@@ -368,10 +428,6 @@ async def _open_tcp(host: str, port: int) -> socket.socket:
     raise error
 
 
-def _read_client_keys(paths: tuple[str, ...]) -> list[asyncssh.SSHKeyPair]:
-    return list(asyncssh.load_keypairs([str(Path(p).expanduser()) for p in paths]))
-
-
 class Connector:
     """Opens Links: at most `max_concurrent_handshakes` at once, host keys per policy."""
 
@@ -386,8 +442,7 @@ class Connector:
 
     @staticmethod
     def _known_hosts_file(ssh: SshSettings) -> KnownHostsFile:
-        path = Path(ssh.known_hosts).expanduser() if ssh.known_hosts else default_known_hosts()
-        return KnownHostsFile(path)
+        return KnownHostsFile.shared(known_hosts_path(ssh))
 
     def update(self, ssh: SshSettings) -> None:
         """New settings apply to the next connection attempt."""
@@ -410,8 +465,8 @@ class Connector:
         async with self._client_keys_lock:
             if self._client_keys is None:
                 try:
-                    self._client_keys = await asyncio.to_thread(_read_client_keys, ssh.client_keys)
-                except (OSError, asyncssh.KeyImportError, ValueError) as exc:
+                    self._client_keys = await asyncio.to_thread(read_client_keys, ssh.client_keys)
+                except ConfigError as exc:
                     raise SshConnectError(f"cannot load client keys: {exc}", None) from exc
             return self._client_keys
 
@@ -448,6 +503,8 @@ class Connector:
         if accept_new:
             await self._tofu.refresh()
             recorded = self._tofu.recorded(host, port)
+            if recorded is None and self._tofu.error is not None:
+                raise SshConnectError(f"no new host key is trusted: {self._tofu.error}", None)
             known_hosts = ([recorded] if recorded else [], [], [])
         else:
             known_hosts = await self._known_hosts.load()

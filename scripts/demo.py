@@ -169,7 +169,7 @@ class Demo:
             },
             "ping": {
                 "intervalSeconds": self.pace.interval,
-                "timeoutSeconds": max(self.pace.interval, 0.5),
+                "timeoutSeconds": round(self.pace.interval * 0.8, 3),  # below the interval
                 "offlineAfterMissed": MISSED,
                 "mdnsGraceMisses": MDNS_GRACE,
             },

@@ -37,7 +37,12 @@ def daemon_config(
             }
             for gid, p in peers.items()
         ],
-        "ping": {"intervalSeconds": interval, "timeoutSeconds": 0.5, "offlineAfterMissed": 3},
+        # The ping timeout must be below the interval (clawd refuses it otherwise).
+        "ping": {
+            "intervalSeconds": interval,
+            "timeoutSeconds": min(0.5, round(interval * 0.8, 3)),
+            "offlineAfterMissed": 3,
+        },
         "ssh": {
             "knownHosts": str(fleet.directory / "known_hosts"),
             "clientKeys": [str(fleet.client_key.path)],

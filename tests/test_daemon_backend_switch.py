@@ -26,7 +26,7 @@ def _config(home: Path, db: PgDatabase, backend: str) -> None:
         "instance": {"gatewayId": "gw-a", "name": "alpha", "leadNumber": 5},
         # Nothing listens there: the peer goes offline, which gives us incidents.
         "peers": [{"name": "gw-dead", "ip": "127.0.0.9", "sshPort": 1}],
-        "ping": {"intervalSeconds": 0.2, "timeoutSeconds": 0.3, "offlineAfterMissed": 2},
+        "ping": {"intervalSeconds": 0.2, "timeoutSeconds": 0.15, "offlineAfterMissed": 2},
         "ssh": {
             "connectTimeoutSeconds": 0.3,
             "reconnectInitialSeconds": 0.1,

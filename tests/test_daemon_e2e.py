@@ -64,7 +64,7 @@ async def test_fleet_story_end_to_end(
             }
             for (gid, p), lead in zip(peers.items(), (1, 7, 8), strict=True)
         ],
-        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.5, "offlineAfterMissed": MISSED},
+        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.25, "offlineAfterMissed": MISSED},
         "ssh": {
             "knownHosts": str(ssh_fleet.directory / "known_hosts"),
             "clientKeys": [str(ssh_fleet.client_key.path)],

@@ -56,7 +56,7 @@ def _home(
             }
             for gid, p in peers.items()
         ],
-        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.5},
+        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.25},
         "detection": {"indirectProbes": 0, **detection},
         "ssh": {
             "knownHosts": str(ssh_fleet.directory / "known_hosts"),

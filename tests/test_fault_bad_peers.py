@@ -32,7 +32,7 @@ from clawd.settings import PingSettings, SshSettings
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_blocking")]
 
-INTERVAL = 0.2
+INTERVAL = 0.4  # above the ping timeout, as clawd requires
 TIMEOUT = 0.3  # ping timeout; the slow peer echoes after 2x this
 CONNECT_TIMEOUT = 0.5
 MISSED = 3

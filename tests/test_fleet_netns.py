@@ -140,7 +140,7 @@ async def test_fleet_in_namespaces(
         "instance": {"gatewayId": "net-mon", "name": "monitor", "leadNumber": 1, "ip": monitor.ip},
         "ping": {
             "intervalSeconds": INTERVAL,
-            "timeoutSeconds": 1,
+            "timeoutSeconds": 0.4,
             "offlineAfterMissed": 3,
             "mdnsGraceMisses": 4,
         },

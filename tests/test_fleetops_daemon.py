@@ -39,7 +39,7 @@ def _sections(gid: str, lead: int, ip: str, peers: list[dict[str, Any]]) -> dict
     return {
         "instance": {"gatewayId": gid, "name": gid, "leadNumber": lead, "ip": ip},
         "peers": peers,
-        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.5, "offlineAfterMissed": 3},
+        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.25, "offlineAfterMissed": 3},
         "ssh": {"reconnectInitialSeconds": 0.2, "reconnectMaxSeconds": 0.5},
     }
 

@@ -49,7 +49,7 @@ def _config(gid: str, lead: int, bare: SshPeer) -> dict[str, Any]:
     return {
         "instance": {"gatewayId": gid, "name": gid, "leadNumber": lead, "ip": "127.0.42.1"},
         "peers": [target],
-        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.5, "offlineAfterMissed": 3},
+        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.25, "offlineAfterMissed": 3},
         "ssh": {
             "reconnectInitialSeconds": 0.2,
             "reconnectMaxSeconds": 0.5,

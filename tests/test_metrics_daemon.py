@@ -61,7 +61,7 @@ async def test_metrics_follow_the_fleet_and_a_reload(tmp_path: Path, fleet: SshF
             }
             for gid, p in peers.items()
         ],
-        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.5, "offlineAfterMissed": 2},
+        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.25, "offlineAfterMissed": 2},
         "ssh": {
             "knownHosts": str(fleet.directory / "known_hosts"),
             "clientKeys": [str(fleet.client_key.path)],

@@ -125,7 +125,7 @@ async def test_partition_in_namespaces(
     (home / "scripts" / "install.sh").write_text("#!/bin/sh\n")
     config = {
         "instance": {"gatewayId": "part-mon", "name": "monitor", "leadNumber": 1, "ip": monitor.ip},
-        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 1, "mdnsGraceMisses": 4},
+        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.4, "mdnsGraceMisses": 4},
         "ssh": {
             "hostKeyPolicy": "accept-new",
             "clientKeys": [str(client_key)],

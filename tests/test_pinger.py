@@ -23,7 +23,7 @@ from clawd.settings import PingSettings, SshSettings
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_blocking")]
 
 INTERVAL = 0.2
-TIMEOUT = 0.5
+TIMEOUT = 0.15  # below the interval, as clawd requires
 
 
 def ping_settings(**changes: Any) -> PingSettings:
@@ -204,7 +204,7 @@ async def test_install_check_false_and_every_n_rounds(fleet: SshFleet, home: Pat
     await fleet.add_peer("127.0.0.7", installed=False)
     results = Results()
     ssh = ssh_settings(fleet, install_check_every_rounds=3)
-    pinger = Pinger(ping_settings(interval_seconds=0.1), ssh, home, results)
+    pinger = Pinger(ping_settings(interval_seconds=0.1, timeout_seconds=0.08), ssh, home, results)
     pinger.set_targets(targets_for(fleet, ["127.0.0.7"]))
     async with running(pinger):
         await eventually(lambda: len(results.of("127.0.0.7")) >= 8)
@@ -241,7 +241,7 @@ def closed_port(address: str) -> int:
 async def test_refused_peer_backs_off_but_misses_every_round(fleet: SshFleet, home: Path) -> None:
     results = Results()
     ssh = ssh_settings(fleet, reconnect_initial_seconds=0.1, reconnect_max_seconds=0.8)
-    pinger = Pinger(ping_settings(interval_seconds=0.1), ssh, home, results)
+    pinger = Pinger(ping_settings(interval_seconds=0.1, timeout_seconds=0.08), ssh, home, results)
     pinger.set_targets({"gone": target("gone", "127.0.0.20", closed_port("127.0.0.20"))})
     async with running(pinger):
         started = time.monotonic()
@@ -327,7 +327,7 @@ async def test_concurrent_handshakes_stay_under_max_startups(
         ssh = ssh_settings(fleet, max_concurrent_handshakes=handshakes)
         # A generous timeout: this test is about handshakes, not latency under load.
         pinger = Pinger(
-            ping_settings(interval_seconds=1.0, timeout_seconds=5.0), ssh, home, results
+            ping_settings(interval_seconds=1.0, timeout_seconds=0.9), ssh, home, results
         )
         pinger.set_targets(targets_for(fleet, addresses))
         async with running(pinger):
@@ -394,7 +394,9 @@ async def test_set_targets_and_stop_close_everything(fleet: SshFleet, home: Path
 async def test_stop_finishes_a_ping_in_flight(fleet: SshFleet, home: Path) -> None:
     peer = await fleet.add_peer("127.0.0.16")
     results = Results()
-    pinger = Pinger(ping_settings(timeout_seconds=2.0), ssh_settings(fleet), home, results)
+    pinger = Pinger(
+        ping_settings(interval_seconds=1.0, timeout_seconds=0.9), ssh_settings(fleet), home, results
+    )
     pinger.set_targets(targets_for(fleet, ["127.0.0.16"]))
     ready = asyncio.Event()
     task = asyncio.create_task(pinger.run(ready))
@@ -439,7 +441,7 @@ async def test_new_interval_applies_without_waiting_out_the_old(
     pinger.set_targets(targets_for(fleet, ["127.0.0.18"]))
     async with running(pinger):
         await eventually(lambda: pinger.connected == 1)
-        pinger.update_settings(ping_settings(interval_seconds=0.1), ssh)
+        pinger.update_settings(ping_settings(interval_seconds=0.1, timeout_seconds=0.08), ssh)
         changed = time.monotonic()
         # The old interval is 30 s: three rounds within 10 s can only come from the new one.
         await eventually(lambda: len(results.of("127.0.0.18", changed)) >= 3, 10)
@@ -494,7 +496,7 @@ async def test_openssh_fleet_connects_within_max_startups(tmp_path: Path, home: 
         )
         # A generous timeout: this test is about handshakes, not latency under load.
         pinger = Pinger(
-            ping_settings(interval_seconds=1.0, timeout_seconds=5.0), ssh, home, results
+            ping_settings(interval_seconds=1.0, timeout_seconds=0.9), ssh, home, results
         )
         pinger.set_targets(
             {

@@ -30,9 +30,9 @@ from clawd.control import ControlServer, socket_path
 from clawd.logs import configure_logging
 from clawd.permissions import warn_if_readable_by_others
 
-# Copies of the schema for the seed's `psql -f <home>/migrations/…`: public text, 0644 by
-# design (clawd/store/migrations.py install_migration_files).
-PUBLIC = {"migrations"}
+# Nothing is exempt: since issue 12 item 17 the schema copies under migrations/ are private
+# too (clawd/store/migrations.py install_migration_files).
+PUBLIC: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -88,7 +88,7 @@ def _write_config(home: Path, db: PgDatabase, fleet: SshFleet, peer: SshPeer) ->
         },
         "instance": {"gatewayId": "gw-a", "name": "alpha", "leadNumber": 1, "sshUser": "claw"},
         "peers": [{"name": "beta", "gatewayId": "gw-b", "ip": peer.address, "sshPort": peer.port}],
-        "ping": {"intervalSeconds": 0.3, "timeoutSeconds": 0.5},
+        "ping": {"intervalSeconds": 0.3, "timeoutSeconds": 0.25},
         "ssh": {
             "hostKeyPolicy": "accept-new",  # so clawd writes <home>/known_hosts
             "clientKeys": [str(fleet.client_key.path)],
@@ -133,6 +133,8 @@ async def test_everything_clawd_writes_is_private_under_umask_0(
         "fleet.json",
         "incidents.jsonl",
         "known_hosts",
+        "migrations",
+        "migrations/001-initial-schema.sql",
         "backups",
         "spool",
         sock.name,

@@ -44,7 +44,7 @@ def _daemon_home(tmp_path: Path, fleet: SshFleet, peer: SshPeer, ssh: dict[str, 
         "backend": "json",
         "instance": {"gatewayId": "gw-a", "name": "alpha", "leadNumber": 1, "sshUser": "claw"},
         "peers": [{"name": "beta", "gatewayId": "gw-b", "ip": peer.address, "sshPort": peer.port}],
-        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.5, "offlineAfterMissed": 2},
+        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.25, "offlineAfterMissed": 2},
         "ssh": {
             "clientKeys": [str(fleet.client_key.path)],
             "connectTimeoutSeconds": 1,

@@ -138,7 +138,7 @@ async def test_daemon_never_shows_the_password(
         "peers": [
             {"name": "beta", "gatewayId": "gw-b", "ip": ssh_peer.address, "sshPort": ssh_peer.port}
         ],
-        "ping": {"intervalSeconds": 0.3, "timeoutSeconds": 0.5},
+        "ping": {"intervalSeconds": 0.3, "timeoutSeconds": 0.25},
         "ssh": {
             "knownHosts": str(fleet.directory / "known_hosts"),
             "clientKeys": [str(fleet.client_key.path)],

@@ -189,7 +189,7 @@ def _config(home: Path, db: PgDatabase, fleet: SshFleet, peers: dict[str, SshPee
             }
             for gid, p in peers.items()
         ],
-        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.5, "offlineAfterMissed": MISSED},
+        "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": 0.25, "offlineAfterMissed": MISSED},
         # Every peer stops at once below; each must get an offline incident of its own
         # (whose details carry the hostile name), not one partition for all.
         "detection": {"partitionMinPeers": 100},

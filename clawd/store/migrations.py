@@ -13,6 +13,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from clawd.errors import MigrationError
+from clawd.permissions import PRIVATE_DIR, PRIVATE_FILE, make_private
 from clawd.store.atomic import write_atomic
 
 log = structlog.get_logger("clawd.migrations")
@@ -55,16 +56,20 @@ def install_migration_files(home: Path) -> list[Path]:
     """Copy the schema files to `<home>/migrations`, where the seed's
     `psql -f ~/.openclaw/claw-clan/migrations/001-initial-schema.sql` expects them.
 
-    Blocking; only files that are missing or differ are written.
+    Blocking; only files that are missing or differ are written. Private like everything
+    clawd writes (folder 0700, files 0600, whatever the umask); copies an older clawd made
+    0755/0644 are tightened.
     """
     target = home / "migrations"
-    target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    target.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    make_private(target, PRIVATE_DIR)
     written: list[Path] = []
     for migration in load_migrations():
         path = target / migration.name
         if not path.exists() or path.read_text(encoding="utf-8") != migration.sql:
-            write_atomic(path, migration.sql.encode(), mode=0o644)
+            write_atomic(path, migration.sql.encode(), mode=PRIVATE_FILE)
             written.append(path)
+        make_private(path, PRIVATE_FILE)
     return written
 
 
