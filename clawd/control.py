@@ -174,7 +174,7 @@ class ControlServer:
             await client.writer.drain()
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
-        if nesting_depth(line) > MAX_DEPTH:
+        if too_deep(line):
             self._warn.warning("control_request_too_deep", limit=MAX_DEPTH)
             return _error(f"request nested deeper than {MAX_DEPTH} levels")
         try:
@@ -197,14 +197,15 @@ def _line(answer: Mapping[str, Any]) -> bytes:
     return json.dumps(answer).encode() + b"\n"
 
 
-def nesting_depth(line: bytes) -> int:
-    """How deep arrays and objects nest in a JSON text (brackets inside strings ignored).
+def too_deep(line: bytes, limit: int = MAX_DEPTH) -> bool:
+    """True when arrays and objects in a JSON text nest deeper than `limit` (brackets
+    inside strings do not count).
 
     Checked before json.loads, whose recursion a hostile line could otherwise exhaust.
     """
-    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
-        return 0  # cannot be too deep: skip the scan for every ordinary request
-    depth = deepest = 0
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False  # skips the scan for every ordinary request
+    depth = 0
     in_string = escaped = False
     for byte in line:
         if in_string:
@@ -218,10 +219,11 @@ def nesting_depth(line: bytes) -> int:
             in_string = True
         elif byte in OPENERS:
             depth += 1
-            deepest = max(deepest, depth)
+            if depth > limit:
+                return True
         elif byte in CLOSERS:
             depth -= 1
-    return deepest
+    return False
 
 
 async def _connect(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
