@@ -116,7 +116,7 @@ def run(quick: bool = False) -> str:
     size = len(metrics.exposition())
     c, r, h = _stats(clawd), _stats(reference), _stats(http)
     ratio = c[1] / r[1]
-    mark = "✓" if ratio <= GOAL_RATIO else "✗"
+    verdict = f"{ratio / GOAL_RATIO:.2f} " + ("✓" if ratio <= GOAL_RATIO else "✗")
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""## Scrape render at 1,000 peers (clawd's renderer vs generate_latest)
 
@@ -131,7 +131,7 @@ interleaved, one process; body {size:,} bytes. `{"--quick" if quick else "full"}
 
 | figure | goal | measured | ratio |
 |---|---|---|---|
-| clawd render / generate_latest (median) | ≤ {GOAL_RATIO} | {ratio:.2f} | {ratio / GOAL_RATIO:.2f} {mark} |
+| clawd render / generate_latest (median) | ≤ {GOAL_RATIO} | {ratio:.2f} | {verdict} |
 """
 
 
