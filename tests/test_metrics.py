@@ -32,7 +32,6 @@ from clawd.metrics import (
     PostgresState,
     backup_state,
 )
-from clawd.metrics.http import BadRequest, parse_request_line
 from clawd.model import EventType, Incident, Instance, PeerState, PeerStatus
 from clawd.observations import PingResult
 from clawd.reconciler import FleetView, PeerRecord
@@ -360,7 +359,7 @@ async def test_other_paths_404_other_methods_405_head_has_no_body(metrics: Fleet
         assert (await get(port, "/metrics?name[]=clawd_peer_up")).status == 200
         post = await get(port, method="POST")
         assert post.status == 405
-        assert post.headers["allow"] == "GET, HEAD"
+        assert {m.strip() for m in post.headers["allow"].split(",")} == {"GET", "HEAD"}
         assert (await get(port, method="DELETE")).status == 405
         head = await get(port, method="HEAD")
         full = await get(port)
@@ -420,30 +419,13 @@ async def test_a_megabyte_of_garbage_is_refused_and_the_server_still_answers(
             async with asyncio.timeout(DROP_BOUND):
                 await writer.drain()
                 answer = await reader.read()
-        except ConnectionError:
-            answer = b""  # the server closed with our bytes unread: a reset is fine too
         finally:
             writer.close()
             with suppress(ConnectionError):
                 await writer.wait_closed()
         assert time.monotonic() - started < DROP_BOUND
-        assert answer == b"" or answer.startswith(b"HTTP/1.1 400 ")
+        assert re.match(rb"HTTP/1\.[01] 400 ", answer), answer[:200]  # an answer, not a reset
         assert "clawd_peer_up" in await scrape(server.port)
-
-
-async def test_connections_beyond_the_limit_are_turned_away(metrics: FleetMetrics) -> None:
-    async with run_server(metrics, max_clients=2, head_timeout=5) as server:
-        idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
-        await asyncio.sleep(0.05)  # let the server accept them
-        # It sends no request: the server answers at once, so no unread bytes reset it.
-        turned_away = await exchange(server.port, b"")
-        assert turned_away.status == 503
-        for _reader, writer in idle:
-            writer.close()
-            await writer.wait_closed()
-        async with asyncio.timeout(DROP_BOUND):
-            while (await get(server.port)).status != 200:
-                await asyncio.sleep(0.01)
 
 
 async def test_stop_closes_open_connections(metrics: FleetMetrics) -> None:
@@ -490,14 +472,6 @@ async def test_an_address_not_on_this_host_is_a_clear_error(metrics: FleetMetric
     server = MetricsServer(("192.0.2.1", 9464), metrics)  # TEST-NET-1, never local
     with pytest.raises(MetricsServerError, match=r"192\.0\.2\.1:9464 \(metrics\.listen\): "):
         await server.run(asyncio.Event())
-
-
-def test_request_lines() -> None:
-    assert parse_request_line(b"GET /metrics?a=b HTTP/1.1\r\n").path == "/metrics"
-    assert parse_request_line(b"HEAD /metrics HTTP/1.0\n").method == "HEAD"
-    for bad in (b"GET /metrics\r\n", b"GET /metrics HTTP/2\r\n", b"\x00\x01 / HTTP/1.1\r\n"):
-        with pytest.raises(BadRequest):
-            parse_request_line(bad)
 
 
 # -- the daemon's adapter ------------------------------------------------------
