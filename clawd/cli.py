@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from clawd.daemon import Daemon
 
     settings = _settings(args)
-    configure_logging(settings.log.level)
+    configure_logging(settings.log.level, home=settings.home)
     warn_if_readable_by_others(args.config or default_config_path())
     _warn_retired(settings)
     return asyncio.run(Daemon(settings, args.config).run())

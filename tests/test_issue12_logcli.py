@@ -1,0 +1,185 @@
+"""Issue 12 items 3, 4, 16, 18: the log's reader goes away, status without a daemon, logfmt
+values that cannot forge fields, CLI output cut by a pipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemonproc import START_TIMEOUT, DaemonProcess, run_cli
+
+STOP_WITHIN = 5.0
+FAILURE_FILE = "log-output-failed.log"  # in the home, when not under journald
+
+
+def _config(home: Path, **extra: object) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    data = {
+        "instance": {"gatewayId": "gw-a", "name": "alpha", "sshUser": "claw", "leadNumber": 1},
+        "discovery": {"enabled": False},
+    } | extra
+    path = home / "config.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, CLAW_HOME=str(home), **extra)
+    if "JOURNAL_STREAM" not in extra:
+        env.pop("JOURNAL_STREAM", None)
+    return env
+
+
+def _wait_for(check: object, what: str, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def _stop_in_time(proc: subprocess.Popen[bytes], sig: signal.Signals) -> int:
+    started = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        code = proc.wait(timeout=STOP_WITHIN + 10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"{sig.name} ignored: clawd still running after 15 s") from None
+    took = time.monotonic() - started
+    assert took < STOP_WITHIN, f"stopping took {took:.1f}s"
+    return code
+
+
+def _still_answers(home: Path) -> None:
+    """A log line is written (and fails) by the reload; the daemon still answers."""
+    reload = run_cli(home, "reload")
+    assert reload.returncode == 0, reload.stderr
+    status = run_cli(home, "status", "--live", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["leader"] == "gw-a"
+
+
+def _failure_lines(home: Path) -> list[str]:
+    path = home / FAILURE_FILE
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stops_after_the_log_pipe_is_closed(tmp_path: Path, sig: signal.Signals) -> None:
+    """Issue 12 item 3: the stderr pipe's reader closes it (`| cat` ended); clawd keeps
+    answering, reports the failure once in its home, and a signal stops it (exit 0, < 5 s)."""
+    home = tmp_path / "home"
+    _config(home)
+    with DaemonProcess(home) as daemon:
+        daemon.wait_log("event=ready")
+        assert daemon.proc.stderr is not None
+        daemon.proc.stderr.close()
+        _still_answers(home)
+        assert _stop_in_time(daemon.proc, sig) == 0
+    lines = _failure_lines(home)
+    assert len(lines) == 1, lines  # reported once, though every later line failed
+    assert "event=log_output_failed" in lines[0] and "Broken pipe" in lines[0]
+    assert (home / FAILURE_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_stops_after_the_log_reader_is_killed(tmp_path: Path) -> None:
+    """Issue 12 item 3: `clawd run 2>&1 | tee log`, tee killed (Ctrl-C reaches it first):
+    SIGTERM still stops clawd, exit 0 within 5 s; the daemon kept working meanwhile."""
+    home = tmp_path / "home"
+    _config(home)
+    log = tmp_path / "tee.log"
+    tee = subprocess.Popen(["tee", str(log)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert tee.stdin is not None
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "clawd.cli", "run"],
+        env=_env(home),
+        stdout=tee.stdin,
+        stderr=tee.stdin,
+    )
+    tee.stdin.close()
+    try:
+        _wait_for(lambda: log.exists() and "event=ready" in log.read_text(), "ready in tee")
+        tee.kill()
+        tee.wait(timeout=10)
+        _still_answers(home)
+        assert _stop_in_time(daemon, signal.SIGTERM) == 0
+    finally:
+        for proc in (daemon, tee):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert len(_failure_lines(home)) == 1
+
+
+@pytest.fixture
+def journal_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "journal.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.5)
+    yield sock, path
+    sock.close()
+
+
+def _datagrams(sock: socket.socket) -> list[dict[str, str]]:
+    """Every entry sent so far (simple `KEY=value` lines; no value here holds a newline)."""
+    entries = []
+    for _ in range(1000):
+        try:
+            data = sock.recv(65536).decode()
+        except TimeoutError:
+            break
+        entries.append(dict(ln.split("=", 1) for ln in data.splitlines() if "=" in ln))
+    return entries
+
+
+def test_journal_stream_lost_is_reported_to_the_journal_socket(
+    tmp_path: Path, journal_socket: tuple[socket.socket, str]
+) -> None:
+    """Issue 12 item 3: under journald (JOURNAL_STREAM), the stream's end closes (journald
+    restarted); the failure is one native journal entry, and SIGTERM still stops clawd."""
+    sock, sock_path = journal_socket
+    home = tmp_path / "home"
+    _config(home)
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "clawd.cli", "run"],
+        env=_env(
+            home,
+            JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}",
+            CLAW_JOURNAL_SOCKET=sock_path,
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+    )
+    os.close(write_end)
+    try:
+        seen = b""
+        deadline = time.monotonic() + START_TIMEOUT
+        while b"event=ready" not in seen and time.monotonic() < deadline:
+            seen += os.read(read_end, 65536)
+        assert b"<6>level=info event=ready" in seen, seen
+        os.close(read_end)
+        _still_answers(home)
+        assert _stop_in_time(daemon, signal.SIGTERM) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    failed = [e for e in _datagrams(sock) if e.get("CLAW_EVENT") == "log_output_failed"]
+    assert len(failed) == 1, failed
+    assert failed[0]["PRIORITY"] == "3" and failed[0]["SYSLOG_IDENTIFIER"] == "clawd"
+    assert "event=log_output_failed" in failed[0]["MESSAGE"]
+    assert not (home / FAILURE_FILE).exists()  # the journal had it: not twice
