@@ -183,3 +183,112 @@ def test_journal_stream_lost_is_reported_to_the_journal_socket(
     assert failed[0]["PRIORITY"] == "3" and failed[0]["SYSLOG_IDENTIFIER"] == "clawd"
     assert "event=log_output_failed" in failed[0]["MESSAGE"]
     assert not (home / FAILURE_FILE).exists()  # the journal had it: not twice
+
+
+# -- item 16: logfmt values ------------------------------------------------------------
+
+_UNESCAPE = {"\\": "\\", '"': '"', "n": "\n", "r": "\r", "t": "\t"}
+FORGER = "x event=offline gateway=gw-b"
+
+
+def parse_logfmt(text: str) -> list[tuple[str, str]]:
+    """The logfmt grammar: `key=bare` or `key="quoted"` with backslash escapes."""
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(text):
+        if text[i] == " ":
+            i += 1
+            continue
+        eq = text.index("=", i)
+        key, i = text[i:eq], eq + 1
+        assert " " not in key and '"' not in key, f"bad key {key!r} in {text!r}"
+        if i < len(text) and text[i] == '"':
+            value, i = [], i + 1
+            while text[i] != '"':
+                if text[i] == "\\":
+                    esc = text[i + 1]
+                    if esc in "xuU":
+                        width = {"x": 2, "u": 4, "U": 8}[esc]
+                        value.append(chr(int(text[i + 2 : i + 2 + width], 16)))
+                        i += 2 + width
+                        continue
+                    value.append(_UNESCAPE[esc])
+                    i += 2
+                else:
+                    value.append(text[i])
+                    i += 1
+            pairs.append((key, "".join(value)))
+            i += 1
+            assert i == len(text) or text[i] == " ", f"junk after a quoted value in {text!r}"
+        else:
+            end = text.find(" ", i)
+            end = len(text) if end < 0 else end
+            pairs.append((key, text[i:end]))
+            i = end
+    return pairs
+
+
+def test_hostile_values_parse_back_through_the_log_renderer() -> None:
+    """Issue 12 item 16: values with spaces, `=`, quotes, backslashes, newlines and control
+    characters render as one logfmt value each, which parses back to the original."""
+    import io
+
+    import structlog
+
+    from clawd.logs import configure_logging
+
+    fields = {
+        "gateway": "gw-b",
+        "name": FORGER,
+        "quoted": 'say "hi" \\"',
+        "path": "C:\\dir\\x41",
+        "lines": "a\nevent=online",
+        "controls": "tab\there\r\x1b[2J\x7f",
+        "empty": "",
+        "plain": "gw-c",
+    }
+    out = io.StringIO()
+    configure_logging("info", out)
+    structlog.get_logger("t").warning("offline", **fields)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and "\x1b" not in text and "\r" not in text and "\t" not in text
+    pairs = parse_logfmt(text.rstrip("\n"))
+    assert [k for k, _ in pairs].count("event") == 1
+    parsed = dict(pairs)
+    assert parsed.pop("ts") and parsed.pop("level") == "warning"
+    assert parsed == {"event": "offline", **fields}
+    assert "plain=gw-c" in text and "gateway=gw-b" in text  # plain values stay bare
+
+
+async def test_incident_journal_line_cannot_forge_fields(
+    tmp_path: Path, journal_socket: tuple[socket.socket, str]
+) -> None:
+    """Issue 12 item 16: the incident's MESSAGE in the journal quotes a peer named
+    `x event=offline gateway=gw-b`: it parses back with exactly one `event=`."""
+    from clawd.incidents import IncidentRecorder
+    from clawd.journal import JournalSender
+    from clawd.model import EventType, Incident, Instance
+    from clawd.store.json_store import JsonStore
+    from clawd.store.repository import FleetRepository
+
+    sock, path = journal_socket
+    repo = FleetRepository(JsonStore(tmp_path), Instance("gw-a", "alpha"))
+    await repo.open()
+    sender = JournalSender(path)
+    try:
+        name = f'{FORGER} note="a b"'
+        await IncidentRecorder(repo, sender).record(
+            Incident("gw-c", EventType.ONLINE, {"name": name, "missed_pings": 0})
+        )
+    finally:
+        sender.close()
+    (entry,) = _datagrams(sock)
+    pairs = parse_logfmt(entry["MESSAGE"])
+    assert [k for k, _ in pairs].count("event") == 1
+    assert [k for k, _ in pairs].count("gateway") == 1
+    assert dict(pairs) == {
+        "event": "online",
+        "gateway": "gw-c",
+        "name": name,
+        "missed_pings": "0",
+    }
