@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from clawd import __version__, cli_history, cli_skills
+from clawd import __version__, cli_history, cli_output, cli_skills
 from clawd.errors import ClawdError
 from clawd.logs import configure_logging
 from clawd.permissions import warn_if_readable_by_others
@@ -402,14 +402,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError as exc:
+        return cli_output.output_cut(exc)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except ClawdError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        code = EXIT_USER_ERROR
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    cli_output.flush()
     return code
 
 

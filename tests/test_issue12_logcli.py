@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from daemonproc import START_TIMEOUT, DaemonProcess, run_cli
+from pgserver import PgDatabase
 
 STOP_WITHIN = 5.0
 FAILURE_FILE = "log-output-failed.log"  # in the home, when not under journald
@@ -292,3 +293,89 @@ async def test_incident_journal_line_cannot_forge_fields(
         "name": name,
         "missed_pings": "0",
     }
+
+
+# -- item 18: output cut by a pipe -----------------------------------------------------
+
+N_PEERS = 1500  # report rows: ~150 kB of CSV, more than a pipe holds (64 kB)
+N_INCIDENTS = 3000  # ~700 kB of JSON
+T0 = "2024-05-01T00:00:00Z"
+WINDOW = ["--from", T0, "--to", "2024-05-01T01:00:00Z"]
+
+
+@pytest.fixture
+def big_history(pg_db: PgDatabase, tmp_path: Path) -> Path:
+    """A real PostgreSQL store holding more history than a pipe buffers."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from helpers_pg import connect, settings_data
+
+    from clawd.store.migrations import migrate
+
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    gateways = [f"gw-{n:05d}" for n in range(N_PEERS)]
+
+    async def fill() -> None:
+        async with connect(pg_db) as conn:
+            await migrate(conn)
+            await conn.executemany(
+                "INSERT INTO fleet_instances (gateway_id, name) VALUES ($1, $2)",
+                [(g, f"name of {g}") for g in gateways],
+            )
+            await conn.executemany(
+                'INSERT INTO ping_history (source_gateway, target_gateway, success, "timestamp",'
+                " response_ms) VALUES ('gw-self', $1, $2, $3, $4)",
+                [(g, True, start + timedelta(seconds=s), 5) for g in gateways for s in (10, 20)],
+            )
+            await conn.executemany(
+                'INSERT INTO incident_log (gateway_id, event_type, details, "timestamp")'
+                " VALUES ($1, 'offline', $2::jsonb, $3)",
+                [
+                    (gateways[n % N_PEERS], json.dumps({"missedPings": n}), start)
+                    for n in range(N_INCIDENTS)
+                ],
+            )
+
+    asyncio.run(fill())
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(settings_data(pg_db, tmp_path / "home")))
+    return config
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["report", *WINDOW, "--csv"],
+        ["report", *WINDOW, "--json"],
+        ["incidents", *WINDOW, "--json", "--limit", str(N_INCIDENTS)],
+        ["incidents", *WINDOW, "--limit", str(N_INCIDENTS)],
+    ],
+    ids=["report-csv", "report-json", "incidents-json", "incidents-table"],
+)
+def test_output_cut_by_a_pipe_exits_quietly(big_history: Path, command: list[str]) -> None:
+    """Issue 12 item 18: `clawd report --csv | head -1`: the reader takes one line and
+    closes the pipe; clawd exits quietly (0 or 141, as tools ended by SIGPIPE), no
+    traceback, no "Exception ignored"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clawd.cli", *command, "--config", str(big_history)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    try:
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert first, err  # the command produced output before the cut
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err == ""
+    assert code in (0, 141)
