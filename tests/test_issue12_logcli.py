@@ -379,3 +379,83 @@ def test_output_cut_by_a_pipe_exits_quietly(big_history: Path, command: list[str
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert err == ""
     assert code in (0, 141)
+
+
+# -- item 4: status without a daemon ---------------------------------------------------
+
+INTERVAL = 0.3
+
+
+async def test_status_is_live_while_the_daemon_runs_then_says_not_running(
+    tmp_path: Path,
+) -> None:
+    """Issue 12 item 4: with a daemon, `clawd status` is its live view (LAST SEEN within
+    seconds, though the files are written once a minute); after SIGKILL, the first line says
+    clawd is not running and how old the files are, and the exit code is 3."""
+    import asyncio
+    from datetime import datetime
+
+    from sshpeers import SshFleet
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    home = tmp_path / "home"
+    async with SshFleet(keys) as ssh_fleet:
+        peer = await ssh_fleet.add_peer("127.0.0.2")
+        (keys / "known_hosts").write_text(ssh_fleet.known_hosts_text())
+        _config(
+            home,
+            peers=[
+                {
+                    "name": "beta",
+                    "gatewayId": "gw-b",
+                    "ip": peer.address,
+                    "sshPort": peer.port,
+                    "sshUser": "claw",
+                }
+            ],
+            ping={"intervalSeconds": INTERVAL, "timeoutSeconds": 1, "offlineAfterMissed": 5},
+            ssh={
+                "knownHosts": str(keys / "known_hosts"),
+                "clientKeys": [str(ssh_fleet.client_key.path)],
+                "connectTimeoutSeconds": 2,
+                "reconnectInitialSeconds": 0.2,
+                "reconnectMaxSeconds": 0.5,
+            },
+        )
+        with DaemonProcess(home) as daemon:
+            await daemon.await_log("event=ready")
+            await daemon.wait_incident("gw-b", "online", 20)
+            # Long enough that the files' lastSeen (written at the status change, then
+            # once a minute) is clearly older than the live one (every 0.3 s ping).
+            await asyncio.sleep(8)
+            asked = time.time()
+            live = await asyncio.to_thread(run_cli, home, "status", "--json")
+            assert live.returncode == 0, live.stderr
+            doc = json.loads(live.stdout)
+            assert doc["live"] is True and doc["ageSeconds"] == 0
+            (beta,) = doc["peers"]
+            assert beta["status"] == "online"
+            seen_age = asked - datetime.fromisoformat(beta["lastSeen"]).timestamp()
+            assert seen_age < 4, f"lastSeen {seen_age:.1f}s old: not the live view"
+            table = await asyncio.to_thread(run_cli, home, "status")
+            assert table.returncode == 0, table.stderr
+            assert table.stdout.splitlines()[0].startswith("NAME")
+
+            assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+        dead = await asyncio.to_thread(run_cli, home, "status")
+        sock = home / "clawd.sock"
+        assert dead.returncode == 3, dead.stderr
+        first, *rest = dead.stdout.splitlines()
+        assert first.startswith(f"clawd is not running (no answer on {sock}); ")
+        assert "showing the files as of " in first and first.endswith(" ago")
+        assert rest[0].startswith("NAME") and any(ln.startswith("beta") for ln in rest)
+        as_json = await asyncio.to_thread(run_cli, home, "status", "--json")
+        assert as_json.returncode == 3
+        doc = json.loads(as_json.stdout)
+        assert doc["live"] is False and doc["running"] is False
+        assert 0 <= doc["ageSeconds"] < 120 and doc["asOf"]
+        assert [p["gatewayId"] for p in doc["peers"]] == ["gw-b"]
+        only_live = await asyncio.to_thread(run_cli, home, "status", "--live")
+        assert only_live.returncode == 3 and only_live.stdout == ""
+        assert only_live.stderr.startswith("error: no running clawd answers on ")
