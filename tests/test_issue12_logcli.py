@@ -123,6 +123,27 @@ def test_stops_after_the_log_reader_is_killed(tmp_path: Path) -> None:
     assert len(_failure_lines(home)) == 1
 
 
+def test_disk_full_log_is_dropped_and_reported_once(tmp_path: Path) -> None:
+    """Issue 12 item 3: stderr on a full disk (/dev/full: ENOSPC at every write): clawd
+    starts, answers, reports the failure once, and SIGTERM stops it with exit 0."""
+    home = tmp_path / "home"
+    _config(home)
+    with Path("/dev/full").open("wb") as full:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "clawd.cli", "run"], env=_env(home), stdout=full, stderr=full
+        )
+    try:
+        _wait_for(lambda: run_cli(home, "status", "--live").returncode == 0, "clawd answering")
+        _still_answers(home)
+        assert _stop_in_time(daemon, signal.SIGTERM) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    lines = _failure_lines(home)
+    assert len(lines) == 1 and "No space left on device" in lines[0], lines
+
+
 @pytest.fixture
 def journal_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     path = str(tmp_path / "journal.sock")
