@@ -10,13 +10,16 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from clawd import __version__, cli_history, cli_skills
+from clawd import __version__, cli_history, cli_output, cli_skills
 from clawd.errors import ClawdError
 from clawd.logs import configure_logging
 from clawd.permissions import warn_if_readable_by_others
 from clawd.settings import Settings, default_config_path, load_settings
 
 EXIT_USER_ERROR = 2
+# `clawd status` when no daemon answers (LSB's "program is not running", as systemctl).
+EXIT_NOT_RUNNING = 3
+STATUS_WAIT_SECONDS = 5.0
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -28,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from clawd.reload import load_in_force
 
     settings, document = load_in_force(args.config, check_files=True)
-    configure_logging(settings.log.level)
+    configure_logging(settings.log.level, home=settings.home)
     warn_if_readable_by_others(args.config or default_config_path())
     _warn_retired(settings)
     return asyncio.run(Daemon(settings, document, args.config).run())
@@ -196,52 +199,62 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """The fleet from the running daemon with --live, else from the store's files."""
-    from clawd.status_view import peer_rows, render_table
+    """The running daemon's live view; when none answers, the store's files, said to be
+    old in the first line, and exit 3 (EXIT_NOT_RUNNING)."""
+    from clawd.control import NoAnswer, request
 
     settings = _settings(args)
     if args.why is not None:
         return _status_why(settings, args.why, as_json=args.json)
-    if args.live:
-        from clawd.control import request
+    configure_logging("error")
+    try:
+        answer = asyncio.run(request(settings.home, "status", wait_seconds=STATUS_WAIT_SECONDS))
+    except NoAnswer as exc:
+        if args.live:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_NOT_RUNNING
+        return _status_from_files(settings, str(exc), as_json=args.json)
+    from clawd.status_view import render_table
 
-        answer = asyncio.run(request(settings.home, "status"))
-        leader, rows = answer.get("leader"), answer.get("peers", [])
-        footer = f"{answer.get('summary')}; postgres {answer.get('postgres')}"
-    else:
-        from clawd.store.json_store import JsonStore
-
-        configure_logging("error")
-        snap = asyncio.run(JsonStore(settings.home).load(read_only=True)).snapshot
-        leader = snap.leader
-        rows = peer_rows(snap.instances, snap.peers, settings.instance.gateway_id)
-        _add_live_phi(settings, rows)
-        answer = {"leader": leader, "peers": rows}
-        footer = ""
     if args.json:
-        print(json.dumps(answer, indent=2))
+        print(json.dumps({**answer, "live": True, "ageSeconds": 0.0}, indent=2))
         return 0
-    print(render_table(rows, leader))
-    if footer:
-        print(footer)
+    print(render_table(answer.get("peers", []), answer.get("leader")))
+    print(f"{answer.get('summary')}; postgres {answer.get('postgres')}")
     return 0
 
 
-def _add_live_phi(settings: Settings, rows: list[dict[str, Any]]) -> None:
-    """phi lives only in the running daemon's memory: ask it when it runs."""
-    from clawd.backup.commands import daemon_running
-    from clawd.control import request
+def _status_from_files(settings: Settings, error: str, *, as_json: bool) -> int:
+    """No daemon: its files are its last view, not the fleet's state now."""
+    import time
+    from datetime import UTC, datetime
 
-    if not daemon_running(settings):
-        return
-    try:
-        answer = asyncio.run(request(settings.home, "status", wait_seconds=5))
-    except ClawdError:
-        return
-    live = {row.get("gatewayId"): row for row in answer.get("peers", [])}
-    for row in rows:
-        if (found := live.get(row["gatewayId"])) is not None:
-            row["phi"] = found.get("phi")
+    from clawd.control import socket_path
+    from clawd.status_view import files_written_at, not_running_line, peer_rows, render_table
+    from clawd.store.json_store import JsonStore
+
+    snap = asyncio.run(JsonStore(settings.home).load(read_only=True)).snapshot
+    rows = peer_rows(snap.instances, snap.peers, settings.instance.gateway_id)
+    written_at = files_written_at(settings.home)
+    sock = socket_path(settings.home)
+    if as_json:
+        doc = {
+            "live": False,
+            "running": False,
+            "error": error,
+            "socket": str(sock),
+            "asOf": None
+            if written_at is None
+            else datetime.fromtimestamp(written_at, UTC).isoformat(),
+            "ageSeconds": None if written_at is None else round(time.time() - written_at, 1),
+            "leader": snap.leader,
+            "peers": rows,
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(not_running_line(f"no answer on {sock}", written_at))
+        print(render_table(rows, snap.leader))
+    return EXIT_NOT_RUNNING
 
 
 def _status_why(settings: Settings, wanted: str, *, as_json: bool) -> int:
@@ -400,9 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     brestore.add_argument("--yes", action="store_true", help="do not ask (needed without a TTY)")
     brestore.set_defaults(func=cmd_backup_restore)
 
-    status = sub.add_parser("status", parents=[common], help="fleet status from the store")
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="the running daemon's live view; else its files, and exit 3",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--live", action="store_true", help="ask the running daemon")
+    status.add_argument(
+        "--live", action="store_true", help="only the live view: exit 3 when no daemon answers"
+    )
     status.add_argument(
         "--why", metavar="PEER", help="the evidence about PEER (gateway id or name) and the rule"
     )
@@ -420,14 +439,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError as exc:
+        return cli_output.output_cut(exc)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except ClawdError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        code = EXIT_USER_ERROR
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    cli_output.flush()
     return code
 
 

@@ -247,13 +247,17 @@ async def _connect(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWrit
         raise
 
 
+class NoAnswer(ClawdError):
+    """No daemon answered on the control socket (none runs, or it is hung)."""
+
+
 async def request(home: Path, cmd: str, wait_seconds: float = 60.0, **args: Any) -> dict[str, Any]:
-    """Ask the daemon running on `home`; ClawdError when none answers."""
+    """Ask the daemon running on `home`; NoAnswer when none answers."""
     path = socket_path(home)
     try:
         reader, writer = await asyncio.wait_for(_connect(path), 5)
     except (FileNotFoundError, ConnectionRefusedError, TimeoutError):
-        raise ClawdError(
+        raise NoAnswer(
             f"no running clawd answers on {path} (is `clawd run` or the clawd service up?)"
         ) from None
     except PermissionError:
@@ -262,11 +266,15 @@ async def request(home: Path, cmd: str, wait_seconds: float = 60.0, **args: Any)
         writer.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), wait_seconds)
+    except TimeoutError:
+        raise NoAnswer(f"clawd did not answer on {path} within {wait_seconds:g} s") from None
+    except ConnectionError:
+        raise NoAnswer("the daemon closed the connection without answering") from None
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
     if not line:
-        raise ClawdError("the daemon closed the connection without answering")
+        raise NoAnswer("the daemon closed the connection without answering")
     answer: dict[str, Any] = json.loads(line)
     return answer

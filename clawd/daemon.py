@@ -7,6 +7,7 @@ Only this module creates long-lived tasks. Each component exposes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -136,12 +137,16 @@ class Daemon:
     # -- signals ------------------------------------------------------------
 
     def request_stop(self, signame: str = "SIGTERM") -> None:
-        """First request stops gracefully; a second one forces the exit."""
+        """First request stops gracefully; a second one forces the exit.
+
+        The flag is set before anything is logged: no failure to log may keep clawd up."""
         if self._stop.is_set():
-            log.warning("stop_forced", signal=signame)
+            with contextlib.suppress(Exception):
+                log.warning("stop_forced", signal=signame)
             raise SystemExit(1)
-        log.info("stop_requested", signal=signame)
         self._stop.set()
+        with contextlib.suppress(Exception):
+            log.info("stop_requested", signal=signame)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):

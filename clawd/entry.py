@@ -9,25 +9,36 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["probe"]:
-        import argparse
+    if args[:1] != ["probe"]:
+        from clawd.cli import main as cli_main
 
-        from clawd import probe
-        from clawd.errors import ClawdError
+        return cli_main(args)
+    from clawd import cli_output
 
-        parser = argparse.ArgumentParser(prog="clawd probe")
-        parser.add_argument("target", metavar="TARGET")
-        parser.add_argument("--timeout", metavar="SECONDS")
-        parser.add_argument("--json", action="store_true")
-        parsed = parser.parse_args(args[1:])
-        try:
-            return probe.run(parsed.target, parsed.timeout, as_json=parsed.json)
-        except ClawdError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    from clawd.cli import main as cli_main
+    try:
+        code = _probe(args)
+        cli_output.flush()
+    except BrokenPipeError as exc:
+        return cli_output.output_cut(exc)
+    return code
 
-    return cli_main(args)
+
+def _probe(args: list[str]) -> int:
+    import argparse
+
+    from clawd import probe
+    from clawd.errors import ClawdError
+
+    parser = argparse.ArgumentParser(prog="clawd probe")
+    parser.add_argument("target", metavar="TARGET")
+    parser.add_argument("--timeout", metavar="SECONDS")
+    parser.add_argument("--json", action="store_true")
+    parsed = parser.parse_args(args[1:])
+    try:
+        return probe.run(parsed.target, parsed.timeout, as_json=parsed.json)
+    except ClawdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 
+from clawd import logfmt
 from clawd.journal import ERROR, INFO, NOTICE, WARNING, JournalSender
 from clawd.model import EventType, Incident
 from clawd.reconciler import Note
@@ -47,9 +48,8 @@ def _fields(gateway_id: str, details: dict[str, Any]) -> dict[str, Any]:
 
 
 def _line(event: str, fields: dict[str, Any]) -> str:
-    parts = [f"event={event}"]
-    parts += [f"{k}={v}" for k, v in fields.items() if v is not None]
-    return " ".join(parts)
+    """logfmt: a name like `x event=offline` is one quoted value, not a forged field."""
+    return logfmt.line([("event", event), *((k, v) for k, v in fields.items() if v is not None)])
 
 
 class IncidentRecorder:

@@ -6,9 +6,13 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
+
+from clawd.logfmt import LogfmtRenderer
+from clawd.logwriter import FailureReport, SafeLoggerFactory
 
 SECRET_KEYS = ("password", "passwd", "pass", "secret", "token", "dsn")
 MASK = "***"
@@ -59,16 +63,18 @@ class PriorityPrefix:
         return f"<{prio}>{text}"
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info", stream: TextIO | None = None, home: Path | None = None
+) -> None:
+    """Log to `stream` (stderr); when writing fails, say so once in the journal or in
+    `home` (see clawd/logwriter.py) and carry on without the stream."""
     out = stream or sys.stderr
     # asyncpg's pool prints a multi-line traceback each time it fails to reconnect while
     # PostgreSQL is away; the sink already says so in one line (postgres_unavailable).
     logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     journal = _journal_attached(out)
     key_order = ["level", "event"] if journal else ["ts", "level", "event"]
-    renderer: structlog.types.Processor = structlog.processors.LogfmtRenderer(
-        key_order=key_order, bool_as_flag=False
-    )
+    renderer: structlog.types.Processor = LogfmtRenderer(key_order)
     processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -84,6 +90,6 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=SafeLoggerFactory(out, FailureReport(journal=journal, home=home)),
         cache_logger_on_first_use=False,
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from clawd.model import Instance, PeerState
@@ -73,3 +75,35 @@ def render_table(rows: list[dict[str, Any]], leader: str | None) -> str:
         lines.append(cells.rstrip() + mark)
     lines.append(f"leader: {leader or 'none'}")
     return "\n".join(lines)
+
+
+def files_written_at(home: Path) -> float | None:
+    """When the store's files that status reads were last written (epoch seconds)."""
+    paths = [home / "fleet.json", home / "state.json", *(home / "peers").glob("*.json")]
+    times = []
+    for path in paths:
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:
+            continue
+    return max(times, default=None)
+
+
+def age_text(seconds: float) -> str:
+    """`42 s`, `3 min`, `5 h`, `2 days`: how old, at a glance."""
+    seconds = max(seconds, 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def not_running_line(reason: str, written_at: float | None, now: float | None = None) -> str:
+    """The first line of `clawd status` when no daemon answers: what is shown is old."""
+    if written_at is None:
+        return f"clawd is not running ({reason}); no files written yet"
+    age = age_text((time.time() if now is None else now) - written_at)
+    return f"clawd is not running ({reason}); showing the files as of {age} ago"

@@ -44,9 +44,10 @@ def test_table_lists_peers_and_marks_the_leader(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home = asyncio.run(_home(tmp_path))
-    assert main(["status", "--config", str(home / "config.json")]) == 0
+    assert main(["status", "--config", str(home / "config.json")]) == 3  # no daemon runs
     out = capsys.readouterr().out
     lines = out.splitlines()
+    assert lines.pop(0).startswith("clawd is not running (no answer on ")
     assert lines[0].split()[:3] == ["NAME", "IP", "STATUS"]
     beta = next(line for line in lines if line.startswith("beta"))
     assert "online" in beta and "(leader)" in beta and " yes " in beta
@@ -58,8 +59,9 @@ def test_table_lists_peers_and_marks_the_leader(
 
 def test_json_for_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = asyncio.run(_home(tmp_path))
-    assert main(["status", "--json", "--config", str(home / "config.json")]) == 0
+    assert main(["status", "--json", "--config", str(home / "config.json")]) == 3
     data = json.loads(capsys.readouterr().out)
+    assert data["live"] is False and data["ageSeconds"] < 60
     assert data["leader"] == "gw-b"
     by_id = {p["gatewayId"]: p for p in data["peers"]}
     assert by_id["gw-c"]["status"] == "offline" and by_id["gw-c"]["missedPings"] == 3
