@@ -168,7 +168,9 @@ def test_coming_back_from_offline_is_a_recovery_with_downtime() -> None:
     assert fleet.status("gw-b") is PeerStatus.ONLINE
     (recovery,) = [i for i in decision.incidents if i.gateway_id == "gw-b"]
     assert recovery.event_type is EventType.RECOVERY
-    assert recovery.details["downtime_seconds"] == 60.0
+    # Issue 12 item 8: from the last successful ping (1 s), not from the verdict (4 s).
+    assert recovery.details["downtime_seconds"] == 63.0
+    assert recovery.details["offline_verdict_seconds"] == 60.0
     assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE, EventType.RECOVERY]
 
 
