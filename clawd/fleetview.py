@@ -178,11 +178,32 @@ def initial_view(
     return FleetView(me=me, peers=peers, leader=leader)
 
 
-def settled(settle: Settle | None, now: datetime) -> bool:
-    """May the election run: no start-up wait, or every known peer answered, or time is up."""
+def settled(view: FleetView, now: datetime) -> bool:
+    """May the election run: no start-up wait, or its time is up, or no peer that has not
+    answered yet could still win it."""
+    settle = view.settle
     if settle is None or now >= settle.until:
         return True
-    return not settle.unheard and now >= settle.earliest
+    if now < settle.earliest:
+        return False
+    confirmed = [view.me] + [
+        r.instance
+        for g, r in view.peers.items()
+        if g not in settle.unheard and r.state.status is PeerStatus.ONLINE
+    ]
+    best = min((_rank(i) for i in confirmed if i.lead_number is not None), default=None)
+    for gid in settle.unheard:
+        record = view.peers.get(gid)
+        if record is None or record.instance.lead_number is None:
+            continue  # cannot lead
+        if best is None or _rank(record.instance) < best:
+            return False
+    return True
+
+
+def _rank(inst: Instance) -> tuple[int, str]:
+    assert inst.lead_number is not None
+    return (inst.lead_number, inst.gateway_id)
 
 
 def elect_leader(view: FleetView) -> str | None:
@@ -193,7 +214,7 @@ def elect_leader(view: FleetView) -> str | None:
     ranked = [c for c in candidates if c.lead_number is not None]
     if not ranked:
         return None
-    return min(ranked, key=lambda i: (i.lead_number, i.gateway_id)).gateway_id
+    return min(ranked, key=_rank).gateway_id
 
 
 def partitioned(view: FleetView, record: PeerRecord) -> bool:

@@ -468,7 +468,7 @@ class Reconciler:
 
     def _elect(self, d: Decision, now: datetime) -> None:
         if d.view.settle is not None:
-            if not settled(d.view.settle, now):
+            if not settled(d.view, now):
                 return
             d.view = dataclasses.replace(d.view, settle=None)
         leader = elect_leader(d.view)
