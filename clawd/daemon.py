@@ -40,7 +40,14 @@ from clawd.loopmon import LoopMonitor
 from clawd.metrics import DaemonSource, FleetMetrics, MetricsServer, backup_state
 from clawd.model import Instance, utcnow
 from clawd.notify import Notifier
-from clawd.observations import EpochSeen, Observation, PeerConfigured, PingResult, ProbeResult
+from clawd.observations import (
+    EpochSeen,
+    Observation,
+    PeerConfigured,
+    PingResult,
+    ProbeResult,
+    SelfChanged,
+)
 from clawd.pinger import Pinger, PingTarget
 from clawd.reconciler import FleetView, ProbeRequest, Reconciler, Thresholds, initial_view
 from clawd.reload import ConfigWatcher, Reloader
@@ -58,11 +65,18 @@ log = structlog.get_logger("clawd.daemon")
 STOP_SOURCES_SECONDS = 2.0  # then in-flight pings are cancelled: SIGTERM exits within 5 s
 SHUTDOWN_FLUSH_SECONDS = 2.5
 START_SECONDS = 60.0
+# mDNS finds announced peers ~1.2 s after clawd starts here (zeroconf's own start-up, then
+# the answers): with discovery on, the start-up election waits this long at least for
+# peers the store does not know yet.
+DISCOVERY_SETTLE_SECONDS = 3.0
 
 
 def thresholds(settings: Settings) -> Thresholds:
     ping, d = settings.ping, settings.detection
     window = d.partition_window_seconds or 2 * ping.interval_seconds + ping.timeout_seconds
+    # Two rounds: a peer whose first round came before its SSH link was up gets another.
+    settle = 2 * ping.interval_seconds + ping.timeout_seconds
+    discovery = DISCOVERY_SETTLE_SECONDS if settings.discovery.enabled else 0.0
     return Thresholds(
         mdns_grace_misses=ping.mdns_grace_misses,
         detector=DetectorSettings(
@@ -84,6 +98,8 @@ def thresholds(settings: Settings) -> Thresholds:
         partition_min_peers=d.partition_min_peers,
         partition_fraction=d.partition_fraction,
         partition_window=timedelta(seconds=window),
+        settle=timedelta(seconds=max(settle, discovery)),
+        settle_min=timedelta(seconds=discovery),
     )
 
 
@@ -497,8 +513,8 @@ class Daemon:
             self.repo.me = me
             await self.repo.json.write_state(me)
             await self.repo.upsert_instance(me)
-            self.keeper.view = FleetView(me, self.keeper.view.peers, self.keeper.view.leader)
-            self._fleet_changed(self.keeper.view)
+            # Through the keeper: the election re-runs, the epoch is kept (on_change follows).
+            self.keeper.emit(SelfChanged(me, utcnow()))
             if self.discovery is not None:
                 await self.discovery.update_me(me)
         if sections & {"backend", "postgres"} and (

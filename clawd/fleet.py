@@ -20,7 +20,7 @@ import structlog
 from clawd.detection.guard import SelfHealthGuard
 from clawd.incidents import IncidentRecorder
 from clawd.model import PeerState, Ping, utcnow
-from clawd.observations import Observation, PingResult, SelfHealth, Tick
+from clawd.observations import Observation, PingResult, SelfHealth, Started, Tick
 from clawd.reconciler import Decision, FleetView, Note, ProbeRequest, Reconciler
 from clawd.store.repository import Repository
 
@@ -103,8 +103,8 @@ class FleetKeeper:
         self.queue.put_nowait(None)
 
     async def run(self, ready: asyncio.Event) -> None:
-        # The view as loaded may already have a different leader than persisted.
-        await self._apply(Tick(utcnow()))
+        # The election waits for the peers' first answers, then checks the stored leader.
+        await self._apply(Started(utcnow()))
         ready.set()
         while True:
             try:

@@ -31,6 +31,19 @@ class Thresholds:
     partition_min_peers: int = 3
     partition_fraction: float = 0.3
     partition_window: timedelta = timedelta(seconds=20)
+    # At start, the election waits until every known peer has answered its first ping
+    # (at least `settle_min`: mDNS needs a moment to find peers), or `settle` passes:
+    # one election against the stored leader, not one per peer as each answers.
+    settle: timedelta = timedelta(0)
+    settle_min: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """The outage reported by the last `offline` incident (for `recovery` details)."""
+
+    last_seen: datetime | None  # the last successful ping before it
+    judged: datetime | None  # when the offline verdict came
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +72,16 @@ class PeerRecord:
     # Released from a partition that ended: failures until then are still the
     # partition's (a link that was cut may need a reconnect backoff to come back).
     partition_hold_until: datetime | None = None
+    outage: Outage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """The start-up wait before the first election."""
+
+    earliest: datetime
+    until: datetime
+    unheard: frozenset[str]  # known peers that have not answered a ping yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +102,7 @@ class FleetView:
     epoch: int = 0
     doubting: bool = False
     partition: Partition | None = None
+    settle: Settle | None = None  # set while the start-up election waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +169,41 @@ def initial_view(
             continue
         state = states.get(gid) or PeerState(gateway_id=gid)
         reported = state.status if state.status in REPORTED else PeerStatus.UNKNOWN
-        peers[gid] = PeerRecord(inst, state, since=state.updated_at, reported=reported)
+        outage = (
+            Outage(state.last_seen, state.updated_at) if reported is PeerStatus.OFFLINE else None
+        )
+        peers[gid] = PeerRecord(
+            inst, state, since=state.updated_at, reported=reported, outage=outage
+        )
     return FleetView(me=me, peers=peers, leader=leader)
+
+
+def settled(view: FleetView, now: datetime) -> bool:
+    """May the election run: no start-up wait, or its time is up, or no peer that has not
+    answered yet could still win it."""
+    settle = view.settle
+    if settle is None or now >= settle.until:
+        return True
+    if now < settle.earliest:
+        return False
+    confirmed = [view.me] + [
+        r.instance
+        for g, r in view.peers.items()
+        if g not in settle.unheard and r.state.status is PeerStatus.ONLINE
+    ]
+    best = min((_rank(i) for i in confirmed if i.lead_number is not None), default=None)
+    for gid in settle.unheard:
+        record = view.peers.get(gid)
+        if record is None or record.instance.lead_number is None:
+            continue  # cannot lead
+        if best is None or _rank(record.instance) < best:
+            return False
+    return True
+
+
+def _rank(inst: Instance) -> tuple[int, str]:
+    assert inst.lead_number is not None
+    return (inst.lead_number, inst.gateway_id)
 
 
 def elect_leader(view: FleetView) -> str | None:
@@ -157,7 +214,7 @@ def elect_leader(view: FleetView) -> str | None:
     ranked = [c for c in candidates if c.lead_number is not None]
     if not ranked:
         return None
-    return min(ranked, key=lambda i: (i.lead_number, i.gateway_id)).gateway_id
+    return min(ranked, key=_rank).gateway_id
 
 
 def partitioned(view: FleetView, record: PeerRecord) -> bool:

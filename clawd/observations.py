@@ -78,6 +78,21 @@ class EpochSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class SelfChanged:
+    """This instance's own identity changed (a live edit of `instance.*`)."""
+
+    instance: Instance
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The fleet keeper starts: the start-up election waits for the peers' first answers."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; lets time-based rules (probes that never answered) settle."""
 
@@ -85,5 +100,14 @@ class Tick:
 
 
 Observation = (
-    PingResult | MdnsSeen | MdnsGone | PeerConfigured | ProbeResult | SelfHealth | EpochSeen | Tick
+    PingResult
+    | MdnsSeen
+    | MdnsGone
+    | PeerConfigured
+    | ProbeResult
+    | SelfHealth
+    | EpochSeen
+    | SelfChanged
+    | Started
+    | Tick
 )

@@ -19,13 +19,15 @@ through the documented rule table. Around that:
   next ping.
 - Leader: the online instance (self included) with the lowest lead_number; every change
   raises the epoch (a Lamport clock, also raised past any higher epoch a peer's fence
-  holds) that fences a stale leader's actions off on the peers.
+  holds) that fences a stale leader's actions off on the peers. At start the election
+  waits for the known peers' first ping results (bounded), then runs once against the
+  stored leader; a live edit of this instance's lead number re-runs it at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from clawd.detection import partition
@@ -37,13 +39,16 @@ from clawd.fleetview import (
     Decision,
     FleetView,
     Note,
+    Outage,
     PeerRecord,
     ProbeRequest,
+    Settle,
     Thresholds,
     elect_leader,
     evidence,
     initial_view,
     partitioned,
+    settled,
 )
 from clawd.model import EventType, Incident, Instance, PeerState, PeerStatus
 from clawd.observations import (
@@ -54,7 +59,9 @@ from clawd.observations import (
     PeerConfigured,
     PingResult,
     ProbeResult,
+    SelfChanged,
     SelfHealth,
+    Started,
     Tick,
 )
 
@@ -88,8 +95,14 @@ def _incident_for(
         details["phi"] = round(min(record.phi, 999.0), 1)
         return EventType.OFFLINE, details
     if record.reported is PeerStatus.OFFLINE:
-        if record.since is not None:
-            details["downtime_seconds"] = round((now - record.since).total_seconds(), 1)
+        # The outage began at the last successful contact, not at the verdict: noticing
+        # took `offlineAfterMissed` pings, and that is part of what the peer was down.
+        outage = record.outage or Outage(None, record.since)
+        began = outage.last_seen or outage.judged
+        if began is not None:
+            details["downtime_seconds"] = round((now - began).total_seconds(), 1)
+        if outage.judged is not None:
+            details["offline_verdict_seconds"] = round((now - outage.judged).total_seconds(), 1)
         return EventType.RECOVERY, details
     return EventType.ONLINE, details
 
@@ -115,10 +128,17 @@ class Reconciler:
                 decision.view = dataclasses.replace(view, doubting=obs.doubting)
         elif isinstance(obs, EpochSeen):
             self._on_epoch(decision, obs, now)
+        elif isinstance(obs, SelfChanged):
+            self._on_self(decision, obs)
+        elif isinstance(obs, Started):
+            self._on_start(decision, obs)
         elif isinstance(obs, Tick):
             self._on_tick(decision, now)
             decision.moved = True
-        if decision.moved or decision.instances:
+        # While the start-up election waits, every later observation may be the one it
+        # ends on (not Started itself: the static peers are still queued behind it).
+        settling = decision.view.settle is not None and not isinstance(obs, Started)
+        if decision.moved or decision.instances or settling:
             self._elect(decision, now)
         return decision
 
@@ -182,6 +202,12 @@ class Reconciler:
         record = self._flap(d, record, now)
         d.put(record)
         gid = record.instance.gateway_id
+        settle = d.view.settle
+        if settle is not None and obs.success and gid in settle.unheard:
+            d.view = dataclasses.replace(
+                d.view, settle=dataclasses.replace(settle, unheard=settle.unheard - {gid})
+            )
+            d.moved = True  # perhaps the last one the start-up election waited for
         if obs.success:
             partition.leave(d, gid, now, self.t)
         elif record.suspicion is not Suspicion.NONE and not d.view.doubting:
@@ -205,6 +231,12 @@ class Reconciler:
             d.instances.append(inst)
             d.save_state(state)
             d.put(record)
+            settle = d.view.settle
+            if settle is not None and inst.ip:  # found during the start-up wait: wait for it
+                d.view = dataclasses.replace(
+                    d.view,
+                    settle=dataclasses.replace(settle, unheard=settle.unheard | {inst.gateway_id}),
+                )
             return
         merged = _merge_identity(record.instance, inst, now)
         if merged != record.instance:
@@ -271,6 +303,25 @@ class Reconciler:
             d.view = dataclasses.replace(view, epoch=epoch)
         elif obs.epoch > view.epoch:
             d.view = dataclasses.replace(view, epoch=obs.epoch)
+
+    def _on_self(self, d: Decision, obs: SelfChanged) -> None:
+        # Only who we are changes: epoch, self-doubt and partition stay (an epoch that
+        # went back would let a stale leader's actions through the peers' fences).
+        me = obs.instance
+        peers = d.view.peers
+        if me.gateway_id in peers:  # self is never a peer
+            peers = {g: r for g, r in peers.items() if g != me.gateway_id}
+        d.view = dataclasses.replace(d.view, me=me, peers=peers)
+        d.moved = True
+
+    def _on_start(self, d: Decision, obs: Started) -> None:
+        if self.t.settle <= timedelta(0):
+            d.moved = True
+            return
+        # No election now: static peers and mDNS finds are still on their way in.
+        unheard = frozenset(g for g, r in d.view.peers.items() if r.instance.ip)
+        settle = Settle(obs.at + self.t.settle_min, obs.at + self.t.settle, unheard)
+        d.view = dataclasses.replace(d.view, settle=settle)
 
     def _on_tick(self, d: Decision, now: datetime) -> None:
         # Probes that never answered must not hold a peer for ever.
@@ -409,9 +460,17 @@ class Reconciler:
                 timestamp=now,
             )
         )
-        return dataclasses.replace(record, reported=new)
+        if event is EventType.OFFLINE:
+            return dataclasses.replace(
+                record, reported=new, outage=Outage(record.state.last_seen, now)
+            )
+        return dataclasses.replace(record, reported=new, outage=None)
 
     def _elect(self, d: Decision, now: datetime) -> None:
+        if d.view.settle is not None:
+            if not settled(d.view, now):
+                return
+            d.view = dataclasses.replace(d.view, settle=None)
         leader = elect_leader(d.view)
         if leader == d.view.leader:
             return

@@ -115,9 +115,14 @@ def test_sighup_and_cli_reload_notify_systemd(
 def test_control_socket_is_private_and_status_is_live(daemon: DaemonProcess) -> None:
     sock_path = daemon.home / "clawd.sock"
     assert stat.S_IMODE(sock_path.stat().st_mode) == 0o600
-    proc = daemon.cli("status", "--live", "--json")
-    assert proc.returncode == 0, proc.stderr
-    answer = json.loads(proc.stdout)
+    # The start-up election waits a few seconds for mDNS to find peers (issue 12 item 11).
+    for _ in range(40):
+        proc = daemon.cli("status", "--live", "--json")
+        assert proc.returncode == 0, proc.stderr
+        answer = json.loads(proc.stdout)
+        if answer["leader"] is not None:
+            break
+        time.sleep(0.25)
     assert answer["leader"] == "gw-a" and answer["postgres"] == "off"
 
 

@@ -8,7 +8,17 @@ import pytest
 
 from clawd.detection.accrual import DetectorSettings
 from clawd.model import EventType, Instance, PeerState, PeerStatus
-from clawd.observations import MdnsGone, MdnsSeen, Observation, PeerConfigured, PingResult
+from clawd.observations import (
+    MdnsGone,
+    MdnsSeen,
+    Observation,
+    PeerConfigured,
+    PingResult,
+    SelfChanged,
+    SelfHealth,
+    Started,
+    Tick,
+)
 from clawd.reconciler import (
     Decision,
     FleetView,
@@ -168,7 +178,9 @@ def test_coming_back_from_offline_is_a_recovery_with_downtime() -> None:
     assert fleet.status("gw-b") is PeerStatus.ONLINE
     (recovery,) = [i for i in decision.incidents if i.gateway_id == "gw-b"]
     assert recovery.event_type is EventType.RECOVERY
-    assert recovery.details["downtime_seconds"] == 60.0
+    # Issue 12 item 8: from the last successful ping (1 s), not from the verdict (4 s).
+    assert recovery.details["downtime_seconds"] == 63.0
+    assert recovery.details["offline_verdict_seconds"] == 60.0
     assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE, EventType.RECOVERY]
 
 
@@ -339,3 +351,105 @@ def test_reconciler_does_not_mutate_its_input() -> None:
     fleet.reconciler.apply(before, PingResult("gw-b", at(1), True, 1), at(1))
     assert before.peers == snapshot
     assert before.peers["gw-b"].state.status is PeerStatus.UNKNOWN
+
+
+# -- issue 12: start-up election, live self edits, outage length -----------------------
+
+SETTLING = Thresholds(
+    detector=missed(3), settle=timedelta(seconds=10), settle_min=timedelta(seconds=0)
+)
+
+
+def leader_changes(fleet: Fleet) -> list[dict[str, object]]:
+    return [
+        i.details
+        for d in fleet.decisions
+        for i in d.incidents
+        if i.event_type is EventType.LEADER_CHANGE
+    ]
+
+
+def test_start_elects_once_after_every_better_peer_answered() -> None:
+    """Issue 12 item 11: no self -> b -> c -> d storm while the peers answer one by one."""
+    fleet = Fleet(thresholds=SETTLING)
+    fleet.feed(Started(at(0)))
+    for gid, lead in (("gw-b", 4), ("gw-c", 3), ("gw-d", 2)):
+        fleet.feed(PeerConfigured(peer(gid, lead=lead), at(0)))
+    assert fleet.view.leader is None
+    fleet.ping("gw-b", 1, ok=True)
+    fleet.ping("gw-c", 1.5, ok=True)
+    assert fleet.view.leader is None  # gw-d (2) could still win
+    fleet.ping("gw-d", 2, ok=True)
+    assert leader_changes(fleet) == [{"old": None, "new": "gw-d", "epoch": 1}]
+    assert fleet.view.settle is None
+
+
+def test_start_keeps_the_stored_leader_without_an_incident() -> None:
+    """Issue 12 item 11: a restart that finds the stored leader again records nothing."""
+    state = PeerState("gw-b", status=PeerStatus.ONLINE, last_seen=at(0), updated_at=at(0))
+    view = initial_view(ME, {"gw-b": peer("gw-b", lead=1)}, {"gw-b": state}, "gw-b")
+    fleet = Fleet(view, thresholds=SETTLING)
+    fleet.feed(Started(at(0)))
+    fleet.feed(Tick(at(1)))
+    assert fleet.view.settle is not None  # gw-b has not answered yet
+    fleet.ping("gw-b", 2, ok=True)
+    assert (fleet.view.leader, leader_changes(fleet)) == ("gw-b", [])
+    assert fleet.view.settle is None
+
+
+def test_start_waits_no_longer_than_the_settle_time() -> None:
+    fleet = Fleet(thresholds=SETTLING)
+    fleet.feed(Started(at(0)))
+    fleet.feed(PeerConfigured(peer("gw-b", lead=1), at(0)))
+    fleet.ping("gw-b", 1, ok=False)  # a failed ping is no answer: keep waiting
+    fleet.feed(Tick(at(9)))
+    assert fleet.view.leader is None
+    fleet.feed(Tick(at(10)))
+    assert leader_changes(fleet) == [{"old": None, "new": "gw-a", "epoch": 1}]
+
+
+def test_start_does_not_wait_for_peers_that_cannot_win() -> None:
+    fleet = Fleet(thresholds=SETTLING)
+    fleet.feed(Started(at(0)))
+    fleet.feed(PeerConfigured(peer("gw-b", lead=9), at(0)))  # 9 never beats our 5
+    fleet.feed(PeerConfigured(peer("gw-c", lead=None), at(0)))  # no lead number
+    assert fleet.view.leader == "gw-a" and fleet.view.settle is None
+
+
+def test_start_waits_at_least_the_minimum_for_mdns_finds() -> None:
+    fleet = Fleet(
+        thresholds=Thresholds(settle=timedelta(seconds=10), settle_min=timedelta(seconds=3))
+    )
+    fleet.feed(Started(at(0)))
+    fleet.feed(Tick(at(1)))
+    assert fleet.view.leader is None  # nobody known yet, but mDNS may find a better peer
+    fleet.feed(MdnsSeen(peer("gw-b", lead=1), at(2)))
+    fleet.ping("gw-b", 2.5, ok=True)
+    fleet.feed(Tick(at(3)))
+    assert leader_changes(fleet) == [{"old": None, "new": "gw-b", "epoch": 1}]
+
+
+def test_a_lead_number_edit_re_elects_and_keeps_the_epoch() -> None:
+    """Issue 12 item 9: the election re-runs at once; the epoch only goes up."""
+    fleet = Fleet(FleetView(me=Instance("gw-a", "alpha", lead_number=0)))
+    fleet.feed(PeerConfigured(peer("gw-b", lead=3), at(0)))
+    fleet.ping("gw-b", 1, ok=True)
+    fleet.feed(SelfHealth(at(1.5), doubting=True))
+    assert (fleet.view.leader, fleet.view.epoch) == ("gw-a", 1)
+    fleet.feed(SelfChanged(Instance("gw-a", "alpha", lead_number=7), at(2)))
+    assert (fleet.view.leader, fleet.view.epoch, fleet.view.doubting) == ("gw-b", 2, True)
+    assert fleet.view.me.lead_number == 7
+    assert leader_changes(fleet)[-1] == {"old": "gw-a", "new": "gw-b", "epoch": 2}
+    fleet.feed(SelfChanged(Instance("gw-a", "alpha-renamed", lead_number=7), at(3)))
+    assert (fleet.view.leader, fleet.view.epoch) == ("gw-b", 2)  # no change, no new epoch
+
+
+def test_recovery_after_a_restart_counts_from_the_stored_last_seen() -> None:
+    """Issue 12 item 8: the outage began before the restart, at the last successful ping."""
+    state = PeerState("gw-b", status=PeerStatus.OFFLINE, last_seen=at(0), updated_at=at(30))
+    view = initial_view(ME, {"gw-b": peer("gw-b")}, {"gw-b": state}, "gw-a")
+    fleet = Fleet(view)
+    decision = fleet.ping("gw-b", 100, ok=True)
+    (recovery,) = decision.incidents
+    assert recovery.event_type is EventType.RECOVERY
+    assert recovery.details["downtime_seconds"] == 100.0
