@@ -507,6 +507,12 @@ def test_request_lines() -> None:
 class FakeSink:
     connected: bool = True
     backlog_bytes: int = 0
+    pending_rows: int = 0
+    spool_failing: bool = False
+    stalled: bool = False
+
+    def waiting_seconds(self) -> float:
+        return 0.0
 
 
 @dataclass

@@ -46,6 +46,7 @@ class Spool:
         # Offsets of unreadable lines already set aside in this run (report each once).
         self._set_aside_at: set[int] = set()
         self._aside_error: str | None = None
+        self._commit_error: str | None = None
 
     @property
     def pending_bytes(self) -> int:
@@ -110,11 +111,25 @@ class Spool:
 
     async def commit(self, end: int) -> None:
         """Everything before byte `end` is in PostgreSQL."""
-        if end >= self.size:
-            await asyncio.to_thread(self._reset_sync)
-        else:
+        try:
+            if end >= self.size:
+                await asyncio.to_thread(self._reset_sync)
+                return
             await asyncio.to_thread(write_atomic, self.offset_path, f"{end}\n".encode())
-            self.offset = end
+        except OSError as exc:
+            # Disk full: the offset lives in memory until it can be saved. A crash
+            # meanwhile replays from the last saved offset; the keys make that a no-op.
+            if str(exc) != self._commit_error:
+                log.warning(
+                    "spool_offset_not_saved",
+                    path=str(self.offset_path),
+                    error=str(exc),
+                    action="kept in memory; a restart would resend (harmlessly)",
+                )
+                self._commit_error = str(exc)
+        else:
+            self._commit_error = None
+        self.offset = end
 
     def _reset_sync(self) -> None:
         # The offset must never point into a file that was truncated and refilled:
