@@ -10,7 +10,9 @@ peers, a real PostgreSQL, the home on a small tmpfs that the test fills):
 * disk full and PostgreSQL stopped: writes wait in memory, and status and metrics show the
   stall (`clawd_postgres_write_stalled 1`, `clawd_postgres_pending_rows` > 0);
 * PostgreSQL back, then space back: everything is delivered; no ping is lost (every
-  target's ping series in PostgreSQL has no gap, and it holds every ping the daemon sent).
+  target's ping series in PostgreSQL has no gap, and it holds every ping the daemon sent);
+* stopping while neither the disk nor PostgreSQL takes writes ends promptly and reports the
+  rows it could not keep (the only loss, bounded by the in-memory queue).
 """
 
 from __future__ import annotations
@@ -27,9 +29,18 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 from daemonproc import DaemonProcess
 from faulthelpers import SELF_ID, daemon_config, write_known_hosts
-from helpers_pg import free_port
+from helpers_pg import (
+    free_port,
+    make_pings,
+    make_settings,
+    start_repo,
+    stop_repo,
+    wait_delivered,
+    wait_ready,
+)
 from pgserver import TEST_DB_PASSWORD, TEST_DB_USER, PgServer
 from sshpeers import SshFleet, SshPeer
 from test_fault_disk_full import fill, small_home
@@ -210,3 +221,33 @@ async def test_full_disk_never_hides_or_loses_postgres_writes(
         times = [r["ts"] for r in rows if r["target_gateway"] == gid]
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
         assert times and max(gaps) < MAX_GAP_SECONDS, (gid, max(gaps, default=None))
+
+
+async def test_stop_with_a_full_disk_and_postgres_down_reports_what_is_lost(
+    small_home: Path, private_pg: PgServer
+) -> None:
+    """Neither the spool nor PostgreSQL takes writes when clawd stops: stopping must not
+    hang (it did, for ever), and the rows that could not be kept are counted and logged."""
+    db = private_pg.database("claw_clan", TEST_DB_USER, TEST_DB_PASSWORD)
+    repo, ready = await start_repo(make_settings(db, small_home))
+    try:
+        assert await wait_ready(repo, ready, 15)
+        await wait_delivered(repo)
+        assert repo.sink is not None
+        await asyncio.to_thread(private_pg.stop)
+        await asyncio.to_thread(fill, small_home / "filler")
+        await repo.record_pings(make_pings(50))
+        for _ in range(100):
+            if repo.sink.spool_failing and not repo.sink.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert repo.sink.pending_rows == 50
+        assert repo.sink.describe().startswith("unavailable; spool not writable")
+    finally:
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+            await stop_repo(repo)  # fails after 20 s if stopping hangs
+    assert time.monotonic() - started < 10
+    lost = [e for e in logs if e["event"] == "postgres_writes_lost"]
+    assert [e["rows"] for e in lost] == [50], logs
+    assert repo.sink is not None and repo.sink.rows_lost == 50
