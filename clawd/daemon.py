@@ -190,6 +190,7 @@ class Daemon:
         # First: the fleet keeper's status callback already shows the backup state.
         self.backups = BackupManager(s, on_change=self._backup_changed)
         self.repo = build_repository(s)
+        self.repo.watch_sink(lambda: self.notifier.status(self._status_text()))
         loaded = await self.repo.open()
         await asyncio.to_thread(install_migration_files, s.home)
         snap = loaded.snapshot
@@ -407,7 +408,9 @@ class Daemon:
     # -- live changes ---------------------------------------------------------
 
     def _status_text(self, view: FleetView | None = None) -> str:
-        return f"{summary(view or self.keeper.view)}; {self.backups.status_line()}"
+        text = f"{summary(view or self.keeper.view)}; {self.backups.status_line()}"
+        pg = self._pg_state()
+        return text if pg in ("off", "connected") else f"{text}; postgres {pg}"
 
     def _probe(self, request: ProbeRequest) -> None:
         """Ask other peers to probe a suspect (the reconciler asked); the verdict comes back
@@ -571,4 +574,4 @@ class Daemon:
         sink = self.repo.sink
         if sink is None:
             return "off"
-        return "connected" if sink.connected else "unavailable (spooling)"
+        return sink.describe()

@@ -216,7 +216,7 @@ def test_stale_partial_from_a_killed_clawd_is_removed_at_next_start(
     logs = capture_logs()
     asyncio.run(start())
     assert not list(directory.glob("*.partial"))
-    assert "event=backup_stale_files_removed" in logs.getvalue()
+    assert "event=backup_stale_file_removed" in logs.getvalue()
 
 
 async def test_old_pg_dump_is_refused_before_dumping(tmp_path: Path, pg_db: PgDatabase) -> None:

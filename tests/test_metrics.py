@@ -481,6 +481,12 @@ async def test_an_address_not_on_this_host_is_a_clear_error(metrics: FleetMetric
 class FakeSink:
     connected: bool = True
     backlog_bytes: int = 0
+    pending_rows: int = 0
+    spool_failing: bool = False
+    stalled: bool = False
+
+    def waiting_seconds(self) -> float:
+        return 0.0
 
 
 @dataclass

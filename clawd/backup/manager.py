@@ -18,12 +18,13 @@ import structlog
 from clawd.backup import files, names
 from clawd.backup import manifest as manifests
 from clawd.backup.errors import BackupError
-from clawd.backup.lock import prepare_dir, try_locked
+from clawd.backup.lock import BackupLock, prepare_dir, try_locked
 from clawd.backup.manifest import Manifest
 from clawd.backup.results import BackupResult, age
 from clawd.backup.reverify import run_verify
 from clawd.backup.runner import run_backup
 from clawd.backup.schedule import Schedule, format_duration, parse_schedule
+from clawd.backup.verify import drop_leftover_scratch
 from clawd.errors import ClawdError
 from clawd.model import utcnow
 from clawd.settings import Settings
@@ -75,6 +76,7 @@ class BackupManager:
         self._active = True
         ready.set()
         try:
+            await self._drop_leftovers()
             while not self._stop.is_set():
                 self._wake.clear()
                 now = utcnow()
@@ -216,7 +218,7 @@ class BackupManager:
     def _start_up(self) -> None:
         """Blocking: directory, stale partials (if no other process holds the lock), history."""
         directory = names.backup_dir(self.settings.home)
-        removed: list[str] = []
+        removed: list[tuple[str, str]] = []
         try:
             prepare_dir(directory)
             if not try_locked(directory, lambda: removed.extend(files.remove_stale(directory))):
@@ -227,8 +229,7 @@ class BackupManager:
             self._last_error = f"cannot use {directory}: {exc.strerror or exc}"
             log.error("backup_dir_unusable", reason=self._last_error)
             return
-        if removed:
-            log.warning("backup_stale_files_removed", files=",".join(removed))
+        files.log_removed(removed, directory)
         if found:
             newest = found[-1]
             self._last_attempt = newest.created
@@ -249,6 +250,18 @@ class BackupManager:
                 files=newest_good.files,
                 duration_s=newest_good.duration_s,
             )
+
+    async def _drop_leftovers(self) -> None:
+        """Scratch databases a killed clawd left: dropped now if the lock is free (after
+        ready: PostgreSQL may be slow or away; the next backup tries again)."""
+        directory = names.backup_dir(self.settings.home)
+        try:
+            async with BackupLock(directory, 0):
+                await drop_leftover_scratch(self.settings, directory)
+        except BackupError:
+            return  # another process is backing up; it cleans up itself
+        except OSError as exc:
+            log.error("backup_dir_unusable", reason=f"{directory}: {exc.strerror or exc}")
 
     async def _supervised(self, coro: Coroutine[Any, Any, T]) -> T | None:
         """Run one job as a child task that stop() can cancel; None when cancelled."""

@@ -19,6 +19,9 @@ _KINDS = r"(\.dump|_json\.tar\.gz|\.manifest\.json)"
 OWN_FILE = re.compile(rf"^{PREFIX}{_STAMP}{_KINDS}$")
 PARTIAL_FILE = re.compile(rf"^{PREFIX}{_STAMP}{_KINDS}\.partial$")
 SCRATCH_DB = re.compile(r"^claw_clan_verify_[0-9a-f]{12}$")
+# Markers (hidden, 0600): a run in progress, and a scratch database that may still exist.
+RUN_MARKER = re.compile(rf"^\.{PREFIX}{_STAMP}\.running$")
+SCRATCH_MARKER = re.compile(r"^\.(claw_clan_verify_[0-9a-f]{12})\.scratch$")
 
 
 def backup_dir(home: Path) -> Path:
@@ -40,6 +43,14 @@ def json_name(stamp: str) -> str:
 
 def manifest_name(stamp: str) -> str:
     return f"{PREFIX}{stamp}{MANIFEST_SUFFIX}"
+
+
+def run_marker(stamp: str) -> str:
+    return f".{PREFIX}{stamp}.running"
+
+
+def scratch_marker(database: str) -> str:
+    return f".{database}.scratch"
 
 
 def partial_name(name: str) -> str:

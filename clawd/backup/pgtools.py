@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import math
 import os
 import re
 import shutil
 import signal
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,31 @@ DEBIAN_ROOT = Path("/usr/lib/postgresql")
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)([\w.]*)")
 PROBE_SECONDS = 30.0
 MESSAGE_CHARS = 400
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()  # loaded before any fork: the child only calls into it
+
+
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when clawd dies (Linux PR_SET_PDEATHSIG)."""
+
+    def in_child() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)  # clawd died before prctl took effect
+
+    return in_child
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +172,8 @@ async def run_tool(
             # Its own process group, so that stopping it also stops anything it started
             # (a wrapper's children would otherwise hold its pipes open).
             start_new_session=True,
+            # And it dies with clawd: a SIGKILLed clawd must not leave pg_dump running.
+            preexec_fn=die_with_parent(os.getpid()),
         )
     except OSError as exc:
         raise BackupError(f"cannot run {what} ({argv[0]}): {exc.strerror or exc}") from None

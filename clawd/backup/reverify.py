@@ -16,7 +16,13 @@ from clawd.backup.lock import BackupLock
 from clawd.backup.manifest import Manifest, Verification
 from clawd.backup.pgtools import PgTools, probe, time_limit
 from clawd.backup.results import VerifyResult
-from clawd.backup.verify import read_archive, read_dump, restore_scratch, verify_set
+from clawd.backup.verify import (
+    drop_leftover_scratch,
+    read_archive,
+    read_dump,
+    restore_scratch,
+    verify_set,
+)
 from clawd.errors import ClawdError
 from clawd.model import utcnow
 from clawd.settings import Settings
@@ -47,7 +53,9 @@ async def _verify_unlisted(
         readable = await read_dump(tools, path)
         restored = "not run"
         if restore and readable == "ok":
-            restored, _ = await restore_scratch(settings.postgres, tools, path, None)
+            restored, _ = await restore_scratch(
+                settings.postgres, tools, path, None, ledger=names.backup_dir(settings.home)
+            )
     problems = [r for r in (readable, restored) if r.startswith("failed")]
     return Verification(
         ok=not problems,
@@ -63,6 +71,7 @@ async def _verify_unlisted(
 async def _locked_verify(
     settings: Settings, directory: Path, file: str | None, restore: bool
 ) -> VerifyResult:
+    await drop_leftover_scratch(settings, directory)
     manifest: Manifest | None
     if file is None:
         manifest = await asyncio.to_thread(catalog.newest_good, directory)
@@ -85,6 +94,7 @@ async def _locked_verify(
         pg=settings.postgres,
         tools=tools,
         restore=restore,
+        ledger=directory,
     )
     if problem and tools is None:
         verification = _with_error(verification, problem)

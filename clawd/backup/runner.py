@@ -18,14 +18,14 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from clawd.backup import archive, files, names, pgdump, rotation
+from clawd.backup import archive, files, names, pgdump, rotation, scratch
 from clawd.backup import manifest as manifests
 from clawd.backup.errors import BackupError
 from clawd.backup.lock import BackupLock
 from clawd.backup.manifest import FileEntry, Kind, Manifest, Verification
 from clawd.backup.pgtools import PgTools, connect, probe, time_limit
 from clawd.backup.results import BackupResult, human_size
-from clawd.backup.verify import verify_set
+from clawd.backup.verify import drop_leftover_scratch, verify_set
 from clawd.errors import ClawdError
 from clawd.model import utcnow
 from clawd.settings import Settings
@@ -151,6 +151,7 @@ async def _verify(
                 pg=settings.postgres,
                 tools=tools,
                 restore=b.verify_restore == "each",
+                ledger=directory,
             )
     except BackupError as exc:
         return Verification(ok=False, at=utcnow().isoformat(), error=str(exc))
@@ -159,10 +160,12 @@ async def _verify(
 async def _locked_backup(settings: Settings, directory: Path, source: str) -> BackupResult:
     b = settings.backup
     removed = await asyncio.to_thread(files.remove_stale, directory)
-    if removed:
-        log.warning("backup_stale_files_removed", files=",".join(removed))
+    files.log_removed(removed, directory)
+    await drop_leftover_scratch(settings, directory)
     stamp, created = await _free_stamp(directory)
     run = _Run(stamp, created)
+    # Until the manifest is written, the marker says the run's files are not a backup.
+    await asyncio.to_thread(scratch.mark_run, directory, stamp)
     started = time.monotonic()
     errors: list[str] = []
     # Each part on its own: a JSON store problem must not cost the database backup.
@@ -178,6 +181,7 @@ async def _locked_backup(settings: Settings, directory: Path, source: str) -> Ba
     duration = time.monotonic() - started
     manifest = _manifest(settings, run, source, duration, error)
     await asyncio.to_thread(manifests.write, directory, manifest)
+    await asyncio.to_thread(scratch.unmark_run, directory, stamp)
     done = partial(BackupResult, source=source, stamp=stamp, directory=str(directory))
     if error is not None:
         return done(ok=False, files=tuple(run.files), duration_s=duration, error=error)

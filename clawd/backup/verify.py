@@ -3,8 +3,9 @@
 contents is at the front), and a full restore into a scratch database whose row counts
 must equal the manifest's.
 
-The scratch database is named by clawd (`claw_clan_verify_<random>`), created here and
-dropped here; the main database is never dropped or truncated.
+The scratch database is named by clawd (`claw_clan_verify_<random>`), recorded in the
+backup directory, created here and dropped here (or, after a crash, at the next start);
+the main database is never dropped or truncated.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncpg
 import structlog
 
 from clawd.backup import archive
+from clawd.backup import scratch as markers
 from clawd.backup.errors import BackupError
 from clawd.backup.files import sha256_of
 from clawd.backup.manifest import FileEntry, Manifest, Verification
@@ -26,7 +28,7 @@ from clawd.backup.pgdump import count_rows
 from clawd.backup.pgtools import PgTools, connect, dbname_arg, pg_env, run_tool
 from clawd.errors import ClawdError
 from clawd.model import utcnow
-from clawd.settings import PostgresSettings
+from clawd.settings import PostgresSettings, Settings
 
 log = structlog.get_logger("clawd.backup")
 
@@ -73,8 +75,10 @@ def scratch_name(pg: PostgresSettings) -> str:
     return name
 
 
-async def drop_scratch(conn: asyncpg.Connection, name: str, pg: PostgresSettings) -> None:
-    """Drop a database clawd created for verification; refuses any other name."""
+async def drop_scratch(conn: asyncpg.Connection, name: str, pg: PostgresSettings) -> bool:
+    """Drop a database clawd created for verification; refuses any other name.
+
+    False (and one error line with the command to do it by hand) when it could not."""
     if not SCRATCH_DB.match(name) or name == pg.database:
         raise BackupError(f"refusing to drop database {name!r}: clawd did not create it")
     force = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
@@ -87,6 +91,41 @@ async def drop_scratch(conn: asyncpg.Connection, name: str, pg: PostgresSettings
             reason=str(exc),
             fix=f"dropdb -h {pg.host} -p {pg.port} -U {pg.user} {name}",
         )
+        return False
+    return True
+
+
+async def drop_leftover_scratch(settings: Settings, ledger: Path) -> None:
+    """Drop the scratch databases an interrupted run left (call under the backup lock).
+
+    Only names recorded in `ledger` (this clawd created them) are dropped; if PostgreSQL
+    cannot be reached, they stay recorded and the next backup tries again.
+    """
+    leftovers = await asyncio.to_thread(markers.marked_scratch, ledger)
+    if not leftovers:
+        return
+    pg = settings.postgres
+    try:
+        conn = await connect(pg)
+    except ClawdError as exc:
+        log.warning(
+            "scratch_database_not_dropped_yet",
+            databases=",".join(leftovers),
+            reason=str(exc),
+            action="tried again at the next backup",
+        )
+        return
+    try:
+        for name in leftovers:
+            if await drop_scratch(conn, name, pg):
+                await asyncio.to_thread(markers.unmark_scratch, ledger, name)
+                log.warning(
+                    "scratch_database_dropped",
+                    database=name,
+                    why="left by a verification that was interrupted",
+                )
+    finally:
+        await conn.close()
 
 
 async def _can_create_db(conn: asyncpg.Connection) -> bool:
@@ -98,7 +137,12 @@ async def _can_create_db(conn: asyncpg.Connection) -> bool:
 
 
 async def restore_scratch(
-    pg: PostgresSettings, tools: PgTools, path: Path, expected: dict[str, int] | None
+    pg: PostgresSettings,
+    tools: PgTools,
+    path: Path,
+    expected: dict[str, int] | None,
+    *,
+    ledger: Path,
 ) -> tuple[str, dict[str, int] | None]:
     """Full pg_restore into a fresh scratch database, counts compared; (result, counts)."""
     try:
@@ -109,6 +153,8 @@ async def restore_scratch(
         if not await _can_create_db(conn):
             return NO_CREATEDB, None
         name = scratch_name(pg)
+        # Recorded first: if clawd is killed from here on, the next start drops it.
+        await asyncio.to_thread(markers.mark_scratch, ledger, name)
         await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         try:
             await run_tool(
@@ -131,7 +177,8 @@ async def restore_scratch(
             finally:
                 await scratch.close()
         finally:
-            await drop_scratch(conn, name, pg)
+            if await drop_scratch(conn, name, pg):
+                await asyncio.to_thread(markers.unmark_scratch, ledger, name)
     except BackupError as exc:
         return f"failed: {exc}", None
     except (ClawdError, asyncpg.PostgresError, OSError) as exc:
@@ -155,6 +202,7 @@ async def verify_set(
     pg: PostgresSettings,
     tools: PgTools | None,
     restore: bool,
+    ledger: Path,
 ) -> Verification:
     """Check every file of a backup run; `restore` adds the scratch-database restore."""
     started = time.monotonic()
@@ -178,7 +226,9 @@ async def verify_set(
         if not restore:
             restored = "not run"
         elif reads[-1] == "ok":
-            restored, counts = await restore_scratch(pg, tools, path, manifest.row_counts)
+            restored, counts = await restore_scratch(
+                pg, tools, path, manifest.row_counts, ledger=ledger
+            )
         else:
             restored = "not run"
     if not manifest.files:

@@ -20,6 +20,17 @@ class SinkStatus(Protocol):
     @property
     def backlog_bytes(self) -> int: ...
 
+    @property
+    def pending_rows(self) -> int: ...
+
+    @property
+    def spool_failing(self) -> bool: ...
+
+    @property
+    def stalled(self) -> bool: ...
+
+    def waiting_seconds(self) -> float: ...
+
 
 class LagStatus(Protocol):
     """What LoopMonitor offers."""
@@ -80,7 +91,14 @@ class DaemonSource:
         sink = self._sink()
         if sink is None:
             return None
-        return PostgresState(connected=sink.connected, spool_bytes=sink.backlog_bytes)
+        return PostgresState(
+            connected=sink.connected,
+            spool_bytes=sink.backlog_bytes,
+            pending_rows=sink.pending_rows,
+            spool_failing=sink.spool_failing,
+            stalled=sink.stalled,
+            waiting_seconds=sink.waiting_seconds(),
+        )
 
     def loop_lag_ms(self) -> Mapping[str, float]:
         return self._lag.percentiles_ms()

@@ -105,6 +105,26 @@ def postgres_families(state: ScrapeState) -> Iterator[GaugeMetricFamily]:
     yield _gauge(
         "clawd_spool_bytes", "PostgreSQL writes spooled on disk, awaiting replay", pg.spool_bytes
     )
+    yield _gauge(
+        "clawd_postgres_pending_rows",
+        "rows waiting in memory only: neither in the spool nor in PostgreSQL yet",
+        pg.pending_rows,
+    )
+    yield _gauge(
+        "clawd_spool_write_failing",
+        "1 while the spool cannot be written (disk full, read-only)",
+        pg.spool_failing,
+    )
+    yield _gauge(
+        "clawd_postgres_write_stalled",
+        "1 while writes wait far longer than a healthy sink makes them wait",
+        pg.stalled,
+    )
+    yield _gauge(
+        "clawd_postgres_write_wait_seconds",
+        "how long writes have waited without any reaching PostgreSQL (0 when none wait)",
+        pg.waiting_seconds,
+    )
 
 
 def process_families(state: ScrapeState, version: str) -> Iterator[GaugeMetricFamily]:

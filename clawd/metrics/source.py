@@ -24,10 +24,15 @@ class BackupState:
 
 @dataclass(frozen=True, slots=True)
 class PostgresState:
-    """The PostgreSQL sink: connected or spooling, and the spool's backlog."""
+    """The PostgreSQL sink: connected or spooling, the spool's backlog, and whether
+    writes are stuck (a connected sink can still stall, e.g. on a full disk)."""
 
     connected: bool
     spool_bytes: int
+    pending_rows: int = 0
+    spool_failing: bool = False
+    stalled: bool = False
+    waiting_seconds: float = 0.0
 
 
 class MetricsSource(Protocol):

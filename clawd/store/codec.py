@@ -180,7 +180,7 @@ def incident_from_json(obj: JsonObject) -> Incident:
         event_type=EventType(_req_str(obj, "eventType")),
         details=details,
         timestamp=_req_ts(obj.get("timestamp"), "timestamp"),
-        key=uuid.UUID(_req_str(obj, "key")),
+        key=_key(obj.get("key"), "key"),
     )
 
 
@@ -202,7 +202,7 @@ def skill_audit_from_json(obj: JsonObject) -> SkillAudit:
         action=SkillAction(_req_str(obj, "action")),
         source=_str(obj, "source"),
         timestamp=_req_ts(obj.get("timestamp"), "timestamp"),
-        key=uuid.UUID(_req_str(obj, "key")),
+        key=_key(obj.get("key"), "key"),
     )
 
 
@@ -218,13 +218,36 @@ def ping_to_row(p: Ping) -> list[Any]:
     ]
 
 
+def _key(value: Any, key: str) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise ValueError(f"{key}: expected a UUID string")
+    return uuid.UUID(value)
+
+
+def _ping_ts(value: Any) -> datetime:
+    # Older spools may hold zone-less timestamps; only the type is checked here.
+    if not isinstance(value, str):
+        raise ValueError("ping row: timestamp must be an ISO-8601 string")
+    return datetime.fromisoformat(value)
+
+
 def ping_from_row(row: list[Any]) -> Ping:
+    if len(row) != 6:
+        raise ValueError(f"ping row: expected 6 fields, got {len(row)}")
     source, target, success, ts, response_ms, key = row
+    if not isinstance(source, str) or not isinstance(target, str):
+        raise ValueError("ping row: gateway ids must be strings")
+    if not isinstance(success, bool):
+        raise ValueError("ping row: success must be true or false")
+    if response_ms is not None and (
+        isinstance(response_ms, bool) or not isinstance(response_ms, int)
+    ):
+        raise ValueError("ping row: response time must be an integer or null")
     return Ping(
         source_gateway=source,
         target_gateway=target,
-        success=bool(success),
-        timestamp=datetime.fromisoformat(ts),
+        success=success,
+        timestamp=_ping_ts(ts),
         response_ms=response_ms,
-        key=uuid.UUID(hex=key),
+        key=_key(key, "ping row key"),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,19 +35,45 @@ def encode_op(op: WriteOp) -> dict[str, Any]:
     return {"t": "skill", "v": codec.skill_audit_to_json(op)}
 
 
-def decode_op(obj: dict[str, Any]) -> WriteOp:
-    kind = obj.get("t")
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what}: expected a JSON array, got {type(value).__name__}")
+    return value
+
+
+def decode_op(obj: Any) -> WriteOp:
+    """The op a spool line holds; ValueError (naming what is wrong) for anything else.
+
+    Any JSON value may turn up here (a hand-edited or damaged spool), so every shape
+    is checked before use: a bad line is set aside, it must never stop the daemon.
+    """
+    record = _object(obj, "record")
+    kind = record.get("t")
     if kind == "pings":
-        return PingBatch(tuple(codec.ping_from_row(r) for r in obj["rows"]))
-    if kind == "instance":
-        return codec.instance_from_json(obj["v"])
+        rows = _list(record.get("rows"), "rows")
+        return PingBatch(tuple(codec.ping_from_row(_list(r, "ping row")) for r in rows))
     if kind == "peer":
-        return codec.peer_state_from_json(obj["v"], obj["id"])
-    if kind == "incident":
-        return codec.incident_from_json(obj["v"])
-    if kind == "skill":
-        return codec.skill_audit_from_json(obj["v"])
-    raise ValueError(f"unknown spool record type {kind!r}")
+        gateway_id = record.get("id")
+        if not isinstance(gateway_id, str):
+            raise ValueError("id: expected a string")
+        return codec.peer_state_from_json(_object(record.get("v"), "v"), gateway_id)
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        raise ValueError(f"unknown spool record type {kind!r}")
+    return decoder(_object(record.get("v"), "v"))
+
+
+_DECODERS: dict[str, Callable[[dict[str, Any]], WriteOp]] = {
+    "instance": codec.instance_from_json,
+    "incident": codec.incident_from_json,
+    "skill": codec.skill_audit_from_json,
+}
 
 
 def encode_lines(ops: list[WriteOp]) -> bytes:

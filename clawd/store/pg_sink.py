@@ -27,6 +27,10 @@ log = structlog.get_logger("clawd.store.sink")
 
 Connector = Callable[[], Awaitable[PgStore]]
 
+# Writes waiting longer than this (and this many flush intervals) count as a stall.
+STALL_MIN_SECONDS = 5.0
+STALL_CYCLES = 5
+
 
 class PgSink:
     """Ordered, durable, at-least-once (idempotent, so exactly-once) delivery."""
@@ -50,7 +54,13 @@ class PgSink:
         self._backoff = storage.retry_initial_seconds
         self._last_error: str | None = None
         self._outage_started: float | None = None
+        self._spool_error: str | None = None  # the spool write failing right now
+        self._progress_at = time.monotonic()  # last delivery, or last time nothing waited
         self.rows_delivered = 0
+        self.rows_lost = 0  # dropped at shutdown: neither spool nor PostgreSQL took them
+        # Called when describe() changes (the daemon refreshes systemd's STATUS=).
+        self.on_change: Callable[[], None] | None = None
+        self._described = self.describe()
 
     # -- what callers use -------------------------------------------------
 
@@ -61,6 +71,47 @@ class PgSink:
     @property
     def backlog_bytes(self) -> int:
         return self._spool.pending_bytes
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows held in memory only: neither in the spool nor in PostgreSQL yet."""
+        return self._queued_rows
+
+    @property
+    def spool_failing(self) -> bool:
+        return self._spool_error is not None
+
+    def waiting_seconds(self) -> float:
+        """How long writes have waited without any reaching PostgreSQL; 0 if none wait."""
+        if not self._queue and not self._spool.pending_bytes:
+            return 0.0
+        return max(0.0, time.monotonic() - self._progress_at)
+
+    @property
+    def stalled(self) -> bool:
+        """Writes have waited longer than a healthy sink ever makes them wait."""
+        limit = max(STALL_MIN_SECONDS, STALL_CYCLES * self._storage.flush_interval_seconds)
+        return self.waiting_seconds() > limit
+
+    def describe(self) -> str:
+        """One phrase for `clawd status` and systemd's STATUS=."""
+        rows = self._queued_rows
+        if self._store is None:
+            if self._spool_error is not None:
+                return (
+                    f"unavailable; spool not writable ({self._spool_error}): "
+                    f"{rows} rows held in memory only"
+                )
+            return "unavailable (spooling)"
+        if self._spool_error is not None:
+            return (
+                f"connected; spool not writable ({self._spool_error}): writes go to "
+                f"PostgreSQL directly, {rows} rows held in memory"
+            )
+        if self.stalled:
+            waited = self.waiting_seconds()
+            return f"connected; writes stalled for {waited:.0f} s ({rows} rows waiting)"
+        return "connected"
 
     async def submit(self, op: WriteOp) -> None:
         """Queue `op`; waits only when the in-memory queue is full (backpressure)."""
@@ -94,8 +145,15 @@ class PgSink:
 
     async def preload(self, ops: list[WriteOp]) -> None:
         """Put `ops` durably in the spool now, ahead of anything submitted later."""
-        if ops:
+        if not ops:
+            return
+        try:
             await self._spool.append(ops)
+        except StoreError as exc:
+            # A full disk must not stop the start: they go first from memory instead.
+            self._note_spool_failure(str(exc))
+            self._submitted += len(ops)
+            self._requeue(ops)
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()  # writes are spooled; the daemon never waits for PostgreSQL
@@ -108,6 +166,7 @@ class PgSink:
                     )
             self._wake.clear()
             await self._cycle()
+            self._report_change()
             if self._closing and not self._queue:
                 return
 
@@ -130,9 +189,13 @@ class PgSink:
             try:
                 start, end = await self._spool.append(ops)
             except StoreError as exc:
-                self._requeue(ops)
-                await self._spool_failed(str(exc))
+                await self._unspooled(ops, last_seq, str(exc))
+                async with self._progress:
+                    self._progress.notify_all()
                 return
+            if self._spool_error is not None:
+                log.info("spool_write_recovered", path=str(self._spool.path))
+                self._spool_error = None
             self._durable = last_seq
             if self._spool.offset == start:
                 fresh = (ops, end)
@@ -140,20 +203,61 @@ class PgSink:
             await self._maybe_reconnect()
         if self._store is not None and self._spool.pending_bytes:
             await self._deliver_spool(fresh)
+        if not self._queue and not self._spool.pending_bytes:
+            self._progress_at = time.monotonic()
         async with self._progress:
             self._progress.notify_all()
 
     def _requeue(self, ops: list[WriteOp]) -> None:
         self._queue.extendleft(reversed(ops))
         self._queued_rows += sum(op_rows(o) for o in ops)
+        if self._queued_rows >= self._storage.queue_max_rows:
+            self._space.clear()
 
-    async def _spool_failed(self, reason: str) -> None:
-        # Disk full or read-only: keep the batch in memory and try again later;
-        # monitoring goes on, backpressure bounds the memory.
-        if reason != self._last_error:
-            log.error("spool_write_failed", reason=reason, queued_rows=self._queued_rows)
-            self._last_error = reason
+    def _note_spool_failure(self, reason: str) -> None:
+        if reason != self._spool_error:
+            log.error(
+                "spool_write_failed",
+                reason=reason,
+                queued_rows=self._queued_rows,
+                action="writes go to PostgreSQL directly while it is up, else wait in memory",
+            )
+            self._spool_error = reason
+
+    async def _unspooled(self, ops: list[WriteOp], last_seq: int, reason: str) -> None:
+        """The spool cannot be written (disk full, read-only): PostgreSQL need not wait
+        for it. Older spooled writes go first, then this batch straight from memory; if
+        PostgreSQL is away too, the batch waits in memory (bounded by backpressure)."""
+        self._note_spool_failure(reason)
+        if self._store is None:
+            await self._maybe_reconnect()
+        delivered = (
+            self._store is not None and await self._deliver_spool(None) and await self._send(ops)
+        )
+        if delivered:
+            self._durable = self._delivered = last_seq
+            self.rows_delivered += sum(op_rows(o) for o in ops)
+            self._progress_at = time.monotonic()
+            return
+        if self._closing and self._store is None:
+            # Stopping with neither the disk nor PostgreSQL taking writes: say what is lost.
+            lost = sum(op_rows(o) for o in ops) + self._queued_rows
+            self.rows_lost += lost
+            log.error("postgres_writes_lost", rows=lost, reason=reason)
+            self._queue.clear()
+            self._queued_rows = 0
+            self._space.set()
+            self._durable = self._delivered = self._submitted
+            return
+        self._requeue(ops)
         await asyncio.sleep(self._storage.retry_initial_seconds)
+
+    def _report_change(self) -> None:
+        described = self.describe()
+        if described != self._described:
+            self._described = described
+            if self.on_change is not None:
+                self.on_change()
 
     def _take_batch(self) -> tuple[list[WriteOp], int] | None:
         ops: list[WriteOp] = []
@@ -170,20 +274,28 @@ class PgSink:
         # Ops are numbered in submission order; the queue holds the newest ones.
         return ops, self._submitted - len(self._queue)
 
-    async def _deliver_spool(self, fresh: tuple[list[WriteOp], int] | None) -> None:
-        """Send the spool from its offset on; a batch just appended is sent from memory."""
+    async def _deliver_spool(self, fresh: tuple[list[WriteOp], int] | None) -> bool:
+        """Send the spool from its offset on; a batch just appended is sent from memory.
+
+        True when every complete line is sent (a torn last line may remain)."""
         replayed = 0
-        while self._store is not None and self._spool.pending_bytes:
+        caught_up = False
+        while self._store is not None:
+            if not self._spool.pending_bytes:
+                caught_up = True
+                break
             if fresh is not None:
                 (ops, upto), fresh = fresh, None
             else:
                 ops, upto = await self._spool.read(self._storage.batch_max_rows)
             if not ops and upto == self._spool.offset:
+                caught_up = True
                 break  # only a torn line is left
             if not await self._send(ops):
-                return
+                break
             await self._spool.commit(upto)
             replayed += sum(op_rows(o) for o in ops)
+            self._progress_at = time.monotonic()
         if not self._spool.pending_bytes:
             self._delivered = self._durable
         self.rows_delivered += replayed
@@ -194,6 +306,7 @@ class PgSink:
                 outage_seconds=round(time.monotonic() - self._outage_started, 1),
             )
             self._outage_started = None
+        return caught_up
 
     async def _send(self, ops: list[WriteOp]) -> bool:
         assert self._store is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -54,6 +54,14 @@ class FleetRepository:
         self._snapshot = FleetSnapshot()
         self._stopped = asyncio.Event()
         self._json_failing: set[str] = set()  # kinds of JSON write failing right now
+        self._on_sink_change: Callable[[], None] | None = None
+
+    def watch_sink(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` whenever the PostgreSQL sink's state changes (this sink and
+        any attached later)."""
+        self._on_sink_change = on_change
+        if self.sink is not None:
+            self.sink.on_change = on_change
 
     async def open(self) -> LoadResult:
         """Load the JSON store, register this instance, and queue the JSON state for
@@ -84,6 +92,7 @@ class FleetRepository:
     async def attach_sink(self, sink: PgSink) -> None:
         """Start writing to PostgreSQL too (backend switched to postgres at run time)."""
         self.sink = sink
+        sink.on_change = self._on_sink_change
         await sink.open()
         await self._sync_json_to_sink(sink)
 

@@ -43,6 +43,10 @@ class Spool:
         self.rejected_path = directory / REJECTED_FILE
         self.offset = 0
         self.size = 0
+        # Offsets of unreadable lines already set aside in this run (report each once).
+        self._set_aside_at: set[int] = set()
+        self._aside_error: str | None = None
+        self._commit_error: str | None = None
 
     @property
     def pending_bytes(self) -> int:
@@ -82,6 +86,7 @@ class Spool:
         """Ops from the current offset (at least one, about `max_rows` rows) and the end offset.
 
         A torn final line (a crash mid-append) is left for later; it is never half-applied.
+        A complete line that is not a record is set aside in the rejected file and skipped.
         """
         ops: list[WriteOp] = []
         rows = 0
@@ -92,24 +97,39 @@ class Spool:
                 line = await fh.readline()
                 if not line.endswith(b"\n"):
                     break
-                end += len(line)
                 try:
                     op = decode_op(json.loads(line))
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.error("spool_record_unreadable", offset=end - len(line), error=str(exc))
-                    await self._keep_rejected(line)
+                except (ValueError, RecursionError) as exc:
+                    if not await self._set_aside(line, end, exc):
+                        break  # could not keep it: leave it in the spool for later
+                    end += len(line)
                     continue
+                end += len(line)
                 ops.append(op)
                 rows += op_rows(op)
         return ops, end
 
     async def commit(self, end: int) -> None:
         """Everything before byte `end` is in PostgreSQL."""
-        if end >= self.size:
-            await asyncio.to_thread(self._reset_sync)
-        else:
+        try:
+            if end >= self.size:
+                await asyncio.to_thread(self._reset_sync)
+                return
             await asyncio.to_thread(write_atomic, self.offset_path, f"{end}\n".encode())
-            self.offset = end
+        except OSError as exc:
+            # Disk full: the offset lives in memory until it can be saved. A crash
+            # meanwhile replays from the last saved offset; the keys make that a no-op.
+            if str(exc) != self._commit_error:
+                log.warning(
+                    "spool_offset_not_saved",
+                    path=str(self.offset_path),
+                    error=str(exc),
+                    action="kept in memory; a restart would resend (harmlessly)",
+                )
+                self._commit_error = str(exc)
+        else:
+            self._commit_error = None
+        self.offset = end
 
     def _reset_sync(self) -> None:
         # The offset must never point into a file that was truncated and refilled:
@@ -118,6 +138,7 @@ class Spool:
         if self.offset_path.exists():
             self.offset_path.unlink()
         os.truncate(self.path, 0)
+        self._set_aside_at.clear()
         self.size = 0
         self.offset = 0
 
@@ -125,5 +146,51 @@ class Spool:
         """Set aside writes PostgreSQL refuses (kept on disk, never silently dropped)."""
         await asyncio.to_thread(_encode_and_append, self.rejected_path, ops)
 
-    async def _keep_rejected(self, line: bytes) -> None:
-        await asyncio.to_thread(append_durable, self.rejected_path, line)
+    async def _set_aside(self, line: bytes, offset: int, exc: BaseException) -> bool:
+        """Copy an unreadable line to the rejected file, reported once; False if that failed."""
+        if offset in self._set_aside_at:
+            return True  # a replay after a failed send: already kept and reported
+        try:
+            number = await asyncio.to_thread(_line_number, self.path, offset)
+            await asyncio.to_thread(append_durable, self.rejected_path, line)
+        except OSError as exc_io:
+            if str(exc_io) == self._aside_error:
+                return False  # said already; the next read tries again
+            self._aside_error = str(exc_io)
+            log.error(
+                "spool_record_not_set_aside",
+                path=str(self.path),
+                offset=offset,
+                error=str(exc_io),
+                action="left in the spool; retried later",
+            )
+            return False
+        self._set_aside_at.add(offset)
+        self._aside_error = None
+        log.error(
+            "spool_record_unreadable",
+            path=f"{self.path}:{number}",
+            error=_short(exc),
+            kept_in=str(self.rejected_path),
+        )
+        return True
+
+
+def _line_number(path: Path, offset: int) -> int:
+    """1-based number of the line starting at byte `offset` (blocking; rare, so a scan)."""
+    newlines = 0
+    with path.open("rb") as fh:
+        left = offset
+        while left > 0:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            newlines += chunk.count(b"\n")
+            left -= len(chunk)
+    return newlines + 1
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)[:200]
