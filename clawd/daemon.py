@@ -508,7 +508,7 @@ class Daemon:
             for instance in static_peers(new):
                 self.keeper.emit(PeerConfigured(instance, utcnow()))
         if "log" in sections:
-            configure_logging(new.log.level)
+            configure_logging(new.log.level, home=new.home)
         if "metrics" in sections:
             await self._restart_metrics(new)
         if "instance" in sections:
