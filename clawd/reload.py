@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,14 @@ from pydantic import SecretStr
 
 from clawd.errors import ConfigError
 from clawd.fleetops.payload import ConfigDocument, digest
-from clawd.settings import Settings, default_config_path, settings_from_data
+from clawd.settings import (
+    Settings,
+    check_ssh_files,
+    default_config_path,
+    parse_config,
+    read_config_bytes,
+    settings_from_data,
+)
 
 log = structlog.get_logger("clawd.reload")
 
@@ -24,21 +30,6 @@ POLL_SECONDS = 0.5
 DEBOUNCE_SECONDS = 0.3
 # What cannot change under a running process (its files would move under it).
 RESTART_ONLY = ("home", "instance.gatewayId")
-
-
-def _parse(path: Path, raw: bytes) -> dict[str, Any]:
-    """The file's JSON object; errors worded as settings.read_config_file words them."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must hold a JSON object, found {type(data).__name__}")
-    return data
 
 
 def load_in_force(
@@ -54,25 +45,13 @@ def load_in_force(
     """
     env = os.environ if environ is None else environ
     config_path = (path or default_config_path(env)).expanduser()
-    try:
-        raw = config_path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{config_path}: no such file (copy config.example.json there to start)"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"{config_path}: cannot read: {exc}") from None
-    data = _parse(config_path, raw)
+    raw = read_config_bytes(config_path)
+    data = parse_config(config_path, raw)
     settings = settings_from_data(
         copy.deepcopy(data), env, config_dir=config_path.parent.resolve(), source=str(config_path)
     )
-    if check_files:  # the SSH files it names, as load_settings(check_files=True) does
-        from clawd.ssh_files import ssh_file_problems
-
-        problems = ssh_file_problems(settings.ssh, settings.home)
-        if problems:
-            noun = "problem" if len(problems) == 1 else "problems"
-            raise ConfigError(f"{config_path}: {len(problems)} {noun}:\n  " + "\n  ".join(problems))
+    if check_files:
+        check_ssh_files(settings, config_path)
     return settings, ConfigDocument(data, digest(raw))
 
 

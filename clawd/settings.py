@@ -580,18 +580,29 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
     return default_home(environ) / "config.json"
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse config.json into a dict, with errors that name the file and position."""
+def read_config_bytes(path: Path) -> bytes:
+    """config.json's bytes, with errors that name the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such file (copy config.example.json there to start)"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse config.json into a dict, with errors that name the file and position."""
+    return parse_config(path, read_config_bytes(path))
+
+
+def parse_config(path: Path, raw: bytes) -> dict[str, Any]:
+    """The JSON object in config.json's bytes `raw`; errors name the file and position."""
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -649,10 +660,15 @@ def load_settings(
         data, env, config_dir=config_path.parent.resolve(), source=str(config_path)
     )
     if check_files:
-        from clawd.ssh_files import ssh_file_problems
-
-        problems = ssh_file_problems(settings.ssh, settings.home)
-        if problems:
-            noun = "problem" if len(problems) == 1 else "problems"
-            raise ConfigError(f"{config_path}: {len(problems)} {noun}:\n  " + "\n  ".join(problems))
+        check_ssh_files(settings, config_path)
     return settings
+
+
+def check_ssh_files(settings: Settings, config_path: Path) -> None:
+    """ConfigError unless the SSH files `settings` names (known_hosts, client keys) read."""
+    from clawd.ssh_files import ssh_file_problems
+
+    problems = ssh_file_problems(settings.ssh, settings.home)
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise ConfigError(f"{config_path}: {len(problems)} {noun}:\n  " + "\n  ".join(problems))

@@ -55,7 +55,7 @@ def _leader_home(tmp_path: Path, fleet: SshFleet, peers: dict[str, SshPeer]) -> 
         fleet,
         instance={"gatewayId": "gw-a", "name": "alpha", "leadNumber": 1, "ip": "127.0.61.1"},
         peers=[_entry(gid, p) for gid, p in peers.items()],
-        ping={"intervalSeconds": INTERVAL, "timeoutSeconds": 0.5, "offlineAfterMissed": 3},
+        ping={"intervalSeconds": INTERVAL, "timeoutSeconds": 0.25, "offlineAfterMissed": 3},
         # The pinger's own periodic install check must not find a lost install first:
         # the push is what meets it (the order the issue describes).
         ssh={

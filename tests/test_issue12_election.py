@@ -21,7 +21,7 @@ from sshpeers import SshFleet, SshPeer
 from clawd.control import request
 
 INTERVAL = 0.5
-TIMEOUT = 0.5
+TIMEOUT = 0.4  # below the interval, as config check requires
 MISSED = 3
 # Leads 4..1 below this instance's 5: on old code every peer that answered before a
 # better-ranked one took the lead for a moment (self -> each peer, in answer order).
