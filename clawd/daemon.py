@@ -355,7 +355,11 @@ class Daemon:
         self._monitor_task = start("loop-monitor", self.loop_monitor.run)
         for name, ready in starting:
             try:
-                await asyncio.wait_for(ready.wait(), START_SECONDS)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the task
+                # group's cancel when a component fails just as another gets ready, and
+                # start would then wait for a component that is gone.
+                async with asyncio.timeout(START_SECONDS):
+                    await ready.wait()
             except TimeoutError:
                 log.error("start_timeout", component=name, seconds=START_SECONDS)
                 raise

@@ -180,9 +180,13 @@ class PingSettings(Section):
         interval = data.get("intervalSeconds", data.get("interval_seconds", 10.0))
         if isinstance(interval, bool) or not isinstance(interval, int | float):
             return data
-        if not (math.isfinite(interval) and interval > 0):
+        try:
+            seconds = float(interval)
+        except OverflowError:  # a huge int: the field's own bound reports it
             return data
-        return {**data, "timeoutSeconds": min(DEFAULT_PING_TIMEOUT, interval / 2)}
+        if not (math.isfinite(seconds) and seconds > 0):
+            return data
+        return {**data, "timeoutSeconds": min(DEFAULT_PING_TIMEOUT, seconds / 2)}
 
     @model_validator(mode="after")
     def _timeout_below_interval(self) -> PingSettings:
