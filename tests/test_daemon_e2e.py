@@ -7,6 +7,7 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -83,6 +84,11 @@ async def test_fleet_story_end_to_end(
         for gid in peers:
             await daemon.wait_incident(gid, "online", 10)
         await daemon.wait_incident("gw-b", "leader_change", 5)  # lead 1 beats self 5
+        # fleet.json follows the incident on the keeper's next write: bounded wait.
+        for _ in range(100):
+            if json.loads((home / "fleet.json").read_text())["leader"] == "gw-b":
+                break
+            await asyncio.sleep(0.1)
         assert json.loads((home / "fleet.json").read_text())["leader"] == "gw-b"
 
         await peers["gw-c"].stop()
