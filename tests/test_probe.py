@@ -439,10 +439,8 @@ async def test_concurrent_probes_of_one_target_share_one_round(rig: Rig) -> None
 
 async def test_hung_helper_and_lost_connection_are_bounded_errors(rig: Rig) -> None:
     for gid in ("gw-h1", "gw-h2"):
-        rig.install_script(gid, "#!/bin/sh\nexec sleep 8\n")
-    # A limit of 3.3 s: room for gw-h3's Python start-up on a busy machine, below the
-    # hung helpers' 8 s.
-    prober = IndirectProber(rig.connection, command=HOME_PROBE, timeout=0.3, k=3, margin=3.0)
+        rig.install_script(gid, "#!/bin/sh\nexec sleep 2\n")
+    prober = IndirectProber(rig.connection, command=HOME_PROBE, timeout=0.3, k=3, margin=1.2)
 
     async def drop_h2() -> None:  # gw-h2 goes away while its probe runs
         await asyncio.sleep(0.3)
@@ -454,11 +452,9 @@ async def test_hung_helper_and_lost_connection_are_bounded_errors(rig: Rig) -> N
     )
     took = time.monotonic() - start
 
-    # The limit, not the hung helpers' 8 s (kept short: their processes outlive the test
-    # and must end before the test session does, or pytest reports them unclosed).
-    assert took < 3.3 + 1.5
+    assert took < 1.5 + 0.7  # the limit (gw-h3 needs Python's start-up within it)
     assert verdict.reachable_by == ("gw-h3",)
-    assert verdict.errors["gw-h1"] == "no answer within 3.3s"
+    assert verdict.errors["gw-h1"] == "no answer within 1.5s"
     assert verdict.errors["gw-h2"] == "connection lost"
     # a connection already closed (the prober is still handed it): refused at once
     closed = IndirectProber(rig.connection, command=PROBE, timeout=0.4, k=3)
