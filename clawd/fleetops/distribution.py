@@ -34,8 +34,9 @@ from clawd.fleetops.leadership import acting_leader, addresses
 from clawd.fleetops.loop import LeaderLoop, new_backoff
 from clawd.fleetops.payload import ConfigDocument, config_for_peer
 from clawd.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
-from clawd.fleetops.retry import LogLimiter
+from clawd.fleetops.retry import REPEAT_SECONDS
 from clawd.model import PeerStatus
+from clawd.ratelog import LogLimiter
 from clawd.reconciler import FleetView
 from clawd.settings import Settings
 from clawd.ssh_client import Connector
@@ -198,7 +199,7 @@ class ConfigDistributor(LeaderLoop):
         self.recheck = recheck
         self._fenced_by: dict[str, FenceToken] = {}  # gateway id -> last logged token
         self._delivered: dict[str, str] = {}  # gateway id -> hash of our config it has
-        self._problems = LogLimiter()  # (gateway id, reason) logged lately
+        self._problems = LogLimiter(REPEAT_SECONDS)  # (gateway id, reason) logged lately
         self.pushes = 0
 
     def update_settings(self, settings: Settings) -> None:

@@ -8,7 +8,8 @@ import time
 import structlog
 
 from clawd.errors import ClawdError
-from clawd.fleetops.retry import LogLimiter, PeerBackoff
+from clawd.fleetops.retry import REPEAT_SECONDS, PeerBackoff
+from clawd.ratelog import LogLimiter
 from clawd.reconciler import FleetView
 from clawd.settings import Settings
 
@@ -35,7 +36,7 @@ class LeaderLoop:
         self._wake = asyncio.Event()
         self._stopping = False
         # Cycles fail again at every wake while the cause lasts: one line per cause.
-        self._failures = LogLimiter()
+        self._failures = LogLimiter(REPEAT_SECONDS)
 
     def update_view(self, view: FleetView) -> None:
         self._view = view

@@ -1,14 +1,12 @@
-"""Per-peer backoff for leader actions, and logging each distinct failure once."""
+"""Per-peer backoff for leader actions; how long a persisting failure waits to be logged again."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass
 
 # A problem that persists is logged again after this long: the journal keeps a reminder
 # without a line per retry.
 REPEAT_SECONDS = 600.0
-MAX_REMEMBERED = 1024
 
 
 @dataclass(slots=True)
@@ -53,23 +51,3 @@ class PeerBackoff:
     def last_error(self, gateway_id: str) -> str | None:
         entry = self._peers.get(gateway_id)
         return entry.error if entry else None
-
-
-class LogLimiter:
-    """Whether a problem deserves a log line: the first time, then once per `interval`."""
-
-    def __init__(self, interval: float = REPEAT_SECONDS, remembered: int = MAX_REMEMBERED) -> None:
-        self.interval = interval
-        self.remembered = remembered
-        self._last: dict[Hashable, float] = {}  # problem -> when it was last logged
-
-    def fresh(self, problem: Hashable, now: float) -> bool:
-        """True (and remembered as logged now) unless `problem` was logged < interval ago."""
-        last = self._last.get(problem)
-        if last is not None and now - last < self.interval:
-            return False
-        self._last.pop(problem, None)
-        self._last[problem] = now  # re-inserted: the dict stays oldest-first
-        while len(self._last) > self.remembered:
-            del self._last[next(iter(self._last))]
-        return True
