@@ -28,13 +28,18 @@ def output_cut(exc: BrokenPipeError) -> int:
     gone = [fd for fd in (1, 2) if _reader_gone(fd)]
     if not gone:
         raise exc
+    to_devnull(gone)
+    return EXIT_OUTPUT_CUT
+
+
+def to_devnull(fds: list[int]) -> None:
+    """Point `fds` (stdout, stderr) at /dev/null: later writes there succeed, unseen."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        for fd in gone:
+        for fd in fds:
             os.dup2(devnull, fd)
     finally:
         os.close(devnull)
-    return EXIT_OUTPUT_CUT
 
 
 def flush() -> None:

@@ -13,9 +13,7 @@ import structlog
 
 from clawd.logfmt import LogfmtRenderer
 from clawd.logwriter import FailureReport, SafeLoggerFactory
-
-SECRET_KEYS = ("password", "passwd", "pass", "secret", "token", "dsn")
-MASK = "***"
+from clawd.redact import MASK, is_secret_key
 
 # syslog priorities, as journald reads them from a "<N>" line prefix.
 PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
@@ -26,7 +24,7 @@ def mask_secrets(
 ) -> MutableMapping[str, Any]:
     """Replace the value of any key that names a secret."""
     for key in list(event):
-        if any(hint in key.lower() for hint in SECRET_KEYS):
+        if is_secret_key(key):
             event[key] = MASK
     return event
 

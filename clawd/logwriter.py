@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from clawd import logfmt
+from clawd.cli_output import to_devnull
 from clawd.journal import ERROR, JOURNAL_SOCKET, JournalSender
 
 FAILURE_FILE = "log-output-failed.log"
@@ -76,17 +77,15 @@ def _silence(stream: TextIO) -> None:
         broken = os.fstat(stream.fileno())
     except (OSError, ValueError):
         return
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    to_devnull([fd for fd in (1, 2) if _same_file(fd, broken)])
+
+
+def _same_file(fd: int, st: os.stat_result) -> bool:
     try:
-        for fd in (1, 2):
-            try:
-                st = os.fstat(fd)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (broken.st_dev, broken.st_ino):
-                os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
+        mine = os.fstat(fd)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino)
 
 
 class SafeLogger:

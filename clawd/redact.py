@@ -19,6 +19,7 @@ _KEYWORD = re.compile(
 
 
 def is_secret_key(key: str) -> bool:
+    """True for a key that names a secret (config keys and log fields alike)."""
     lowered = key.lower()
     return any(hint in lowered for hint in SECRET_HINTS)
 
