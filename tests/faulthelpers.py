@@ -3,8 +3,10 @@ small SSH fleet on 127.0.7.x, checks that the JSON store parses, and PostgreSQL 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +143,16 @@ def logged_int(log: str, event: str, key: str) -> int:
     match = re.search(rf"\b{key}=(\d+)", lines[-1])
     assert match, f"no {key}= in {lines[-1]!r}"
     return int(match.group(1))
+
+
+@contextlib.asynccontextmanager
+async def three_peers(
+    tmp_path: Path, prefix: str, first: int
+) -> AsyncIterator[tuple[SshFleet, dict[str, SshPeer]]]:
+    """Three SSH peers `<prefix>0..2` on 127.0.7.<first>.. with their keys in known_hosts."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    async with SshFleet(keys) as ssh_fleet:
+        peers = {f"{prefix}{n}": await ssh_fleet.add_peer(f"127.0.7.{first + n}") for n in range(3)}
+        write_known_hosts(ssh_fleet)
+        yield ssh_fleet, peers

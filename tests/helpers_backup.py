@@ -166,3 +166,23 @@ def capture_logs() -> io.StringIO:
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def write_backup_daemon_config(home: Path, db: PgDatabase, bin_dir: Path, **backup: Any) -> None:
+    """config.json (0600) for a `clawd run` on `db` whose backups use the tools in `bin_dir`."""
+    home.mkdir(parents=True, exist_ok=True)
+    data = {
+        "backend": "postgres",
+        "postgres": {
+            "host": db.host,
+            "port": db.port,
+            "database": db.database,
+            "user": db.user,
+            "password": db.password,
+        },
+        "instance": {"gatewayId": "gw-a", "name": "alpha", "sshUser": "claw"},
+        "discovery": {"enabled": False},
+        "backup": {"schedule": "24h", "pgBinDir": str(bin_dir), **backup},
+    }
+    (home / "config.json").write_text(json.dumps(data))
+    (home / "config.json").chmod(0o600)

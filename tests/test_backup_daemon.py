@@ -7,36 +7,17 @@ Skipped until daemon.py wires clawd.backup.manager.BackupManager in.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
 
 from daemonproc import DaemonProcess
-from helpers_backup import CDB_PASSWORD, FakeBin, cdb_db, fill
+from helpers_backup import CDB_PASSWORD, FakeBin, cdb_db, fill, write_backup_daemon_config
 from pgserver import PgDatabase
 
 from clawd.backup import manifest as manifests
 
 __all__ = ["cdb_db"]
-
-
-def _config(home: Path, db: PgDatabase, bin_dir: Path) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    data = {
-        "backend": "postgres",
-        "postgres": {
-            "host": db.host,
-            "port": db.port,
-            "database": db.database,
-            "user": db.user,
-            "password": db.password,
-        },
-        "instance": {"gatewayId": "gw-a", "name": "alpha", "sshUser": "claw"},
-        "discovery": {"enabled": False},
-        "backup": {"schedule": "24h", "pgBinDir": str(bin_dir)},
-    }
-    (home / "config.json").write_text(json.dumps(data))
 
 
 def _until(predicate: object, daemon: DaemonProcess, timeout: float = 20) -> None:
@@ -55,7 +36,7 @@ def test_sigusr1_backs_up_and_coalesces(tmp_path: Path, cdb_db: PgDatabase) -> N
     asyncio.run(fill(cdb_db, pings=1000))
     fake = FakeBin(tmp_path, delay=1.0)
     home = tmp_path / "home"
-    _config(home, cdb_db, fake.dir)
+    write_backup_daemon_config(home, cdb_db, fake.dir)
     with DaemonProcess(home) as daemon:
         daemon.wait_log("event=ready")
         daemon.proc.send_signal(signal.SIGUSR1)

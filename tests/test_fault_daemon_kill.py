@@ -26,7 +26,7 @@ from faulthelpers import (
     assert_store_parses,
     daemon_config,
     incident_keys,
-    write_known_hosts,
+    three_peers,
 )
 from pgserver import TEST_DB_PASSWORD, TEST_DB_USER, PgServer
 from sshpeers import SshFleet, SshPeer
@@ -44,12 +44,8 @@ TOTAL_BUDGET = 90.0
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[tuple[SshFleet, dict[str, SshPeer]]]:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    async with SshFleet(keys) as ssh_fleet:
-        peers = {f"gw-r{n}": await ssh_fleet.add_peer(f"127.0.7.{30 + n}") for n in range(3)}
-        write_known_hosts(ssh_fleet)
-        yield ssh_fleet, peers
+    async with three_peers(tmp_path, "gw-r", 30) as fleet:
+        yield fleet
 
 
 async def _ready(daemon: DaemonProcess) -> float:

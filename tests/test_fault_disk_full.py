@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from daemonproc import DaemonProcess
-from faulthelpers import assert_store_parses, daemon_config, write_known_hosts
+from faulthelpers import assert_store_parses, daemon_config, three_peers
 from sshpeers import SshFleet, SshPeer
 
 pytestmark = pytest.mark.timeout(90)
@@ -58,12 +58,8 @@ def small_home(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[tuple[SshFleet, dict[str, SshPeer]]]:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    async with SshFleet(keys) as ssh_fleet:
-        peers = {f"gw-f{n}": await ssh_fleet.add_peer(f"127.0.7.{40 + n}") for n in range(3)}
-        write_known_hosts(ssh_fleet)
-        yield ssh_fleet, peers
+    async with three_peers(tmp_path, "gw-f", 40) as fleet:
+        yield fleet
 
 
 def fill(path: Path) -> int:

@@ -29,7 +29,7 @@ from faulthelpers import (
     daemon_config,
     incident_keys,
     logged_int,
-    write_known_hosts,
+    three_peers,
 )
 from pgserver import TEST_DB_PASSWORD, TEST_DB_USER, PgServer
 from sshpeers import SshFleet, SshPeer
@@ -44,12 +44,8 @@ MAX_GAP_SECONDS = 4 * INTERVAL + 1.0
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[tuple[SshFleet, dict[str, SshPeer]]]:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    async with SshFleet(keys) as ssh_fleet:
-        peers = {f"gw-k{n}": await ssh_fleet.add_peer(f"127.0.7.{20 + n}") for n in range(3)}
-        write_known_hosts(ssh_fleet)
-        yield ssh_fleet, peers
+    async with three_peers(tmp_path, "gw-k", 20) as fleet:
+        yield fleet
 
 
 async def _ping_rows(dsn: str) -> int:

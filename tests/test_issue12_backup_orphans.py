@@ -15,7 +15,6 @@ A real `clawd run` (backend postgres) is SIGKILLed twice:
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from daemonproc import DaemonProcess
-from helpers_backup import REAL_BIN, cdb_db, fill, scratch_databases
+from helpers_backup import REAL_BIN, cdb_db, fill, scratch_databases, write_backup_daemon_config
 from helpers_pg import connect
 from pgserver import PgDatabase
 
@@ -53,25 +52,6 @@ def _fake_bin(root: Path) -> Path:
     )
     wrapper.chmod(0o755)
     return bin_dir
-
-
-def _config(home: Path, db: PgDatabase, bin_dir: Path) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    data = {
-        "backend": "postgres",
-        "postgres": {
-            "host": db.host,
-            "port": db.port,
-            "database": db.database,
-            "user": db.user,
-            "password": db.password,
-        },
-        "instance": {"gatewayId": "gw-a", "name": "alpha", "sshUser": "claw"},
-        "discovery": {"enabled": False},
-        "backup": {"schedule": "24h", "pgBinDir": str(bin_dir), "verifyRestore": "each"},
-    }
-    (home / "config.json").write_text(json.dumps(data))
-    (home / "config.json").chmod(0o600)
 
 
 def _children(ppid: int) -> dict[int, str]:
@@ -149,7 +129,7 @@ async def test_sigkill_during_dump_and_restore_leaves_nothing_behind(
     await fill(cdb_db, pings=1000)
     home = tmp_path / "home"
     backups = home / "backups"
-    _config(home, cdb_db, _fake_bin(tmp_path))
+    write_backup_daemon_config(home, cdb_db, _fake_bin(tmp_path), verifyRestore="each")
 
     # 1. SIGKILL while pg_dump runs (waiting for the table lock the test holds).
     async with connect(cdb_db) as holder:

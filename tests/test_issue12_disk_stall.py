@@ -31,7 +31,7 @@ import asyncpg
 import pytest
 import structlog
 from daemonproc import DaemonProcess
-from faulthelpers import SELF_ID, daemon_config, write_known_hosts
+from faulthelpers import SELF_ID, daemon_config, three_peers
 from helpers_pg import (
     free_port,
     make_pings,
@@ -56,12 +56,8 @@ STATE_WITHIN = 20.0
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[tuple[SshFleet, dict[str, SshPeer]]]:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    async with SshFleet(keys) as ssh_fleet:
-        peers = {f"gw-s{n}": await ssh_fleet.add_peer(f"127.0.7.{60 + n}") for n in range(3)}
-        write_known_hosts(ssh_fleet)
-        yield ssh_fleet, peers
+    async with three_peers(tmp_path, "gw-s", 60) as fleet:
+        yield fleet
 
 
 def _metrics(port: int) -> dict[str, float]:
