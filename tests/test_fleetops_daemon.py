@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,18 @@ def _sections(gid: str, lead: int, ip: str, peers: list[dict[str, Any]]) -> dict
     }
 
 
+async def _until_installed(daemon: DaemonProcess, gateway: str, seconds: float) -> None:
+    """Until `daemon`'s live view has claw-clan installed on `gateway` (bounded)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status = await asyncio.to_thread(run_cli, daemon.home, "status", "--json")
+        rows = json.loads(status.stdout)["peers"] if status.stdout else []
+        if any(r["gatewayId"] == gateway and r["installed"] is True for r in rows):
+            return
+        assert time.monotonic() < deadline, f"{gateway} not seen installed:\n{daemon.log}"
+        await asyncio.sleep(0.3)
+
+
 async def test_three_daemons_reinstall_a_bare_peer_exactly_once(
     tmp_path: Path, fleet: SshFleet
 ) -> None:
@@ -79,6 +92,10 @@ async def test_three_daemons_reinstall_a_bare_peer_exactly_once(
         for daemon in daemons.values():
             await daemon.await_log("gateway=gw-t", 10)
         await asyncio.sleep(INTERVAL * 10)
+        # The followers learn it from their own install check (every 10 rounds): on a
+        # busy machine 10 rounds can take longer than 10 intervals, so wait for it.
+        for gid in ("gw-b", "gw-c"):
+            await _until_installed(daemons[gid], "gw-t", 30)
     finally:
         codes = {gid: d.stop() for gid, d in daemons.items()}
     assert codes == {"gw-a": 0, "gw-b": 0, "gw-c": 0}
