@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from clawd.errors import ConfigError
 from clawd.fleetops.payload import ConfigDocument, digest
+from clawd.periodic import Periodic
 from clawd.settings import (
     Settings,
     check_ssh_files,
@@ -172,26 +173,23 @@ class ConfigWatcher:
     def __init__(self, path: Path, on_change: Callable[[], Awaitable[object]]) -> None:
         self.path = path
         self.on_change = on_change
-        self._stopped = asyncio.Event()
+        self._seen: tuple[int, int, int] | None = None
+        self._ticker = Periodic(self._look, POLL_SECONDS)
 
     def stop(self) -> None:
-        self._stopped.set()
+        self._ticker.stop()
 
     async def run(self, ready: asyncio.Event) -> None:
-        seen = await asyncio.to_thread(_fingerprint, self.path)
-        ready.set()
-        while not self._stopped.is_set():
-            try:
-                await asyncio.wait_for(self._stopped.wait(), POLL_SECONDS)
-                return
-            except TimeoutError:
-                pass
-            now = await asyncio.to_thread(_fingerprint, self.path)
-            if now == seen or now is None:
-                continue
-            await asyncio.sleep(DEBOUNCE_SECONDS)
-            settled = await asyncio.to_thread(_fingerprint, self.path)
-            if settled != now:
-                continue  # still being written; look again next round
-            seen = settled
-            await self.on_change()
+        self._seen = await asyncio.to_thread(_fingerprint, self.path)
+        await self._ticker.run(ready)
+
+    async def _look(self) -> None:
+        now = await asyncio.to_thread(_fingerprint, self.path)
+        if now == self._seen or now is None:
+            return
+        await asyncio.sleep(DEBOUNCE_SECONDS)
+        settled = await asyncio.to_thread(_fingerprint, self.path)
+        if settled != now:
+            return  # still being written; look again next round
+        self._seen = settled
+        await self.on_change()

@@ -8,10 +8,9 @@ is queued, however many requests arrive.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -27,11 +26,11 @@ from clawd.backup.schedule import Schedule, format_duration, parse_schedule
 from clawd.backup.verify import drop_leftover_scratch
 from clawd.errors import ClawdError
 from clawd.model import utcnow
+from clawd.periodic import Periodic
 from clawd.settings import Settings
+from clawd.supervise import JobSlot
 
 log = structlog.get_logger("clawd.backup")
-
-T = TypeVar("T")
 
 CHECK_SECONDS = 60.0  # the loop looks at the clock (and overdue state) at least this often
 
@@ -52,12 +51,10 @@ class BackupManager:
         self.on_change = on_change
         self.check_seconds = check_seconds
         self.backups_started = 0
-        self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
         self._active = False
         self._requested: str | None = None
         self._waiters: list[asyncio.Future[BackupResult]] = []
-        self._job: asyncio.Task[Any] | None = None
+        self._job = JobSlot("clawd-backup")
         self._running: tuple[str, datetime] | None = None
         self._started_at = utcnow()
         self._last_attempt: datetime | None = None
@@ -66,6 +63,8 @@ class BackupManager:
         self._last_good_result: BackupResult | None = None
         self._last_verify: datetime | None = None
         self._overdue = False
+        # The first look is at once: a backup overdue at start runs now.
+        self._ticker = Periodic(self._tick, check_seconds, first_delay=0.0)
 
     # -- component ----------------------------------------------------------
 
@@ -77,22 +76,7 @@ class BackupManager:
         ready.set()
         try:
             await self._drop_leftovers()
-            while not self._stop.is_set():
-                self._wake.clear()
-                now = utcnow()
-                self._check_overdue(now)
-                # Until the first backup, the schedule counts from the start.
-                due = self._schedule().next_due(self._last_attempt or self._started_at, now)
-                verify_due = self._verify_due(now)
-                if self._requested is not None or now >= due:
-                    await self._backup(self._requested or "schedule")
-                elif verify_due is not None and now >= verify_due:
-                    await self._scheduled_verify()
-                else:
-                    until = min(due, verify_due) if verify_due else due
-                    wait = min(self.check_seconds, max(0.0, (until - now).total_seconds()))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
+            await self._ticker.run()
         finally:
             self._active = False
             self._fail_waiters(self._waiters)
@@ -100,14 +84,12 @@ class BackupManager:
 
     def stop(self) -> None:
         """Stop the loop; a running backup is cancelled (pg_dump killed, partial removed)."""
-        self._stop.set()
-        self._wake.set()
-        if self._job is not None:
-            self._job.cancel()
+        self._ticker.stop()
+        self._job.cancel()
 
     def update_settings(self, settings: Settings) -> None:
         self.settings = settings
-        self._wake.set()
+        self._ticker.wake()
 
     # -- requests -------------------------------------------------------------
 
@@ -126,11 +108,11 @@ class BackupManager:
         else:
             log.info("backup_requested", source=source)
             self._requested = source
-        self._wake.set()
+        self._ticker.wake()
 
     async def backup_now(self, source: str) -> BackupResult:
         """Request a backup and wait for the result of one that starts after this call."""
-        if not self._active or self._stop.is_set():
+        if not self._active or self._ticker.stopping:
             raise BackupError("the backup scheduler is not running")
         waiter: asyncio.Future[BackupResult] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -183,6 +165,22 @@ class BackupManager:
         return f"no backup yet ({self._schedule().describe()})"
 
     # -- internals ------------------------------------------------------------
+
+    async def _tick(self) -> float:
+        """Back up or verify if due (then look again at once); else the seconds to wait."""
+        now = utcnow()
+        self._check_overdue(now)
+        # Until the first backup, the schedule counts from the start.
+        due = self._schedule().next_due(self._last_attempt or self._started_at, now)
+        verify_due = self._verify_due(now)
+        if self._requested is not None or now >= due:
+            await self._backup(self._requested or "schedule")
+            return 0.0
+        if verify_due is not None and now >= verify_due:
+            await self._scheduled_verify()
+            return 0.0
+        until = min(due, verify_due) if verify_due else due
+        return min(self.check_seconds, max(0.0, (until - now).total_seconds()))
 
     def _schedule(self) -> Schedule:
         return parse_schedule(self.settings.backup.schedule)
@@ -263,19 +261,6 @@ class BackupManager:
         except OSError as exc:
             log.error("backup_dir_unusable", reason=f"{directory}: {exc.strerror or exc}")
 
-    async def _supervised(self, coro: Coroutine[Any, Any, T]) -> T | None:
-        """Run one job as a child task that stop() can cancel; None when cancelled."""
-        job = asyncio.create_task(coro, name="clawd-backup")
-        self._job = job
-        try:
-            await asyncio.wait({job})
-            return None if job.cancelled() else job.result()
-        finally:
-            if not job.done():  # run() itself was cancelled
-                job.cancel()
-                await asyncio.wait({job})
-            self._job = None
-
     async def _backup(self, source: str) -> None:
         waiters, self._waiters = self._waiters, []
         self._requested = None
@@ -284,7 +269,7 @@ class BackupManager:
         self._changed()
         result: BackupResult | None = None
         try:
-            result = await self._supervised(run_backup(self.settings, source))
+            result = await self._job.run(run_backup(self.settings, source))
         finally:
             self._running = None
             if result is None:
@@ -311,7 +296,7 @@ class BackupManager:
     async def _scheduled_verify(self) -> None:
         self._last_verify = utcnow()
         try:
-            await self._supervised(run_verify(self.settings, None, restore=True))
+            await self._job.run(run_verify(self.settings, None, restore=True))
         except ClawdError as exc:
             log.error("backup_verify_failed", reason=str(exc))
 

@@ -206,13 +206,13 @@ class ConfigDistributor(LeaderLoop):
         """Called after a reload: config.json changed, so every peer may need it now."""
         self.settings = settings
         self._backoff = new_backoff(settings)
-        self._wake.set()
+        self._ticker.wake()
 
     def update_document(self, document: ConfigDocument) -> None:
         """A configuration was put in force (validated): the one to deliver from now."""
         if document.digest != self.document.digest:
             self.document = document
-            self._wake.set()
+            self._ticker.wake()
 
     def _pending(self, view: FleetView, config_hash: str) -> list[PeerAddress]:
         now = time.monotonic()

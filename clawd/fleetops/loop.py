@@ -9,6 +9,7 @@ import structlog
 
 from clawd.errors import ClawdError
 from clawd.fleetops.retry import REPEAT_SECONDS, PeerBackoff
+from clawd.periodic import Periodic
 from clawd.ratelog import LogLimiter
 from clawd.reconciler import FleetView
 from clawd.settings import Settings
@@ -33,40 +34,31 @@ class LeaderLoop:
         self.settings = settings
         self._view: FleetView | None = None
         self._backoff = new_backoff(settings)
-        self._wake = asyncio.Event()
-        self._stopping = False
         # Cycles fail again at every wake while the cause lasts: one line per cause.
         self._failures = LogLimiter(REPEAT_SECONDS)
+        self._ticker = Periodic(
+            self._cycle, self._idle_seconds, catch=(ClawdError,), on_error=self._failed
+        )
 
     def update_view(self, view: FleetView) -> None:
         self._view = view
-        self._wake.set()
+        self._ticker.wake()
 
     def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+        self._ticker.stop()
 
     async def run(self, ready: asyncio.Event) -> None:
-        ready.set()
-        while not self._stopping:
-            await self._sleep()
-            if self._stopping:
-                return
-            try:
-                await self._cycle()
-            except ClawdError as exc:
-                if self._failures.fresh(str(exc), time.monotonic()):
-                    log.error(self.failed_event, error=str(exc))
+        await self._ticker.run(ready)
 
-    async def _sleep(self) -> None:
+    def _idle_seconds(self) -> float:
+        """Until the first peer's retry is due (at least 50 ms), at most IDLE_SECONDS."""
         due = self._backoff.next_due()
         seconds = IDLE_SECONDS if due is None else max(0.05, due - time.monotonic())
-        try:
-            async with asyncio.timeout(min(seconds, IDLE_SECONDS)):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
-        self._wake.clear()
+        return min(seconds, IDLE_SECONDS)
+
+    def _failed(self, exc: Exception) -> None:
+        if self._failures.fresh(str(exc), time.monotonic()):
+            log.error(self.failed_event, error=str(exc))
 
     async def _cycle(self) -> None:
         raise NotImplementedError

@@ -186,7 +186,7 @@ class Recoverer(LeaderLoop):
         old, self.settings = self.settings, settings
         if settings.recovery != old.recovery:
             self._backoff = new_backoff(settings)
-        self._wake.set()
+        self._ticker.wake()
 
     def update_document(self, document: ConfigDocument) -> None:
         """A configuration was put in force: later reinstalls copy that one."""

@@ -31,6 +31,7 @@ import structlog
 
 from clawd.errors import DatabaseError, DatabaseUnavailable
 from clawd.history import hourly
+from clawd.periodic import Periodic
 from clawd.retention.pruner import PRUNE_LOCK_ID
 from clawd.store.migrations import ADVISORY_LOCK_ID, Conn
 from clawd.store.pg_errors import TRANSIENT
@@ -123,31 +124,27 @@ class RollupMaintainer:
         self._chunk = chunk_ids
         self._in_flight_timeout = in_flight_timeout_seconds
         self._clock = clock
-        self._stopping = False
-        self._wake = asyncio.Event()
         self._last_error: str | None = None
         self.last_result: RollupResult | None = None
+        self._ticker = Periodic(
+            self._roll_now,
+            interval_seconds,
+            first_delay=min(interval_seconds, FIRST_ROLL_SECONDS),
+            # Never let one bad run end the rollup for good.
+            catch=(Exception,),
+            on_error=self._failed,
+        )
 
     def stop(self) -> None:
         """Ask run() to return; a roll in progress ends after its current chunk."""
-        self._stopping = True
-        self._wake.set()
+        self._ticker.stop()
 
     async def run(self, ready: asyncio.Event) -> None:
         """Roll every interval_seconds until stop(); the first within FIRST_ROLL_SECONDS."""
-        ready.set()
-        delay = min(self._interval, FIRST_ROLL_SECONDS)
-        while not self._stopping:
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            if self._stopping:
-                return
-            try:
-                self.last_result = await self.roll_once(self._clock())
-            except Exception as exc:  # never let one bad run end the rollup for good
-                self._failed(exc)
-            delay = self._interval
+        await self._ticker.run(ready)
+
+    async def _roll_now(self) -> None:
+        self.last_result = await self.roll_once(self._clock())
 
     async def roll_once(self, now: datetime) -> RollupResult:
         """Roll every ended hour touched by rows above the watermark; logs one line."""
@@ -209,7 +206,7 @@ class RollupMaintainer:
         hours = chunks = 0
         pending = False
         while mark < top:
-            if self._stopping or not self._is_leader():
+            if self._ticker.stopping or not self._is_leader():
                 pending = True
                 break
             following = await conn.fetchval(NEXT_ID, mark)

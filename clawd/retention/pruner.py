@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 
 from clawd.errors import DatabaseError, DatabaseUnavailable
+from clawd.periodic import Periodic
 from clawd.retention.batches import (
     BatchPolicy,
     Tally,
@@ -69,39 +70,38 @@ class RetentionPruner:
         self._is_leader = is_leader
         self._pause = batch_pause_seconds
         self._clock = clock
-        self._stopping = False
-        self._wake = asyncio.Event()
         self._last_error: str | None = None
         self.last_result: PruneResult | None = None
+        self._last_run = 0.0  # monotonic; set in run()
+        # Never let one bad run end pruning for good.
+        self._ticker = Periodic(
+            self._prune_if_due, self._seconds_left, catch=(Exception,), on_error=self._failed
+        )
 
     def update_settings(self, settings: HistorySettings) -> None:
         """Use `settings` from the next batch on; a new interval counts from the last run."""
         self._settings = settings
-        self._wake.set()
+        self._ticker.wake()
 
     def stop(self) -> None:
         """Ask run() to return; a prune in progress ends after its current batch."""
-        self._stopping = True
-        self._wake.set()
+        self._ticker.stop()
 
     async def run(self, ready: asyncio.Event) -> None:
         """Prune every prune_interval_seconds until stop(); the first within FIRST_PRUNE_SECONDS."""
-        ready.set()
         # A daemon restarted more often than the interval must still prune.
         interval = self._settings.prune_interval_seconds
-        last = time.monotonic() - interval + min(interval, FIRST_PRUNE_SECONDS)
-        while not self._stopping:
-            left = last + self._settings.prune_interval_seconds - time.monotonic()
-            if left > 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=left)
-                continue  # stopped, new settings, or time is up: re-check
-            last = time.monotonic()
-            try:
-                self.last_result = await self.prune_once(self._clock())
-            except Exception as exc:  # never let one bad run end pruning for good
-                self._failed(exc)
+        self._last_run = time.monotonic() - interval + min(interval, FIRST_PRUNE_SECONDS)
+        await self._ticker.run(ready)
+
+    def _seconds_left(self) -> float:
+        return self._last_run + self._settings.prune_interval_seconds - time.monotonic()
+
+    async def _prune_if_due(self) -> None:
+        if self._seconds_left() > 0:
+            return  # woken by new settings, or the timer was early: wait the rest
+        self._last_run = time.monotonic()
+        self.last_result = await self.prune_once(self._clock())
 
     async def prune_once(self, now: datetime) -> PruneResult:
         """Prune if leader and no other clawd is pruning; database errors are logged, not raised."""
@@ -160,7 +160,7 @@ class RetentionPruner:
         return False
 
     def _keep_going(self) -> bool:
-        return not self._stopping and self._is_leader()
+        return not self._ticker.stopping and self._is_leader()
 
     def _log(self, done: TablePrune) -> None:
         log.info(

@@ -8,8 +8,7 @@ error changes or a sync succeeds; it records nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -18,10 +17,12 @@ import structlog
 from clawd.backup.schedule import parse_schedule
 from clawd.incidents import IncidentRecorder
 from clawd.model import utcnow
+from clawd.periodic import Periodic
 from clawd.settings import Settings
 from clawd.skills.results import SyncResult
 from clawd.skills.sync import attempt
 from clawd.store.repository import Repository
+from clawd.supervise import JobSlot
 
 log = structlog.get_logger("clawd.skills")
 
@@ -43,37 +44,22 @@ class SkillSyncer:
         self.check_seconds = check_seconds
         self.last_result: SyncResult | None = None
         self._mutex = asyncio.Lock()
-        self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._job: asyncio.Task[SyncResult] | None = None
+        self._job = JobSlot("clawd-skills-sync")
         self._last_attempt: datetime | None = None
         self._last_error: str | None = None
+        # The first look is at once: an interval schedule syncs at start.
+        self._ticker = Periodic(self._tick, check_seconds, first_delay=0.0)
 
     # -- component ----------------------------------------------------------
 
     async def run(self, ready: asyncio.Event) -> None:
         """Ready at once; then sync whenever the schedule is due, until stop()."""
-        ready.set()
-        while not self._stop.is_set():
-            self._wake.clear()
-            now = utcnow()
-            due = self._next_due(now)
-            if due is not None and now >= due:
-                self._last_attempt = now
-                await self._supervised(self.sync("schedule"))
-                continue
-            wait = self.check_seconds
-            if due is not None:
-                wait = min(wait, max(0.0, (due - now).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+        await self._ticker.run(ready)
 
     def stop(self) -> None:
         """Stop the loop; a scheduled sync under way is cancelled (git killed, staging removed)."""
-        self._stop.set()
-        self._wake.set()
-        if self._job is not None:
-            self._job.cancel()
+        self._ticker.stop()
+        self._job.cancel()
 
     def update_settings(self, settings: Settings) -> None:
         """Use new settings from the next sync on; a new repository or ref syncs soon."""
@@ -84,7 +70,7 @@ class SkillSyncer:
             settings.skills.ref,
         ):
             self._last_attempt = None
-        self._wake.set()
+        self._ticker.wake()
 
     async def handle_control(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Control-socket handler for {"cmd": "skills-sync"}: one sync, answered with its result."""
@@ -114,6 +100,18 @@ class SkillSyncer:
         if not result.changed:
             log.debug("skills_up_to_date", commit=result.commit, requested_by=source)
 
+    async def _tick(self) -> float:
+        """Sync if due (then look again at once); else the seconds to wait."""
+        now = utcnow()
+        due = self._next_due(now)
+        if due is not None and now >= due:
+            self._last_attempt = now
+            await self._job.run(self.sync("schedule"))
+            return 0.0
+        if due is None:
+            return self.check_seconds
+        return min(self.check_seconds, max(0.0, (due - now).total_seconds()))
+
     def _next_due(self, now: datetime) -> datetime | None:
         spec = self.settings.skills.sync_interval
         if not self.settings.instance.github_repo or spec == "off":
@@ -122,17 +120,3 @@ class SkillSyncer:
         if schedule.every is not None and self._last_attempt is None:
             return now
         return schedule.next_due(self._last_attempt, now)
-
-    async def _supervised(self, coro: Coroutine[Any, Any, SyncResult]) -> None:
-        """Run one sync as a child task that stop() can cancel."""
-        job = asyncio.create_task(coro, name="clawd-skills-sync")
-        self._job = job
-        try:
-            await asyncio.wait({job})
-            if not job.cancelled():
-                job.result()
-        finally:
-            if not job.done():  # run() itself was cancelled
-                job.cancel()
-                await asyncio.wait({job})
-            self._job = None
