@@ -6,11 +6,14 @@ The lock file itself is never deleted (deleting it would let a second holder in)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 def open_lock_file(path: Path) -> int:
@@ -45,3 +48,74 @@ async def wait_for_flock(
         waited = True
         await asyncio.sleep(poll_seconds)
     return True
+
+
+def holder_pid(fd: int) -> str:
+    """` (pid N)` when the lock file names its holder (see `Flock.stamp_pid`), else ""."""
+    with contextlib.suppress(OSError, ValueError):
+        text = os.pread(fd, 64, 0).decode().strip()
+        if text.isdigit():
+            return f" (pid {text})"
+    return ""
+
+
+def _stamp_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+class Flock:
+    """Async context manager holding the flock on `path`, polling up to `wait_seconds`.
+
+    Closing the only descriptor releases the lock. Subclasses say what a failure means to
+    their callers (`_busy`, `_cannot_open`, `_first_wait`).
+    """
+
+    poll_seconds = 0.1
+    # Write our pid into the lock file once it is ours, for a waiter's error message.
+    stamp_pid = False
+
+    def __init__(self, path: Path, wait_seconds: float) -> None:
+        self.path = path
+        self.wait_seconds = wait_seconds
+        self._fd: int | None = None
+
+    def _busy(self, fd: int) -> Exception:
+        """The error raised when the lock stayed held for `wait_seconds` (blocking)."""
+        return TimeoutError(f"{self.path} is held; gave up after {self.wait_seconds:g} s")
+
+    def _cannot_open(self, exc: OSError) -> Exception:
+        """The error raised when the lock file cannot be opened (default: the OSError)."""
+        return exc
+
+    def _first_wait(self) -> None:
+        """Called once when the lock is held by another at the first try."""
+
+    async def __aenter__(self) -> Self:
+        try:
+            fd = await asyncio.to_thread(open_lock_file, self.path)
+        except OSError as exc:
+            error = self._cannot_open(exc)
+            if error is exc:
+                raise
+            raise error from None
+        try:
+            if not await wait_for_flock(fd, self.wait_seconds, self.poll_seconds, self._first_wait):
+                raise await asyncio.to_thread(self._busy, fd)
+            if self.stamp_pid:
+                await asyncio.to_thread(_stamp_pid, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor releases the flock
