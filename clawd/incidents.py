@@ -12,6 +12,7 @@ from clawd.journal import ERROR, INFO, NOTICE, WARNING, JournalSender
 from clawd.model import EventType, Incident
 from clawd.reconciler import Note
 from clawd.store.repository import Repository
+from clawd.text import printable
 
 log = structlog.get_logger("clawd.incident")
 
@@ -32,18 +33,14 @@ NOTE_PRIORITY = {"peer_unresponsive": WARNING, "self_doubt": WARNING, "self_trus
 LEVEL = {ERROR: "error", WARNING: "warning", NOTICE: "info", INFO: "info"}
 
 
-def _printable(value: Any) -> Any:
-    """Peer-supplied text (names) must not forge log lines or terminal escapes."""
-    if isinstance(value, str):
-        return value.encode("unicode_escape").decode("ascii")
-    return value
-
-
 def _fields(gateway_id: str, details: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {"gateway": gateway_id}
     for key, value in details.items():
-        if isinstance(value, str | int | float | bool) or value is None:
-            fields[key] = _printable(value)
+        # Peer-supplied text (names) must not forge log lines or terminal escapes.
+        if isinstance(value, str):
+            fields[key] = printable(value)
+        elif isinstance(value, int | float | bool) or value is None:
+            fields[key] = value
     return fields
 
 

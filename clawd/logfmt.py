@@ -11,18 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-_NAMED = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+from clawd.text import escape_char
 
 
 def _escape(char: str) -> str:
-    if char in _NAMED:
-        return _NAMED[char]
-    if char.isprintable():
-        return char
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    if char == '"':
+        return '\\"'
+    return escape_char(char) if char == "\\" or not char.isprintable() else char
 
 
 def _plain(text: str) -> bool:

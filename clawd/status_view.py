@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from clawd.model import Instance, PeerState
+from clawd.text import printable
 
 COLUMNS = (
     ("NAME", "name", 18),
@@ -45,11 +46,6 @@ def peer_rows(
             }
         )
     return rows
-
-
-def printable(text: str) -> str:
-    """Peer-supplied text that cannot move the cursor or forge lines on a terminal."""
-    return text.encode("unicode_escape").decode("ascii")
 
 
 def _cell(value: Any, key: str, width: int) -> str:

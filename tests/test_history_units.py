@@ -10,9 +10,10 @@ import pytest
 
 from clawd.errors import HistoryError
 from clawd.history.collect import floor_from_sample, split
-from clawd.history.render import clean, report_csv, report_table, summarise
+from clawd.history.render import report_csv, report_table, summarise
 from clawd.history.report import PeerReport, PeerStats, Report, capped_sum, peer_report
 from clawd.history.timespec import resolve_window
+from clawd.text import escape_unprintable
 
 NOW = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 
@@ -100,8 +101,8 @@ def test_floor_and_split() -> None:
 
 
 def test_clean_escapes_control_and_bidi_characters() -> None:
-    assert clean("plain näme") == "plain näme"
-    assert clean("evil\x1b[31m\nline\r\u202e") == "evil\\x1b[31m\\nline\\r\\u202e"
+    assert escape_unprintable("plain näme") == "plain näme"
+    assert escape_unprintable("evil\x1b[31m\nline\r\u202e") == "evil\\x1b[31m\\nline\\r\\u202e"
 
 
 def test_summarise_is_one_line() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from clawd.detection.rules import RULES, RULES_BY_NAME
 from clawd.reconciler import FleetView, PeerRecord, Thresholds, evidence
-from clawd.status_view import printable
+from clawd.text import printable
 
 
 def find_peer(view: FleetView, wanted: str) -> PeerRecord | None:

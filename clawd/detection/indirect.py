@@ -23,6 +23,7 @@ import structlog
 
 from clawd.errors import ClawdError
 from clawd.probe import EXIT_REACHABLE, EXIT_UNREACHABLE, format_target
+from clawd.text import replace_unprintable
 
 log = structlog.get_logger("clawd.probe")
 
@@ -67,7 +68,7 @@ def probe_command_line(command: str, host: str, port: int, timeout: float) -> st
 def _one_line(text: str) -> str:
     """Whitespace collapsed, control characters (a peer's words) as "?"; a long one keeps its
     head and tail (a shell's "…: not found" is at the end)."""
-    flat = "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
+    flat = replace_unprintable(" ".join(text.split()))
     if len(flat) <= MAX_ERROR_CHARS:
         return flat
     head = (MAX_ERROR_CHARS - 3) // 2

@@ -40,7 +40,7 @@ from clawd.ratelog import LogLimiter
 from clawd.reconciler import FleetView
 from clawd.settings import Settings
 from clawd.ssh_client import Connector
-from clawd.status_view import printable
+from clawd.text import printable
 
 log = structlog.get_logger("clawd.distribution")
 

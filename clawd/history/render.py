@@ -11,16 +11,9 @@ from typing import Any
 
 from clawd.history.collect import IncidentRow
 from clawd.history.report import PeerReport, Report
+from clawd.text import escape_unprintable
 
 DETAILS_WIDTH = 100
-
-
-def clean(text: str) -> str:
-    """`text` with every non-printable character (newline, ESC, bidi override…) escaped."""
-    if text.isprintable():
-        return text
-    # Peer-supplied text must not move the cursor, recolour or forge lines on a terminal.
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def local_time(moment: datetime) -> str:
@@ -49,7 +42,7 @@ def _fit(text: str, width: int) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
-    cells = [[clean(c) for c in row] for row in rows]
+    cells = [[escape_unprintable(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
     last = len(header) - 1
 
@@ -78,7 +71,7 @@ def incidents_table(rows: Sequence[IncidentRow], heading: str) -> str:
             r.gateway_id,
             r.name if r.name is not None else "-",
             r.event_type,
-            _fit(clean(summarise(r.details)), DETAILS_WIDTH),
+            _fit(escape_unprintable(summarise(r.details)), DETAILS_WIDTH),
         ]
         for r in rows
     ]
@@ -164,7 +157,7 @@ def report_csv(report: Report) -> str:
     for p in report.peers:
         d = _peer_dict(p)
         d["incidents"] = ";".join(f"{k}={n}" for k, n in d["incidents"].items())
-        writer.writerow(["" if d[f] is None else clean(str(d[f])) for f in CSV_FIELDS])
+        writer.writerow(["" if d[f] is None else escape_unprintable(str(d[f])) for f in CSV_FIELDS])
     return out.getvalue().rstrip("\n")
 
 
