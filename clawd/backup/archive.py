@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from clawd.backup.errors import BackupError
-from clawd.backup.files import fsync_dir
 from clawd.backup.names import STAMP_FORMAT
+from clawd.store.atomic import fsync_dir
 
 FILES = ("config.json", "state.json", "fleet.json", "incidents.jsonl", "skill_audit.jsonl")
 PEERS = "peers"

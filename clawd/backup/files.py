@@ -15,19 +15,11 @@ from pathlib import Path
 import structlog
 
 from clawd.backup import names
-from clawd.store.atomic import remove_stale_temp_files
+from clawd.store.atomic import fsync_dir, remove_stale_temp_files
 
 log = structlog.get_logger("clawd.backup")
 
 CHUNK = 1 << 20
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def create_partial(final: Path) -> tuple[Path, int]:

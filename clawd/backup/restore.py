@@ -73,6 +73,12 @@ def _taken(path: Path, manifest: Manifest | None) -> str:
     return f"{path.name}, taken {catalog.local_time(manifest.created)}"
 
 
+async def _agreed(confirm: Confirm | None, plan: str) -> None:
+    """Return if the person agreed to `plan` (or was not asked); else nothing is changed."""
+    if confirm is not None and not await asyncio.to_thread(confirm, plan):
+        raise BackupError("restore cancelled; nothing was changed")
+
+
 async def _restore_postgres(
     settings: Settings, path: Path, manifest: Manifest | None, confirm: Confirm | None
 ) -> RestoreResult:
@@ -93,8 +99,7 @@ async def _restore_postgres(
         f"  rows now:       {_counts_text(before)}\n"
         f"  rows in backup: {_counts_text(expected)}"
     )
-    if confirm is not None and not await asyncio.to_thread(confirm, plan):
-        raise BackupError("restore cancelled; nothing was changed")
+    await _agreed(confirm, plan)
     started = time.monotonic()
     log.warning("restore_started", file=path.name, database=pg.target())
     async with time_limit(settings.backup.timeout_seconds, "pg_restore"):
@@ -149,8 +154,7 @@ async def _restore_json(
         f"into {home}: {', '.join(replaced) or 'nothing'}\n"
         f"  current files are moved aside to <name>.pre-restore-<time>, nothing is deleted"
     )
-    if confirm is not None and not await asyncio.to_thread(confirm, plan):
-        raise BackupError("restore cancelled; nothing was changed")
+    await _agreed(confirm, plan)
     started = time.monotonic()
     done = await asyncio.to_thread(archive.restore_archive, home, path, utcnow())
     aside = ",".join(done.moved_aside)

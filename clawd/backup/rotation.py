@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from clawd.backup import names
-from clawd.backup.files import fsync_dir
 from clawd.backup.manifest import Manifest
+from clawd.store.atomic import fsync_dir
 
 
 def protected(manifests: list[Manifest], keep_min: int) -> set[str]:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from clawd.backup import names
-from clawd.backup.files import fsync_dir
+from clawd.store.atomic import fsync_dir
 
 
 def _mark(path: Path) -> None:

@@ -48,10 +48,9 @@ GROUP BY gateway_id
 ORDER BY gateway_id
 """
 
-# The peers with pings in the window (a loose index scan: one probe per peer), and the
-# median gap of each one's last 101 pings there: a cheap guess at its cap, used only to
-# choose PEER_STATS's $4 and to split the peers between connections.
-GAP_SAMPLE = """
+# The peers with pings in [$1, $2) between $3 and $4: a loose index scan (one probe per
+# peer), named `peers`; a NULL row ends it.
+PEERS_CTE = """
 WITH RECURSIVE peers AS (
     (SELECT target_gateway AS gateway_id FROM ping_history
      WHERE "timestamp" >= $1 AND "timestamp" < $2 AND target_gateway BETWEEN $3 AND $4
@@ -63,7 +62,12 @@ WITH RECURSIVE peers AS (
             ORDER BY target_gateway LIMIT 1)
     FROM peers AS p WHERE p.gateway_id IS NOT NULL
 )
-SELECT p.gateway_id,
+"""
+
+# The peers with pings in the window (a loose index scan: one probe per peer), and the
+# median gap of each one's last 101 pings there: a cheap guess at its cap, used only to
+# choose PEER_STATS's $4 and to split the peers between connections.
+GAP_SAMPLE = f"""{PEERS_CTE}SELECT p.gateway_id,
        (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY gap_s) FROM (
             SELECT date_part('epoch', lag(ts) OVER (ORDER BY ts DESC) - ts) AS gap_s
             FROM (SELECT "timestamp" AS ts FROM ping_history
@@ -73,7 +77,7 @@ SELECT p.gateway_id,
 FROM peers AS p
 WHERE p.gateway_id IS NOT NULL
 ORDER BY p.gateway_id
-"""
+"""  # noqa: S608 -- PEERS_CTE is a constant; every value is a parameter
 
 INCIDENT_COUNTS = """
 SELECT gateway_id, event_type, count(*) AS n
@@ -164,20 +168,8 @@ SELECT CASE WHEN to_regclass('ping_rollup_hourly') IS NULL
 WATERMARK = "SELECT rolled_up_to_id FROM ping_rollup_state"
 
 # The peers with pings in [$1, $2), first..last: one index probe per peer.
-PEERS = """
-WITH RECURSIVE peers AS (
-    (SELECT target_gateway AS gateway_id FROM ping_history
-     WHERE "timestamp" >= $1 AND "timestamp" < $2 AND target_gateway BETWEEN $3 AND $4
-     ORDER BY target_gateway LIMIT 1)
-    UNION ALL
-    SELECT (SELECT target_gateway FROM ping_history
-            WHERE target_gateway > p.gateway_id AND target_gateway <= $4
-              AND "timestamp" >= $1 AND "timestamp" < $2
-            ORDER BY target_gateway LIMIT 1)
-    FROM peers AS p WHERE p.gateway_id IS NOT NULL
-)
-SELECT gateway_id FROM peers WHERE gateway_id IS NOT NULL ORDER BY gateway_id
-"""
+PEERS = f"""{PEERS_CTE}SELECT gateway_id FROM peers WHERE gateway_id IS NOT NULL ORDER BY gateway_id
+"""  # noqa: S608 -- PEERS_CTE is a constant; every value is a parameter
 
 # (peer, hour) in [$2, $3) with a row above the watermark $1: their rollup rows (if any)
 # are stale, so they are computed live. A range scan of the primary key.

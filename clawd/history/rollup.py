@@ -18,27 +18,24 @@ The watermark never passes a row that is not rolled:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-import asyncpg
 import structlog
 
-from clawd.errors import DatabaseError, DatabaseUnavailable
+from clawd.errors import DatabaseUnavailable
 from clawd.history import hourly
+from clawd.model import utcnow
 from clawd.periodic import Periodic
+from clawd.retention.dbjob import DB_ERRORS, ConnectionFactory, FailureLog, advisory_lock
 from clawd.retention.pruner import PRUNE_LOCK_ID
 from clawd.store.migrations import ADVISORY_LOCK_ID, Conn
 from clawd.store.pg_errors import TRANSIENT
 
 log = structlog.get_logger("clawd.history.rollup")
-
-ConnectionFactory = Callable[[], AbstractAsyncContextManager[Conn]]
 
 # "clawroll" in ASCII: one roller per database, even with two self-declared leaders.
 ROLLUP_LOCK_ID = 0x636C6177726F6C6C
@@ -52,8 +49,6 @@ CHUNK_IDS = 500_000
 FIRST_ROLL_SECONDS = 60.0
 SETTLE_S = 0.2
 IN_FLIGHT_TIMEOUT_S = 10.0
-
-_DB_ERRORS = (DatabaseError, asyncpg.PostgresError, *TRANSIENT)
 
 WATERMARK = "SELECT rolled_up_to_id FROM ping_rollup_state"
 SET_WATERMARK = "UPDATE ping_rollup_state SET rolled_up_to_id = $1"
@@ -85,10 +80,6 @@ SET pings = excluded.pings, successes = excluded.successes, up_ms = excluded.up_
 """  # noqa: S608 -- SEGMENTS is a constant; every value is a parameter
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True, slots=True)
 class RollupResult:
     """One roll_once(): what it rolled, or why it did nothing."""
@@ -116,7 +107,7 @@ class RollupMaintainer:
         *,
         chunk_ids: int = CHUNK_IDS,
         in_flight_timeout_seconds: float = IN_FLIGHT_TIMEOUT_S,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._connect = connect
         self._is_leader = is_leader
@@ -124,7 +115,7 @@ class RollupMaintainer:
         self._chunk = chunk_ids
         self._in_flight_timeout = in_flight_timeout_seconds
         self._clock = clock
-        self._last_error: str | None = None
+        self._failures = FailureLog(log, "history_rollup_failed", "history_rollup_recovered")
         self.last_result: RollupResult | None = None
         self._ticker = Periodic(
             self._roll_now,
@@ -132,7 +123,7 @@ class RollupMaintainer:
             first_delay=min(interval_seconds, FIRST_ROLL_SECONDS),
             # Never let one bad run end the rollup for good.
             catch=(Exception,),
-            on_error=self._failed,
+            on_error=self._failures.failed,
         )
 
     def stop(self) -> None:
@@ -154,7 +145,7 @@ class RollupMaintainer:
         if result.skipped in ("not_leader", "not_migrated"):
             log.debug("history_rollup_skipped", reason=result.skipped)
         elif result.error is not None:
-            pass  # _failed() logged it (once per kind of failure)
+            pass  # FailureLog logged it (once per kind of failure)
         elif result.skipped is not None:
             log.info("history_rollup_skipped", reason=result.skipped, watermark=result.watermark)
         else:
@@ -177,22 +168,17 @@ class RollupMaintainer:
                 present = await conn.fetchval("SELECT to_regclass('ping_rollup_state') IS NOT NULL")
                 if not present:
                     return RollupResult(skipped="not_migrated")
-                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", ROLLUP_LOCK_ID):
-                    return RollupResult(skipped="locked")
-                try:
+                async with advisory_lock(conn, ROLLUP_LOCK_ID) as ours:
+                    if not ours:
+                        return RollupResult(skipped="locked")
                     result = await self._roll(conn, now)
-                finally:
-                    with contextlib.suppress(*_DB_ERRORS):
-                        await conn.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK_ID)
-        except _DB_ERRORS as exc:
-            self._failed(exc)
+        except DB_ERRORS as exc:
+            self._failures.failed(exc)
             unavailable = isinstance(exc, (DatabaseUnavailable, *TRANSIENT))
             return RollupResult(
                 skipped="unavailable" if unavailable else None, error=str(exc) or type(exc).__name__
             )
-        if self._last_error is not None:
-            log.info("history_rollup_recovered", after=self._last_error)
-            self._last_error = None
+        self._failures.succeeded()
         return result
 
     async def _roll(self, conn: Conn, now: datetime) -> RollupResult:
@@ -246,16 +232,3 @@ class RollupMaintainer:
             await asyncio.sleep(0.05)
             running = await conn.fetchval(STILL_RUNNING, running)
         return True
-
-    def _failed(self, exc: BaseException) -> None:
-        """Log a failure once per kind until a run succeeds again."""
-        kind = type(exc).__name__
-        if kind == self._last_error:
-            return
-        self._last_error = kind
-        log.warning(
-            "history_rollup_failed",
-            kind=kind,
-            reason=str(exc) or kind,
-            action="retrying at the next interval",
-        )

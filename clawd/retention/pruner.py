@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-import asyncpg
 import structlog
 
-from clawd.errors import DatabaseError, DatabaseUnavailable
+from clawd.errors import DatabaseUnavailable
+from clawd.model import utcnow
 from clawd.periodic import Periodic
 from clawd.retention.batches import (
     BatchPolicy,
@@ -20,6 +18,7 @@ from clawd.retention.batches import (
     prune_by_timestamp,
     prune_ping_history,
 )
+from clawd.retention.dbjob import DB_ERRORS, ConnectionFactory, FailureLog, advisory_lock
 from clawd.retention.result import PruneResult, TablePrune
 from clawd.settings import HistorySettings
 from clawd.store.migrations import ADVISORY_LOCK_ID, Conn
@@ -28,19 +27,11 @@ from clawd.store.pg_errors import TRANSIENT
 FIRST_PRUNE_SECONDS = 300.0
 log = structlog.get_logger("clawd.retention")
 
-ConnectionFactory = Callable[[], AbstractAsyncContextManager[Conn]]
-
 # "clawprun" in ASCII: one pruner per database, even with two self-declared leaders.
 PRUNE_LOCK_ID = 0x636C61777072756E
 assert PRUNE_LOCK_ID != ADVISORY_LOCK_ID
 
 DEFAULT_BATCH_PAUSE_S = 0.05
-
-_DB_ERRORS = (DatabaseError, asyncpg.PostgresError, *TRANSIENT)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _plan(settings: HistorySettings, now: datetime) -> list[tuple[str, datetime]]:
@@ -63,19 +54,22 @@ class RetentionPruner:
         is_leader: Callable[[], bool],
         *,
         batch_pause_seconds: float = DEFAULT_BATCH_PAUSE_S,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._settings = settings
         self._connect = connect
         self._is_leader = is_leader
         self._pause = batch_pause_seconds
         self._clock = clock
-        self._last_error: str | None = None
+        self._failures = FailureLog(log, "history_prune_failed", "history_prune_recovered")
         self.last_result: PruneResult | None = None
         self._last_run = 0.0  # monotonic; set in run()
         # Never let one bad run end pruning for good.
         self._ticker = Periodic(
-            self._prune_if_due, self._seconds_left, catch=(Exception,), on_error=self._failed
+            self._prune_if_due,
+            self._seconds_left,
+            catch=(Exception,),
+            on_error=self._failures.failed,
         )
 
     def update_settings(self, settings: HistorySettings) -> None:
@@ -114,17 +108,13 @@ class RetentionPruner:
         began = time.perf_counter()
         tallies: list[Tally] = []
         try:
-            async with self._connect() as conn:
-                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", PRUNE_LOCK_ID):
+            async with self._connect() as conn, advisory_lock(conn, PRUNE_LOCK_ID) as ours:
+                if not ours:
                     log.info("history_prune_skipped", reason="another clawd is pruning")
                     return PruneResult(skipped="locked")
-                try:
-                    stopped = await self._prune_tables(conn, plan, tallies)
-                finally:
-                    with contextlib.suppress(*_DB_ERRORS):
-                        await conn.execute("SELECT pg_advisory_unlock($1)", PRUNE_LOCK_ID)
-        except _DB_ERRORS as exc:
-            self._failed(exc)
+                stopped = await self._prune_tables(conn, plan, tallies)
+        except DB_ERRORS as exc:
+            self._failures.failed(exc)
             done = tuple(t.result() for t in tallies)
             unavailable = not tallies and isinstance(exc, (DatabaseUnavailable, *TRANSIENT))
             return PruneResult(
@@ -133,9 +123,7 @@ class RetentionPruner:
                 skipped="unavailable" if unavailable else None,
                 error=str(exc) or type(exc).__name__,
             )
-        if self._last_error is not None:
-            log.info("history_prune_recovered", after=self._last_error)
-            self._last_error = None
+        self._failures.succeeded()
         return PruneResult(
             tables=tuple(t.result() for t in tallies),
             seconds=round(time.perf_counter() - began, 3),
@@ -171,17 +159,4 @@ class RetentionPruner:
             seconds=done.seconds,
             longest_batch_ms=round(done.longest_batch_ms, 1),
             cutoff=done.cutoff.isoformat(),
-        )
-
-    def _failed(self, exc: BaseException) -> None:
-        """Log a failure once per kind until a run succeeds again."""
-        kind = type(exc).__name__
-        if kind == self._last_error:
-            return
-        self._last_error = kind
-        log.warning(
-            "history_prune_failed",
-            kind=kind,
-            reason=str(exc) or kind,
-            action="retrying at the next interval",
         )

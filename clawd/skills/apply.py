@@ -7,7 +7,6 @@ under the skills lock.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
 import tarfile
@@ -17,6 +16,7 @@ import structlog
 
 from clawd.errors import SkillSyncError
 from clawd.skills.tree import is_skill_name
+from clawd.store.atomic import fsync_dir
 
 log = structlog.get_logger("clawd.skills")
 
@@ -52,14 +52,6 @@ def extract(archive: Path, staging: Path) -> None:
         raise SkillSyncError(f"cannot unpack the repository's tree: {exc}") from None
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -84,7 +76,7 @@ def swap(skills_dir: Path, staging: Path) -> Path | None:
         if had:
             old.rename(skills_dir)
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
     return old if had else None
 
 
