@@ -50,7 +50,7 @@ import clawd.pinger
 from clawd.logs import configure_logging
 from clawd.observations import Observation
 from clawd.pinger import Pinger, PingTarget
-from clawd.settings import PingSettings, SshSettings
+from clawd.settings_sections import PingSettings, SshSettings
 from clawd.ssh_client import Attempt, Connector
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"

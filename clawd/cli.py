@@ -14,7 +14,8 @@ from clawd import __version__, cli_history, cli_output, cli_skills
 from clawd.errors import ClawdError
 from clawd.logs import configure_logging
 from clawd.permissions import warn_if_readable_by_others
-from clawd.settings import Settings, default_config_path, load_settings
+from clawd.settings import Settings, default_config_path
+from clawd.settings_load import load_settings
 
 EXIT_USER_ERROR = 2
 # `clawd status` when no daemon answers (LSB's "program is not running", as systemctl).
@@ -116,8 +117,8 @@ async def _push_directly(settings: Settings, ours: dict[str, Any]) -> list[Any]:
     from clawd.fleetops.distribution import push_many
     from clawd.fleetops.leadership import addresses
     from clawd.reconciler import initial_view
+    from clawd.settings import self_instance
     from clawd.ssh_client import Connector
-    from clawd.store.factory import self_instance
     from clawd.store.json_store import JsonStore
 
     snap = (await JsonStore(settings.home).load(read_only=True)).snapshot

@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from clawd.logs import configure_logging
-from clawd.settings import Settings, load_settings
+from clawd.settings import Settings
+from clawd.settings_load import load_settings
 from clawd.skills.results import SyncResult
 
 CONTROL_COMMAND = "skills-sync"

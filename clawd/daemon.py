@@ -37,7 +37,9 @@ from clawd.incidents import IncidentRecorder
 from clawd.journal import JournalSender
 from clawd.logs import configure_logging
 from clawd.loopmon import LoopMonitor
-from clawd.metrics import DaemonSource, FleetMetrics, MetricsServer, backup_state
+from clawd.metrics.adapter import DaemonSource, backup_state
+from clawd.metrics.registry import FleetMetrics
+from clawd.metrics.server import MetricsServer
 from clawd.model import Instance, utcnow
 from clawd.notify import Notifier
 from clawd.observations import (
@@ -51,12 +53,13 @@ from clawd.observations import (
 from clawd.pinger import Pinger, PingTarget
 from clawd.reconciler import FleetView, ProbeRequest, Reconciler, Thresholds, initial_view
 from clawd.reload import ConfigWatcher, Reloader
-from clawd.retention import RetentionPruner, dedicated_connection
-from clawd.settings import Settings, default_config_path
-from clawd.skills import SkillSyncer
+from clawd.retention.connect import dedicated_connection
+from clawd.retention.pruner import RetentionPruner
+from clawd.settings import Settings, default_config_path, self_instance
+from clawd.skills.syncer import SkillSyncer
 from clawd.ssh_client import Connector
 from clawd.status_view import peer_rows
-from clawd.store.factory import build_repository, build_sink, self_instance
+from clawd.store.factory import build_repository, build_sink
 from clawd.store.migrations import install_migration_files
 from clawd.store.pg_sink import PgSink
 

@@ -21,7 +21,7 @@ import asyncssh
 import structlog
 
 from clawd.observations import Observation, PingResult
-from clawd.settings import PingSettings, SshSettings
+from clawd.settings_sections import PingSettings, SshSettings
 from clawd.ssh_client import Attempt, Connector, EchoTimeout, Link, LinkDown, SshConnectError
 
 log = structlog.get_logger("clawd.pinger")

@@ -20,7 +20,7 @@ import asyncssh
 import structlog
 
 from clawd.errors import ClawdError, ConfigError
-from clawd.settings import SshSettings
+from clawd.settings_sections import SshSettings
 from clawd.ssh_files import (
     TOFU_FILE_NAME,
     known_hosts_path,

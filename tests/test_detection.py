@@ -23,7 +23,7 @@ from clawd.observations import (
     Tick,
 )
 from clawd.reconciler import Decision, FleetView, Reconciler, Thresholds
-from clawd.settings import DetectionSettings
+from clawd.settings_sections import DetectionSettings
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 ME = Instance(gateway_id="gw-me", name="me", lead_number=5)

@@ -28,7 +28,7 @@ from clawd.model import Instance, PeerStatus
 from clawd.observations import Observation, PeerConfigured, PingResult
 from clawd.pinger import Pinger, PingTarget
 from clawd.reconciler import FleetView, Reconciler, Thresholds
-from clawd.settings import PingSettings, SshSettings
+from clawd.settings_sections import PingSettings, SshSettings
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_blocking")]
 

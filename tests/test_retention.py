@@ -16,14 +16,10 @@ from helpers_pg import connect, free_port, make_settings
 from pgserver import PgDatabase
 from structlog.testing import capture_logs
 
-from clawd.retention import (
-    PRUNE_LOCK_ID,
-    ConnectionFactory,
-    PruneResult,
-    RetentionPruner,
-    dedicated_connection,
-)
-from clawd.settings import HistorySettings
+from clawd.retention.connect import dedicated_connection
+from clawd.retention.pruner import PRUNE_LOCK_ID, ConnectionFactory, RetentionPruner
+from clawd.retention.result import PruneResult
+from clawd.settings_features import HistorySettings
 from clawd.store.migrations import ADVISORY_LOCK_ID, migrate
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clawd.settings import DetectionSettings
+from clawd.settings_sections import DetectionSettings
 
 LAG = "event loop stalled"
 MASS = "most peers failed at once"

@@ -20,7 +20,7 @@ from clawd.retention.batches import (
     prune_ping_history,
 )
 from clawd.retention.result import PruneResult, TablePrune
-from clawd.settings import HistorySettings
+from clawd.settings_features import HistorySettings
 from clawd.store.migrations import ADVISORY_LOCK_ID, Conn
 from clawd.store.pg_errors import TRANSIENT
 

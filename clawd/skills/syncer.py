@@ -15,9 +15,9 @@ from typing import Any
 
 import structlog
 
-from clawd.backup.schedule import parse_schedule
 from clawd.incidents import IncidentRecorder
 from clawd.model import utcnow
+from clawd.schedule import parse_schedule
 from clawd.settings import Settings
 from clawd.skills.results import SyncResult
 from clawd.skills.sync import attempt
