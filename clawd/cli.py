@@ -116,7 +116,7 @@ def cmd_config_push(args: argparse.Namespace) -> int:
 async def _push_directly(settings: Settings, ours: dict[str, Any]) -> list[Any]:
     from clawd.fleetops.distribution import push_many
     from clawd.fleetops.leadership import addresses
-    from clawd.reconciler import initial_view
+    from clawd.fleetview import initial_view
     from clawd.settings import self_instance
     from clawd.ssh_client import Connector
     from clawd.store.json_store import JsonStore
@@ -263,7 +263,7 @@ def _status_why(settings: Settings, wanted: str, *, as_json: bool) -> int:
     the detector's state is in its memory)."""
     from clawd.backup.commands import daemon_running
     from clawd.control import request
-    from clawd.detection.explain import render
+    from clawd.explain import render
 
     if not daemon_running(settings):
         print(

@@ -30,7 +30,7 @@ import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
 
-from clawd.detection import partition
+from clawd import partition
 from clawd.detection.accrual import Suspicion, record_heartbeat, suspicion
 from clawd.detection.flap import flapping_now, percent_state_change, remember
 from clawd.detection.rules import Probes, decide
@@ -46,7 +46,6 @@ from clawd.fleetview import (
     Thresholds,
     elect_leader,
     evidence,
-    initial_view,
     partitioned,
     settled,
 )
@@ -64,20 +63,6 @@ from clawd.observations import (
     Started,
     Tick,
 )
-
-# Re-exported: the rest of clawd imports the view's types from here.
-__all__ = [
-    "Decision",
-    "FleetView",
-    "Note",
-    "PeerRecord",
-    "ProbeRequest",
-    "Reconciler",
-    "Thresholds",
-    "elect_leader",
-    "evidence",
-    "initial_view",
-]
 
 
 def _incident_for(

@@ -19,8 +19,8 @@ from sshpeers import SshFleet, SshPeer
 
 from clawd.errors import ClawdError
 from clawd.fleetops.loop import LeaderLoop
+from clawd.fleetview import FleetView
 from clawd.model import Instance, PeerState
-from clawd.reconciler import FleetView
 from clawd.store.json_store import JsonStore
 
 INTERVAL = 0.3

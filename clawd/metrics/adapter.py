@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import Protocol
 
 from clawd.backup.results import BackupResult
+from clawd.fleetview import FleetView
 from clawd.metrics.source import BackupState, PostgresState
-from clawd.reconciler import FleetView
 
 
 class SinkStatus(Protocol):
