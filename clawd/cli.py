@@ -65,14 +65,14 @@ def cmd_config_push(args: argparse.Namespace) -> int:
     Through the daemon if one runs (it pushes the configuration it runs), else this file,
     validated first (a file clawd would reject is never pushed).
     """
-    from clawd.backup.commands import daemon_running
     from clawd.control import request
+    from clawd.daemon_client import daemon_running
     from clawd.fleetops.distribution import PushOutcome, render_outcomes
     from clawd.reload import load_in_force
 
     settings, document = load_in_force(args.config, check_files=True)
     configure_logging("warning")
-    if daemon_running(settings):
+    if daemon_running(settings.home):
         wait = settings.distribution.timeout_seconds * 4 + 10
         answer = asyncio.run(request(settings.home, "config-push", wait_seconds=wait))
         if not answer.get("ok"):
@@ -261,11 +261,11 @@ def _status_from_files(settings: Settings, error: str, *, as_json: bool) -> int:
 def _status_why(settings: Settings, wanted: str, *, as_json: bool) -> int:
     """The evidence about one peer and the rule that decided its status (daemon only:
     the detector's state is in its memory)."""
-    from clawd.backup.commands import daemon_running
     from clawd.control import request
+    from clawd.daemon_client import daemon_running
     from clawd.explain import render
 
-    if not daemon_running(settings):
+    if not daemon_running(settings.home):
         print(
             "error: `clawd status --why` needs the running daemon (the evidence and the "
             "failure detector's history live in its memory); start it with `clawd run` "
@@ -296,10 +296,11 @@ def cmd_backup_now(args: argparse.Namespace) -> int:
     from clawd.backup import commands
     from clawd.backup.results import BackupResult
     from clawd.control import request
+    from clawd.daemon_client import daemon_running
 
     settings = _settings(args)
     configure_logging("warning")
-    if commands.daemon_running(settings):
+    if daemon_running(settings.home):
         b = settings.backup
         answer = asyncio.run(
             request(

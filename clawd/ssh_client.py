@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import asyncssh
 import structlog
 
+from clawd.atomic import write_atomic
 from clawd.errors import ClawdError, ConfigError
 from clawd.settings_sections import SshSettings
 from clawd.ssh_files import (
@@ -28,7 +29,6 @@ from clawd.ssh_files import (
     read_client_keys,
     read_text,
 )
-from clawd.store.atomic import write_atomic
 
 log = structlog.get_logger("clawd.pinger")
 T = TypeVar("T")
@@ -586,11 +586,11 @@ class Connector:
             added = await self._tofu.remember(host, port, key)
         except OSError as exc:
             # Trusted for this process's life all the same; the next write retries it.
-            log.error("cannot record host key", file=str(self._tofu.path), error=str(exc))
+            log.error("cannot_record_host_key", file=str(self._tofu.path), error=str(exc))
             return
         if added:
             log.info(
-                "host key recorded",
+                "host_key_recorded",
                 host=host,
                 port=port,
                 key_type=key.get_algorithm(),

@@ -31,17 +31,13 @@ import structlog
 
 from clawd.errors import DatabaseError, DatabaseUnavailable
 from clawd.history import hourly
-from clawd.retention.pruner import PRUNE_LOCK_ID
-from clawd.store.migrations import ADVISORY_LOCK_ID, Conn
+from clawd.lock_ids import ROLLUP_LOCK_ID
+from clawd.store.migrations import Conn
 from clawd.store.pg_errors import TRANSIENT
 
 log = structlog.get_logger("clawd.history.rollup")
 
 ConnectionFactory = Callable[[], AbstractAsyncContextManager[Conn]]
-
-# "clawroll" in ASCII: one roller per database, even with two self-declared leaders.
-ROLLUP_LOCK_ID = 0x636C6177726F6C6C
-assert ROLLUP_LOCK_ID not in (ADVISORY_LOCK_ID, PRUNE_LOCK_ID)
 
 # An hour is rolled once it ended this long ago: pings stamped just before the hour's end
 # are still being written for a moment after it.

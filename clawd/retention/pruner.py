@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 
 from clawd.errors import DatabaseError, DatabaseUnavailable
+from clawd.lock_ids import PRUNE_LOCK_ID
 from clawd.retention.batches import (
     BatchPolicy,
     Tally,
@@ -21,17 +22,13 @@ from clawd.retention.batches import (
 )
 from clawd.retention.result import PruneResult, TablePrune
 from clawd.settings_features import HistorySettings
-from clawd.store.migrations import ADVISORY_LOCK_ID, Conn
+from clawd.store.migrations import Conn
 from clawd.store.pg_errors import TRANSIENT
 
 FIRST_PRUNE_SECONDS = 300.0
 log = structlog.get_logger("clawd.retention")
 
 ConnectionFactory = Callable[[], AbstractAsyncContextManager[Conn]]
-
-# "clawprun" in ASCII: one pruner per database, even with two self-declared leaders.
-PRUNE_LOCK_ID = 0x636C61777072756E
-assert PRUNE_LOCK_ID != ADVISORY_LOCK_ID
 
 DEFAULT_BATCH_PAUSE_S = 0.05
 
