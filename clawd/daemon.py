@@ -20,9 +20,9 @@ import structlog
 
 from clawd.backup.manager import BackupManager
 from clawd.control import ControlServer, socket_path
-from clawd.detection.accrual import DetectorSettings
 from clawd.detection.guard import SelfHealthGuard
 from clawd.detection.indirect import IndirectProber
+from clawd.detection.suspicion import DetectorSettings
 from clawd.detection_config import guard_settings
 from clawd.discovery import Discovery
 from clawd.errors import ClawdError, MetricsServerError

@@ -31,9 +31,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from clawd import partition
-from clawd.detection.accrual import Suspicion, record_heartbeat, suspicion
+from clawd.detection.accrual import record_heartbeat
 from clawd.detection.flap import flapping_now, percent_state_change, remember
 from clawd.detection.rules import Probes, decide
+from clawd.detection.suspicion import Suspicion, suspicion
 from clawd.fleetview import (
     REPORTED,
     Decision,

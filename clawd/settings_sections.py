@@ -182,7 +182,7 @@ class DetectionSettings(Section):
 
     # accrual: phi over the peer's own heartbeat history; threshold: ping.offlineAfterMissed.
     detector: Literal["accrual", "threshold"] = "accrual"
-    # Chosen on bench/detector_traces.py (see clawd/detection/accrual.py DetectorSettings).
+    # Chosen on bench/detector_traces.py (see clawd/detection/suspicion.py DetectorSettings).
     phi_suspect: float = Field(default=2.0, gt=0, le=1000)
     phi_offline: float = Field(default=4.5, gt=0, le=1000)
     # Half-life of a peer's heartbeat-gap memory, in heartbeats (1,000 = ~2.8 h at 10 s).

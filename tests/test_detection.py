@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from clawd.detection.accrual import DetectorSettings
 from clawd.detection.flap import percent_state_change
 from clawd.detection.guard import LAG, MASS, SelfHealthGuard
 from clawd.detection.rules import RULES, Probes
+from clawd.detection.suspicion import DetectorSettings
 from clawd.detection_config import guard_settings
 from clawd.explain import explain, find_peer, render
 from clawd.fleetview import Decision, FleetView, Thresholds

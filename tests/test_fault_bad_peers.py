@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from sshpeers import SshFleet
 
-from clawd.detection.accrual import DetectorSettings
+from clawd.detection.suspicion import DetectorSettings
 from clawd.fleetview import FleetView, Thresholds
 from clawd.model import Instance, PeerStatus
 from clawd.observations import Observation, PeerConfigured, PingResult

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clawd.detection.accrual import DetectorSettings
+from clawd.detection.suspicion import DetectorSettings
 from clawd.fleet import FleetKeeper, summary
 from clawd.fleetview import FleetView, Thresholds, initial_view
 from clawd.incidents import IncidentRecorder

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from clawd.detection.accrual import DetectorSettings
+from clawd.detection.suspicion import DetectorSettings
 from clawd.fleetview import Decision, FleetView, Thresholds, elect_leader, initial_view
 from clawd.model import EventType, Instance, PeerState, PeerStatus
 from clawd.observations import (
