@@ -22,7 +22,8 @@ import structlog
 
 from clawd.observations import Observation, PingResult
 from clawd.settings_sections import PingSettings, SshSettings
-from clawd.ssh_client import Attempt, Connector, EchoTimeout, Link, LinkDown, SshConnectError
+from clawd.ssh_client import Attempt, Connector, SshConnectError
+from clawd.ssh_link import EchoTimeout, Link, LinkDown
 
 log = structlog.get_logger("clawd.pinger")
 
