@@ -44,7 +44,8 @@ from clawd.backup.reverify import run_verify
 from clawd.backup.runner import run_backup
 from clawd.backup.verify import read_dump, restore_scratch
 from clawd.logs import configure_logging
-from clawd.settings import Settings, settings_from_data
+from clawd.settings import Settings
+from clawd.settings_load import settings_from_data
 from clawd.store.migrations import migrate
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"

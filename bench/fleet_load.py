@@ -613,8 +613,8 @@ def rows(r: Result) -> list[Row]:
     noisy = ", ".join(
         f"{name} {n}"
         for name, n in r.log_events.most_common()
-        if name not in {"ssh connected", "ready", "pinger started", "stop_requested", "stopped"}
-        and name not in {"pinger stopped", "online"}
+        if name not in {"ssh_connected", "ready", "pinger_started", "stop_requested", "stopped"}
+        and name not in {"pinger_stopped", "online"}
     )
     shutdown = f"{r.shutdown_s:.2f}" if r.shutdown_s is not None else "killed"
     return [

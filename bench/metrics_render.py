@@ -27,10 +27,12 @@ from datetime import UTC, datetime
 
 from prometheus_client.exposition import generate_latest
 
-from clawd.metrics import BackupState, FleetMetrics, MetricsServer, PostgresState
+from clawd.fleetview import FleetView, PeerRecord
+from clawd.metrics.registry import FleetMetrics
+from clawd.metrics.server import MetricsServer
+from clawd.metrics.source import BackupState, PostgresState
 from clawd.model import EventType, Incident, Instance, PeerState, PeerStatus
 from clawd.observations import PingResult
-from clawd.reconciler import FleetView, PeerRecord
 
 SECTION = "metrics-render"
 PEERS = 1000

@@ -41,9 +41,11 @@ import asyncpg
 
 from clawd.logs import configure_logging
 from clawd.model import Ping
-from clawd.retention import PruneResult, RetentionPruner, dedicated_connection
-from clawd.settings import Settings, settings_from_data
-from clawd.store.factory import self_instance
+from clawd.retention.connect import dedicated_connection
+from clawd.retention.pruner import RetentionPruner
+from clawd.retention.result import PruneResult
+from clawd.settings import Settings, self_instance
+from clawd.settings_load import settings_from_data
 from clawd.store.json_store import JsonStore
 from clawd.store.migrations import migrate
 from clawd.store.ops import PingBatch, WriteOp

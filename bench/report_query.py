@@ -51,7 +51,7 @@ from clawd.history.hourly import HOUR, hour_of
 from clawd.history.rollup import GRACE, RollupMaintainer
 from clawd.history.timespec import Window
 from clawd.logs import configure_logging
-from clawd.settings import settings_from_data
+from clawd.settings_load import settings_from_data
 from clawd.store.migrations import load_migrations, migrate
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"

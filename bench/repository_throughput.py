@@ -45,7 +45,7 @@ import asyncpg
 
 from clawd.logs import configure_logging
 from clawd.model import Ping
-from clawd.settings import settings_from_data
+from clawd.settings_load import settings_from_data
 from clawd.store.factory import build_repository
 from clawd.store.migrations import migrate
 from clawd.store.pg_store import CREATE_PING_STAGE, MERGE_PINGS, PING_COLUMNS, PING_STAGE

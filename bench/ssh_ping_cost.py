@@ -14,7 +14,7 @@ Client CPU seconds per 1,000 pings, back to back on one connection unless said o
 * the same keepalives spread the way a scheduler sends pings (N connections, 100/s, each on
   its own wake-up): on these VMs waking an idle event loop costs more than the SSH packets,
   so this is the floor a ping *scheduler* can be held to;
-* clawd's echo round trip (``clawd.ssh_client.Link.round_trip``: one byte through a ``cat``
+* clawd's echo round trip (``clawd.ssh_link.Link.round_trip``: one byte through a ``cat``
   channel);
 * the daemon's pinger end to end: ``clawd.pinger.Pinger`` over N peers at 100 pings/s (the rate
   of 1,000 peers at a 10 s interval; the full run's 200 peers at 2 s also have its 100 ms
@@ -50,7 +50,7 @@ import clawd.pinger
 from clawd.logs import configure_logging
 from clawd.observations import Observation
 from clawd.pinger import Pinger, PingTarget
-from clawd.settings import PingSettings, SshSettings
+from clawd.settings_sections import PingSettings, SshSettings
 from clawd.ssh_client import Attempt, Connector
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from clawd.errors import HistoryError
 from clawd.model import EventType
-from clawd.settings import Settings, load_settings
+from clawd.settings import Settings
+from clawd.settings_load import load_settings
 
 if TYPE_CHECKING:
     import asyncpg

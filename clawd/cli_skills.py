@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from clawd.logs import configure_logging
-from clawd.settings import Settings, load_settings
+from clawd.settings import Settings
+from clawd.settings_load import load_settings
 from clawd.skills.results import SyncResult
 
 CONTROL_COMMAND = "skills-sync"
@@ -40,11 +41,11 @@ def register(
 
 def cmd_skills_sync(args: argparse.Namespace) -> int:
     """Through the running daemon when there is one, else directly; exit 1 when it failed."""
-    from clawd.backup.commands import daemon_running
+    from clawd.daemon_client import daemon_running
 
     settings = load_settings(args.config)
     configure_logging("warning")
-    if daemon_running(settings):
+    if daemon_running(settings.home):
         result = asyncio.run(_through_daemon(settings))
     else:
         result = asyncio.run(sync_directly(settings))

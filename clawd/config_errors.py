@@ -128,10 +128,12 @@ def _describe(err: ErrorDetails, model: type[BaseModel] | None) -> list[str]:
     return [f"{loc}: {msg}, got {shown}"]
 
 
-def describe_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem, each naming the key, the bad value and what is allowed."""
-    from clawd.settings import Settings
+def describe_validation_error(exc: ValidationError, source: str, model: type[BaseModel]) -> str:
+    """One line per problem, each naming the key, the bad value and what is allowed.
 
-    lines = [line for err in exc.errors(include_url=False) for line in _describe(err, Settings)]
+    `model` is the one that raised `exc` (for the keys an unknown one may be a typo of);
+    it is passed in, so that this module does not import the settings it describes.
+    """
+    lines = [line for err in exc.errors(include_url=False) for line in _describe(err, model)]
     noun = "problem" if len(lines) == 1 else "problems"
     return f"{source}: {len(lines)} {noun}:\n  " + "\n  ".join(lines)

@@ -20,24 +20,28 @@ import structlog
 
 from clawd.backup.manager import BackupManager
 from clawd.control import ControlServer, socket_path
-from clawd.detection.accrual import DetectorSettings
-from clawd.detection.explain import explain, find_peer
 from clawd.detection.guard import SelfHealthGuard
 from clawd.detection.indirect import IndirectProber
+from clawd.detection.suspicion import DetectorSettings
+from clawd.detection_config import guard_settings
 from clawd.discovery import Discovery
 from clawd.errors import ClawdError, MetricsServerError
+from clawd.explain import explain, find_peer
 from clawd.fleet import FleetKeeper, summary
 from clawd.fleetops.distribution import ConfigDistributor
 from clawd.fleetops.fence import FenceToken
 from clawd.fleetops.leadership import acting_leader
 from clawd.fleetops.payload import ConfigDocument
 from clawd.fleetops.recovery import Recoverer
+from clawd.fleetview import FleetView, ProbeRequest, Thresholds, initial_view
 from clawd.history.rollup import RollupMaintainer
 from clawd.incidents import IncidentRecorder
 from clawd.journal import JournalSender
 from clawd.logs import configure_logging
 from clawd.loopmon import LoopMonitor
-from clawd.metrics import DaemonSource, FleetMetrics, MetricsServer, backup_state
+from clawd.metrics.adapter import DaemonSource, backup_state
+from clawd.metrics.registry import FleetMetrics
+from clawd.metrics.server import MetricsServer
 from clawd.model import Instance, utcnow
 from clawd.notify import Notifier
 from clawd.observations import (
@@ -49,14 +53,15 @@ from clawd.observations import (
     SelfChanged,
 )
 from clawd.pinger import Pinger, PingTarget
-from clawd.reconciler import FleetView, ProbeRequest, Reconciler, Thresholds, initial_view
+from clawd.reconciler import Reconciler
 from clawd.reload import ConfigWatcher, Reloader
-from clawd.retention import RetentionPruner, dedicated_connection
-from clawd.settings import Settings, default_config_path
-from clawd.skills import SkillSyncer
+from clawd.retention.connect import dedicated_connection
+from clawd.retention.pruner import RetentionPruner
+from clawd.settings import Settings, default_config_path, self_instance
+from clawd.skills.syncer import SkillSyncer
 from clawd.ssh_client import Connector
 from clawd.status_view import peer_rows
-from clawd.store.factory import build_repository, build_sink, self_instance
+from clawd.store.factory import build_repository, build_sink
 from clawd.store.migrations import install_migration_files
 from clawd.store.pg_sink import PgSink
 
@@ -197,7 +202,7 @@ class Daemon:
         me = self.repo.me
         view = initial_view(me, snap.instances, snap.peers, snap.leader)
         recorder = IncidentRecorder(self.repo, JournalSender.if_attached())
-        self.guard = SelfHealthGuard(s.detection, s.ping.interval_seconds, s.ping.timeout_seconds)
+        self.guard = SelfHealthGuard(guard_settings(s))
         self.keeper = FleetKeeper(
             self.repo,
             recorder,
@@ -502,7 +507,7 @@ class Daemon:
             self.pinger.update_settings(new.ping, new.ssh)
             self.keeper.reconciler = Reconciler(thresholds(new))
             d = new.detection
-            self.guard.configure(d, new.ping.interval_seconds, new.ping.timeout_seconds)
+            self.guard.configure(guard_settings(new))
             self.prober.configure(
                 command=d.probe_command, timeout=d.probe_timeout_seconds, k=d.indirect_probes
             )

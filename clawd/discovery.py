@@ -26,7 +26,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from clawd.errors import ClawdError
 from clawd.model import Instance, utcnow
 from clawd.observations import MdnsGone, MdnsSeen, Observation
-from clawd.settings import DiscoverySettings
+from clawd.settings_sections import DiscoverySettings
 
 log = structlog.get_logger("clawd.discovery")
 

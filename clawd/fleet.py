@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import structlog
 
 from clawd.detection.guard import SelfHealthGuard
+from clawd.fleetview import Decision, FleetView, Note, ProbeRequest
 from clawd.incidents import IncidentRecorder
 from clawd.model import PeerState, Ping, utcnow
 from clawd.observations import Observation, PingResult, SelfHealth, Started, Tick
-from clawd.reconciler import Decision, FleetView, Note, ProbeRequest, Reconciler
+from clawd.reconciler import Reconciler
 from clawd.store.repository import Repository
 
 log = structlog.get_logger("clawd.fleet")

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from clawd.detection.accrual import ArrivalHistory, DetectorSettings, Suspicion
+from clawd.detection.accrual import ArrivalHistory
 from clawd.detection.rules import Evidence, Probes
+from clawd.detection.suspicion import DetectorSettings, Suspicion
 from clawd.model import Incident, Instance, PeerState, PeerStatus
 
 REPORTED = (PeerStatus.ONLINE, PeerStatus.OFFLINE)

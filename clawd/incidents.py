@@ -8,9 +8,9 @@ from typing import Any
 import structlog
 
 from clawd import logfmt
+from clawd.fleetview import Note
 from clawd.journal import ERROR, INFO, NOTICE, WARNING, JournalSender
 from clawd.model import EventType, Incident
-from clawd.reconciler import Note
 from clawd.store.repository import Repository
 from clawd.text import printable
 

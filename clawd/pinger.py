@@ -21,8 +21,9 @@ import asyncssh
 import structlog
 
 from clawd.observations import Observation, PingResult
-from clawd.settings import PingSettings, SshSettings
-from clawd.ssh_client import Attempt, Connector, EchoTimeout, Link, LinkDown, SshConnectError
+from clawd.settings_sections import PingSettings, SshSettings
+from clawd.ssh_client import Attempt, Connector, SshConnectError
+from clawd.ssh_link import EchoTimeout, Link, LinkDown
 
 log = structlog.get_logger("clawd.pinger")
 
@@ -188,7 +189,7 @@ class Pinger:
                     for peer in self._peers.values():
                         self._launch(peer)
                 log.info(
-                    "pinger started",
+                    "pinger_started",
                     peers=len(self._peers),
                     interval_s=self._ping.interval_seconds,
                     max_handshakes=self._ssh.max_concurrent_handshakes,
@@ -197,7 +198,7 @@ class Pinger:
                 await self._stop.wait()
         finally:
             self._tg = None
-        log.info("pinger stopped", pings_sent=self.pings_sent, pings_failed=self.pings_failed)
+        log.info("pinger_stopped", pings_sent=self.pings_sent, pings_failed=self.pings_failed)
 
     # ----------------------------------------------------------------- peers
 
@@ -220,7 +221,7 @@ class Pinger:
         self._halt(peer)
         if peer.task is not None:
             peer.task.cancel()  # its finally closes the link
-        log.info("peer removed", gateway=peer.target.gateway_id, host=peer.target.host)
+        log.info("peer_removed", gateway=peer.target.gateway_id, host=peer.target.host)
 
     def _on_tick(self, when: float) -> float:
         tick = min(TICK_MAX_SECONDS, self._ping.interval_seconds * TICK_FRACTION)
@@ -369,7 +370,7 @@ class Pinger:
             if status is None:
                 error = f"no exit status within {seconds:g}s"
         if error is not None:
-            log.warning("install check failed", gateway=peer.target.gateway_id, error=error)
+            log.warning("install_check_failed", gateway=peer.target.gateway_id, error=error)
             return None
         return status == 0
 
@@ -404,7 +405,7 @@ class Pinger:
                 except SshConnectError as exc:
                     self._connect_failed(peer, exc.error, exc.tcp_reachable)
                 except Exception as exc:  # an asyncssh surprise must not stop the others
-                    log.exception("ssh connect crashed", gateway=target.gateway_id)
+                    log.exception("ssh_connect_crashed", gateway=target.gateway_id)
                     self._connect_failed(peer, f"{type(exc).__name__}: {exc}", None)
                 else:
                     self._connected(peer, link, loop.time() - started)
@@ -426,7 +427,7 @@ class Pinger:
         peer.retry_delay = min(delay * 2.0, ssh.reconnect_max_seconds)
         if error != peer.last_error:
             log.warning(
-                "ssh connect failed",
+                "ssh_connect_failed",
                 gateway=peer.target.gateway_id,
                 host=peer.target.host,
                 port=peer.target.port,
@@ -447,7 +448,7 @@ class Pinger:
         peer.last_error, peer.tcp_reachable = None, True
         link.on_closed(partial(self._link_closed, peer, link))
         log.info(
-            "ssh connected",
+            "ssh_connected",
             gateway=peer.target.gateway_id,
             host=peer.target.host,
             port=peer.target.port,
@@ -477,5 +478,5 @@ class Pinger:
             delay = min(peer.retry_delay, self._ssh.reconnect_max_seconds)
             peer.retry_at = now + delay
             peer.retry_delay = min(delay * 2.0, self._ssh.reconnect_max_seconds)
-        log.warning("ssh disconnected", gateway=peer.target.gateway_id, reason=reason)
+        log.warning("ssh_disconnected", gateway=peer.target.gateway_id, reason=reason)
         self._start_keeper(peer)

@@ -30,25 +30,21 @@ import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
 
-from clawd.detection import partition
-from clawd.detection.accrual import Suspicion, record_heartbeat, suspicion
+from clawd import partition
+from clawd.detection.accrual import record_heartbeat
 from clawd.detection.flap import flapping_now, percent_state_change, remember
 from clawd.detection.rules import Probes, decide
+from clawd.detection.suspicion import Suspicion, suspicion
+from clawd.election import elect, epoch_seen
 from clawd.fleetview import (
-    REPORTED,
     Decision,
     FleetView,
-    Note,
-    Outage,
     PeerRecord,
     ProbeRequest,
     Settle,
     Thresholds,
-    elect_leader,
     evidence,
-    initial_view,
     partitioned,
-    settled,
 )
 from clawd.model import EventType, Incident, Instance, PeerState, PeerStatus
 from clawd.observations import (
@@ -64,47 +60,7 @@ from clawd.observations import (
     Started,
     Tick,
 )
-
-# Re-exported: the rest of clawd imports the view's types from here.
-__all__ = [
-    "Decision",
-    "FleetView",
-    "Note",
-    "PeerRecord",
-    "ProbeRequest",
-    "Reconciler",
-    "Thresholds",
-    "elect_leader",
-    "evidence",
-    "initial_view",
-]
-
-
-def _incident_for(
-    record: PeerRecord, new: PeerStatus, now: datetime
-) -> tuple[EventType, dict[str, Any]] | None:
-    """The incident a move of the reported status to `new` deserves, if any."""
-    if new not in REPORTED or new is record.reported:
-        return None
-    state, inst = record.state, record.instance
-    details: dict[str, Any] = {"name": inst.name, "ip": inst.ip, "previous": record.reported.value}
-    if new is PeerStatus.OFFLINE:
-        details["missed_pings"] = state.missed_pings
-        details["last_seen"] = state.last_seen.isoformat() if state.last_seen else None
-        details["rule"] = record.rule
-        details["phi"] = round(min(record.phi, 999.0), 1)
-        return EventType.OFFLINE, details
-    if record.reported is PeerStatus.OFFLINE:
-        # The outage began at the last successful contact, not at the verdict: noticing
-        # took `offlineAfterMissed` pings, and that is part of what the peer was down.
-        outage = record.outage or Outage(None, record.since)
-        began = outage.last_seen or outage.judged
-        if began is not None:
-            details["downtime_seconds"] = round((now - began).total_seconds(), 1)
-        if outage.judged is not None:
-            details["offline_verdict_seconds"] = round((now - outage.judged).total_seconds(), 1)
-        return EventType.RECOVERY, details
-    return EventType.ONLINE, details
+from clawd.transitions import report, transition
 
 
 class Reconciler:
@@ -127,7 +83,7 @@ class Reconciler:
             if obs.doubting != view.doubting:
                 decision.view = dataclasses.replace(view, doubting=obs.doubting)
         elif isinstance(obs, EpochSeen):
-            self._on_epoch(decision, obs, now)
+            epoch_seen(decision, obs, now)
         elif isinstance(obs, SelfChanged):
             self._on_self(decision, obs)
         elif isinstance(obs, Started):
@@ -139,7 +95,7 @@ class Reconciler:
         # ends on (not Started itself: the static peers are still queued behind it).
         settling = decision.view.settle is not None and not isinstance(obs, Started)
         if decision.moved or decision.instances or settling:
-            self._elect(decision, now)
+            elect(decision, now)
         return decision
 
     # -- observations -----------------------------------------------------
@@ -276,34 +232,6 @@ class Reconciler:
             partition.reached_by_peers(d, obs.gateway_id)
         self._redecide(d, obs.gateway_id, now)
 
-    def _on_epoch(self, d: Decision, obs: EpochSeen, now: datetime) -> None:
-        view = d.view
-        if obs.epoch < view.epoch:
-            return
-        me = view.me
-        if view.leader == me.gateway_id:
-            # We lead: whoever holds that epoch (an earlier us, a leader that has died
-            # since, the other side of a split brain) is not up in our view, or it would
-            # lead. A new epoch, so our actions are no longer refused as stale; the peers'
-            # fences still allow one reinstall per epoch.
-            epoch = obs.epoch + 1
-            d.incidents.append(
-                Incident(
-                    gateway_id=me.gateway_id,
-                    event_type=EventType.LEADER_CHANGE,
-                    details={
-                        "old": view.leader,
-                        "new": view.leader,
-                        "epoch": epoch,
-                        "reason": f"epoch {obs.epoch} seen on a peer",
-                    },
-                    timestamp=now,
-                )
-            )
-            d.view = dataclasses.replace(view, epoch=epoch)
-        elif obs.epoch > view.epoch:
-            d.view = dataclasses.replace(view, epoch=obs.epoch)
-
     def _on_self(self, d: Decision, obs: SelfChanged) -> None:
         # Only who we are changes: epoch, self-doubt and partition stay (an epoch that
         # went back would let a stale leader's actions through the peers' fences).
@@ -364,7 +292,7 @@ class Reconciler:
         d.incidents.append(Incident(inst.gateway_id, event, details, timestamp=now))
         record = dataclasses.replace(record, flapping=flapping)
         if not flapping:  # the up/down incident held while it flapped, if it ends elsewhere
-            record = self._report(d, record, record.state.status, now)
+            record = report(d, record, record.state.status, now)
         return record
 
     def _maybe_probe(self, d: Decision, gid: str, now: datetime) -> None:
@@ -386,104 +314,14 @@ class Reconciler:
         d.probes.append(ProbeRequest(gid, record.instance.ip, record.instance.ssh_port, helpers))
         d.put(dataclasses.replace(record, probes=Probes.PENDING, probes_at=now))
 
-    # -- transitions, leadership ----------------------------------------------------
+    # -- status ---------------------------------------------------------------------
 
     def _redecide(self, d: Decision, gid: str, now: datetime) -> None:
         record = d.view.peers[gid]
         new, rule = decide(evidence(d.view, record, self.t))
         if rule.name != record.rule:
             record = dataclasses.replace(record, rule=rule.name)
-        self._transition(d, record, new, now)
-
-    def _transition(self, d: Decision, record: PeerRecord, new: PeerStatus, now: datetime) -> None:
-        old = record.state.status
-        gid = record.instance.gateway_id
-        if new is not old:
-            d.moved = True
-            record = dataclasses.replace(
-                record, state=dataclasses.replace(record.state, status=new, updated_at=now)
-            )
-            if new is PeerStatus.UNRESPONSIVE:
-                d.notes.append(
-                    Note(
-                        "peer_unresponsive",
-                        gid,
-                        {
-                            "name": record.instance.name,
-                            "missed_pings": record.state.missed_pings,
-                            "rule": record.rule,
-                            "mdns": record.state.mdns_broadcasting,
-                            "tcp": record.tcp_reachable,
-                        },
-                    )
-                )
-            if not record.flapping:
-                record = self._report(d, record, new, now)
-            record = dataclasses.replace(record, since=now)
-        if record.rule == "reachable-by-peers" and not record.unreachable_reported:
-            record = self._unreachable(d, record, now)
-        previous = d.origin.get(gid)
-        if previous is None or record.state != previous.state:
-            d.save_state(record.state)
-        d.put(record)
-
-    def _unreachable(self, d: Decision, record: PeerRecord, now: datetime) -> PeerRecord:
-        inst = record.instance
-        d.incidents.append(
-            Incident(
-                gateway_id=inst.gateway_id,
-                event_type=EventType.UNREACHABLE,
-                details={
-                    "name": inst.name,
-                    "ip": inst.ip,
-                    "scope": "unreachable from this instance only",
-                    "reachable_by": list(record.reachable_by),
-                    "missed_pings": record.state.missed_pings,
-                },
-                timestamp=now,
-            )
-        )
-        return dataclasses.replace(record, unreachable_reported=True)
-
-    def _report(
-        self, d: Decision, record: PeerRecord, new: PeerStatus, now: datetime
-    ) -> PeerRecord:
-        found = _incident_for(record, new, now)
-        if found is None:
-            return record
-        event, details = found
-        d.incidents.append(
-            Incident(
-                gateway_id=record.instance.gateway_id,
-                event_type=event,
-                details=details,
-                timestamp=now,
-            )
-        )
-        if event is EventType.OFFLINE:
-            return dataclasses.replace(
-                record, reported=new, outage=Outage(record.state.last_seen, now)
-            )
-        return dataclasses.replace(record, reported=new, outage=None)
-
-    def _elect(self, d: Decision, now: datetime) -> None:
-        if d.view.settle is not None:
-            if not settled(d.view, now):
-                return
-            d.view = dataclasses.replace(d.view, settle=None)
-        leader = elect_leader(d.view)
-        if leader == d.view.leader:
-            return
-        epoch = d.view.epoch + 1
-        d.incidents.append(
-            Incident(
-                gateway_id=leader or d.view.me.gateway_id,
-                event_type=EventType.LEADER_CHANGE,
-                details={"old": d.view.leader, "new": leader, "epoch": epoch},
-                timestamp=now,
-            )
-        )
-        d.view = dataclasses.replace(d.view, leader=leader, epoch=epoch)
+        transition(d, record, new, now)
 
 
 def _rhythm(view: FleetView, record: PeerRecord) -> bool:

@@ -16,14 +16,8 @@ from pydantic import SecretStr
 from clawd.errors import ConfigError
 from clawd.fleetops.payload import ConfigDocument, digest
 from clawd.periodic import Periodic
-from clawd.settings import (
-    Settings,
-    check_ssh_files,
-    default_config_path,
-    parse_config,
-    read_config_bytes,
-    settings_from_data,
-)
+from clawd.settings import Settings, default_config_path
+from clawd.settings_load import check_ssh_files, parse_config, read_config_bytes, settings_from_data
 
 log = structlog.get_logger("clawd.reload")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncssh
 
 from clawd.errors import ConfigError
-from clawd.settings import SshSettings
+from clawd.settings_sections import SshSettings
 
 TOFU_FILE_NAME = "known_hosts"
 

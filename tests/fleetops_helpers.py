@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from sshpeers import SshFleet, SshPeer
 
-from clawd.settings import Settings, settings_from_data
+from clawd.settings import Settings
+from clawd.settings_load import settings_from_data
 
 if TYPE_CHECKING:
     from clawd.fleetops.payload import ConfigDocument

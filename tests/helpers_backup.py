@@ -19,7 +19,8 @@ from pgserver import BasePg, PgDatabase
 
 from clawd.backup.pgtools import find_bin_dir
 from clawd.logs import configure_logging
-from clawd.settings import Settings, settings_from_data
+from clawd.settings import Settings
+from clawd.settings_load import settings_from_data
 from clawd.store.migrations import migrate
 
 CDB_ROLE = "claw_backup_cdb"

@@ -25,7 +25,8 @@ from clawd.model import (
     SkillAction,
     SkillAudit,
 )
-from clawd.settings import Settings, settings_from_data
+from clawd.settings import Settings
+from clawd.settings_load import settings_from_data
 from clawd.store.factory import build_repository
 from clawd.store.repository import FleetRepository
 

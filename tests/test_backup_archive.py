@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from helpers_backup import write_json_store
 
+from clawd.atomic import append_durable, write_atomic
 from clawd.backup import archive
 from clawd.backup.errors import BackupError
 from clawd.model import utcnow
-from clawd.store.atomic import append_durable, write_atomic
 
 
 def _write(home: Path, path: Path) -> list[str]:

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
-from clawd.backup.schedule import Schedule, format_duration, parse_schedule
 from clawd.errors import ConfigError
-from clawd.settings import settings_from_data
+from clawd.schedule import Schedule, format_duration, parse_schedule
+from clawd.settings_load import settings_from_data
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 from clawd.cli import main
 from clawd.model import Instance, PeerState, PeerStatus, utcnow
-from clawd.settings import settings_from_data
+from clawd.settings_load import settings_from_data
 from clawd.store.factory import build_repository
 
 

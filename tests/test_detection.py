@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from clawd.detection.accrual import DetectorSettings
-from clawd.detection.explain import explain, find_peer, render
 from clawd.detection.flap import percent_state_change
 from clawd.detection.guard import LAG, MASS, SelfHealthGuard
 from clawd.detection.rules import RULES, Probes
+from clawd.detection.suspicion import DetectorSettings
+from clawd.detection_config import guard_settings
+from clawd.explain import explain, find_peer, render
+from clawd.fleetview import Decision, FleetView, Thresholds
 from clawd.model import EventType, Instance, PeerStatus
 from clawd.observations import (
     EpochSeen,
@@ -22,8 +24,9 @@ from clawd.observations import (
     SelfHealth,
     Tick,
 )
-from clawd.reconciler import Decision, FleetView, Reconciler, Thresholds
-from clawd.settings import DetectionSettings
+from clawd.reconciler import Reconciler
+from clawd.settings import Settings
+from clawd.settings_sections import DetectionSettings, PingSettings
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 ME = Instance(gateway_id="gw-me", name="me", lead_number=5)
@@ -294,8 +297,9 @@ def test_a_gap_during_self_doubt_is_not_learned() -> None:
 
 
 def _guard(**kw: object) -> SelfHealthGuard:
-    settings = DetectionSettings(guard_loop_lag_seconds=1.0, guard_min_peers=4, **kw)  # type: ignore[arg-type]
-    return SelfHealthGuard(settings, interval=1.0, timeout=0.5)
+    detection = DetectionSettings(guard_loop_lag_seconds=1.0, guard_min_peers=4, **kw)  # type: ignore[arg-type]
+    ping = PingSettings(interval_seconds=1.0, timeout_seconds=0.5)
+    return SelfHealthGuard(guard_settings(Settings(detection=detection, ping=ping)))
 
 
 def test_guard_doubts_after_a_stall_once_and_trusts_again_after_the_hold() -> None:

@@ -17,7 +17,7 @@ from clawd.discovery import Discovery, instance_label, own_service_info, parse_p
 from clawd.errors import ClawdError
 from clawd.model import Instance
 from clawd.observations import MdnsGone, MdnsSeen, Observation
-from clawd.settings import DiscoverySettings
+from clawd.settings_sections import DiscoverySettings
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -23,12 +23,13 @@ from pathlib import Path
 import pytest
 from sshpeers import SshFleet
 
-from clawd.detection.accrual import DetectorSettings
+from clawd.detection.suspicion import DetectorSettings
+from clawd.fleetview import FleetView, Thresholds
 from clawd.model import Instance, PeerStatus
 from clawd.observations import Observation, PeerConfigured, PingResult
 from clawd.pinger import Pinger, PingTarget
-from clawd.reconciler import FleetView, Reconciler, Thresholds
-from clawd.settings import PingSettings, SshSettings
+from clawd.reconciler import Reconciler
+from clawd.settings_sections import PingSettings, SshSettings
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_blocking")]
 

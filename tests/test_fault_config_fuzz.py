@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clawd.errors import ConfigError
-from clawd.settings import Settings, read_config_file, settings_from_data
+from clawd.settings import Settings
+from clawd.settings_load import read_config_file, settings_from_data
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,7 +6,7 @@ server, keeps it away for 10 s (a peer goes offline meanwhile, so incidents happ
 the outage), starts it again and stops the daemon. Nothing lost, nothing twice:
 
 * ping_history holds exactly as many rows as the daemon's pinger says it sent
-  (`pinger stopped pings_sent=N`), no client_key twice, and no peer has a gap in its
+  (`pinger_stopped pings_sent=N`), no client_key twice, and no peer has a gap in its
   ping times longer than a few intervals, across the outage too;
 * every incident in incidents.jsonl is in incident_log exactly once.
 """
@@ -126,7 +126,7 @@ async def test_postgres_sigkill_for_10s_under_a_running_daemon(
     events = daemon.incidents()
     assert ("gw-k1", "offline") in events and ("gw-k1", "recovery") in events
     per_peer = await assert_pg_exactly_once(db.dsn, keys)
-    sent = logged_int(daemon.log, "pinger stopped", "pings_sent")
+    sent = logged_int(daemon.log, "pinger_stopped", "pings_sent")
     assert sum(per_peer.values()) == sent, (per_peer, sent)
     assert set(per_peer) == set(peers)
 

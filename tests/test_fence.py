@@ -29,9 +29,9 @@ from clawd.fleetops.fence import (
 from clawd.fleetops.payload import read_config
 from clawd.fleetops.recovery import Recoverer
 from clawd.fleetops.remote import PeerAddress, RemoteHost
+from clawd.fleetview import FleetView, PeerRecord
 from clawd.incidents import IncidentRecorder
 from clawd.model import Instance, PeerState, PeerStatus
-from clawd.reconciler import FleetView, PeerRecord
 from clawd.settings import Settings
 from clawd.ssh_client import Connector
 from clawd.store.factory import build_repository

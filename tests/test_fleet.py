@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from clawd.detection.accrual import DetectorSettings
+from clawd.detection.suspicion import DetectorSettings
 from clawd.fleet import FleetKeeper, summary
+from clawd.fleetview import FleetView, Thresholds, initial_view
 from clawd.incidents import IncidentRecorder
 from clawd.model import EventType, Instance, PeerStatus, utcnow
 from clawd.observations import PeerConfigured, PingResult
-from clawd.reconciler import FleetView, Reconciler, Thresholds, initial_view
+from clawd.reconciler import Reconciler
 from clawd.store.json_store import JsonStore
 from clawd.store.repository import FleetRepository
 

@@ -18,9 +18,9 @@ from clawd.fleetops.distribution import push_many, render_outcomes
 from clawd.fleetops.payload import read_config
 from clawd.fleetops.recovery import Recoverer, reinstall
 from clawd.fleetops.remote import PeerAddress
+from clawd.fleetview import FleetView, PeerRecord
 from clawd.incidents import IncidentRecorder
 from clawd.model import Instance, PeerState, PeerStatus
-from clawd.reconciler import FleetView, PeerRecord
 from clawd.ssh_client import Connector
 from clawd.store.factory import build_repository
 

@@ -20,8 +20,9 @@ from clawd.history import hourly, latency
 from clawd.history.collect import build_report, cut
 from clawd.history.hourly import HOUR, HourTotals
 from clawd.history.report import Report
-from clawd.history.rollup import GRACE, ROLLUP_LOCK_ID, RollupMaintainer
+from clawd.history.rollup import GRACE, RollupMaintainer
 from clawd.history.timespec import Window
+from clawd.lock_ids import ROLLUP_LOCK_ID
 from clawd.store.migrations import Conn, load_migrations, migrate
 
 T0 = datetime(2024, 5, 1, 0, 0, tzinfo=UTC)

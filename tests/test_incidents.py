@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from clawd.fleetview import Note
 from clawd.incidents import IncidentRecorder
 from clawd.journal import JournalSender, encode_entry
 from clawd.logs import configure_logging
 from clawd.model import EventType, Incident, Instance
-from clawd.reconciler import Note
 from clawd.store.json_store import JsonStore
 from clawd.store.repository import FleetRepository
 

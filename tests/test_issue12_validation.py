@@ -300,12 +300,12 @@ async def test_known_hosts_turning_bad_while_running_keeps_peers_online(
             await daemon.wait_incident(gid, "online", 15)
         known_hosts.write_bytes(BAD_BYTES + known_hosts.read_bytes())
         await asyncio.sleep(0.2)
-        connected = daemon.log.count("ssh connected")
+        connected = daemon.log.count("ssh_connected")
         # Every connection is new: each reconnect reads known_hosts again.
         for peer in peers.values():
             await peer.drop_connections()
         deadline = time.monotonic() + 20
-        while daemon.log.count("ssh connected") < connected + len(peers):
+        while daemon.log.count("ssh_connected") < connected + len(peers):
             assert time.monotonic() < deadline, daemon.log[-3000:]
             await asyncio.sleep(0.1)
             daemon.read()

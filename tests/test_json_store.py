@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from clawd.model import EventType, Incident, Instance, PeerState, PeerStatus, utcnow
-from clawd.settings import settings_from_data
+from clawd.settings_load import settings_from_data
 from clawd.store.factory import build_repository
 from clawd.store.json_store import JsonStore
 

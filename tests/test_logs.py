@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import os
+import re
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -46,3 +50,46 @@ def test_journal_stream_gets_priority_prefixes(monkeypatch: pytest.MonkeyPatch) 
     assert lines[0].startswith("<4>level=warning event=postgres_unavailable")
     assert lines[1].startswith("<6>level=info event=ready")
     assert not any("ts=" in line for line in lines)  # journald stamps its own time
+
+
+SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+LOG_METHODS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "msg"}
+CLAWD = Path(__file__).resolve().parent.parent / "clawd"
+
+
+def _names_in(node: ast.expr) -> Iterator[str]:
+    """The event names an expression can give: a literal, or either branch of `a if c else b`."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield node.value
+    elif isinstance(node, ast.IfExp):
+        yield from _names_in(node.body)
+        yield from _names_in(node.orelse)
+
+
+def logged_events() -> Iterator[tuple[str, str]]:
+    """(file:line, event) for every `log.<level>(event, ...)` in clawd/, and every
+    `*_event = "..."` attribute (events a base class logs through `self.x_event`)."""
+    for path in sorted(CLAWD.rglob("*.py")):
+        where = path.relative_to(CLAWD.parent)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LOG_METHODS
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "log"
+                and node.args
+            ):
+                for name in _names_in(node.args[0]):
+                    yield f"{where}:{node.lineno}", name
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and target.id.endswith("_event"):
+                        yield f"{where}:{node.lineno}", str(node.value.value)
+
+
+def test_every_event_name_is_snake_case() -> None:
+    events = list(logged_events())
+    assert len(events) > 50  # the scan sees clawd's log calls
+    bad = [f"{where}: {name!r}" for where, name in events if not SNAKE_CASE.fullmatch(name)]
+    assert not bad, "log event names must be snake_case:\n" + "\n".join(bad)

@@ -24,17 +24,13 @@ from prometheus_client.samples import Sample
 from clawd import __version__
 from clawd.backup.results import BackupResult
 from clawd.errors import ClawdError, MetricsServerError
-from clawd.metrics import (
-    BackupState,
-    DaemonSource,
-    FleetMetrics,
-    MetricsServer,
-    PostgresState,
-    backup_state,
-)
+from clawd.fleetview import FleetView, PeerRecord
+from clawd.metrics.adapter import DaemonSource, backup_state
+from clawd.metrics.registry import FleetMetrics
+from clawd.metrics.server import MetricsServer
+from clawd.metrics.source import BackupState, PostgresState
 from clawd.model import EventType, Incident, Instance, PeerState, PeerStatus
 from clawd.observations import PingResult
-from clawd.reconciler import FleetView, PeerRecord
 
 pytestmark = pytest.mark.usefixtures("no_blocking")
 

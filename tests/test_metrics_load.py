@@ -12,9 +12,9 @@ import pytest
 from helpers_backup import capture_logs
 from test_metrics import FakeSource, get, peer, run_server, scrape
 
-from clawd.metrics import FleetMetrics
+from clawd.fleetview import FleetView
+from clawd.metrics.registry import FleetMetrics
 from clawd.model import PeerStatus
-from clawd.reconciler import FleetView
 
 pytestmark = pytest.mark.usefixtures("no_blocking")
 

@@ -13,13 +13,8 @@ import pytest
 from helpers_pg import connect
 from pgserver import PgDatabase
 
-from clawd.store.migrations import (
-    ADVISORY_LOCK_ID,
-    MIGRATIONS_TABLE,
-    load_migrations,
-    migrate,
-    migrations_dir,
-)
+from clawd.lock_ids import MIGRATION_LOCK_ID
+from clawd.store.migrations import MIGRATIONS_TABLE, load_migrations, migrate, migrations_dir
 
 INITIAL = "001-initial-schema.sql"
 # Every shipped file, in order (the first two are the ones the tests below rely on).
@@ -174,7 +169,7 @@ async def test_seed_keys_and_foreign_key(pg_db: PgDatabase) -> None:
 async def test_concurrent_migrators_both_succeed_and_record_once(pg_db: PgDatabase) -> None:
     async with connect(pg_db) as holder, connect(pg_db) as c1, connect(pg_db) as c2:
         # Hold the lock so that both runners are really waiting at the same time.
-        await holder.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)
+        await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         t1 = asyncio.create_task(migrate(c1))
         t2 = asyncio.create_task(migrate(c2))
         try:
@@ -187,7 +182,7 @@ async def test_concurrent_migrators_both_succeed_and_record_once(pg_db: PgDataba
                 await asyncio.sleep(0.02)
             assert waiting == 2, "both migrators should wait on the advisory lock"
         finally:
-            await holder.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_ID)
+            await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
         r1, r2 = await asyncio.wait_for(asyncio.gather(t1, t2), timeout=20)
         assert sorted([*r1, *r2]) == ALL_MIGRATIONS
         assert [] in (r1, r2)
@@ -196,8 +191,8 @@ async def test_concurrent_migrators_both_succeed_and_record_once(pg_db: PgDataba
         )
         assert [(r["name"], r["n"]) for r in rows] == [(m, 1) for m in ALL_MIGRATIONS]
         # Nobody keeps the lock afterwards.
-        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_LOCK_ID)
-        await holder.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_ID)
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_ID)
+        await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
 
 
 @pytest.mark.parametrize(

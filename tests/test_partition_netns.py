@@ -161,7 +161,7 @@ async def test_partition_in_namespaces(
         # Probes started on the first misses may still be answering: wait for them.
         await _until(
             "probed",
-            lambda: re.search(r"indirect probe.*\breachable_by=[1-9]", daemon.log[log_before:]),
+            lambda: re.search(r"indirect_probe.*\breachable_by=[1-9]", daemon.log[log_before:]),
             10,
             daemon,
         )
@@ -212,7 +212,7 @@ async def test_partition_in_namespaces(
     assert len(stragglers) == len(set(stragglers)), mine
     assert [r for r in rows if r["gatewayId"] not in cut_ids | {"part-mon"}] == [], rows
     # p4..p6 reached the cut peers with `clawd probe` over the monitor's SSH connections.
-    probes = re.findall(r".*indirect probe.*", daemon.log[log_before:log_cut])
+    probes = re.findall(r".*indirect_probe.*", daemon.log[log_before:log_cut])
     reached = {
         m.group(1)
         for line in probes

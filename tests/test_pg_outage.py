@@ -29,9 +29,9 @@ from helpers_pg import (
 )
 from pgserver import TEST_DB_PASSWORD, TEST_DB_USER, PgDatabase, PgServer
 
+from clawd.lock_ids import MIGRATION_LOCK_ID
 from clawd.model import Incident, PeerStatus, Ping, SkillAudit
 from clawd.store.factory import build_repository
-from clawd.store.migrations import ADVISORY_LOCK_ID
 from clawd.store.repository import FleetRepository
 
 PINGS_PER_ROUND = 25
@@ -280,14 +280,14 @@ async def test_ready_while_another_migrator_holds_the_lock(
     repo = None
     incidents = [make_incident("gw-a", n) for n in range(5)]
     async with connect(pg_db) as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)
+        await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         try:
             repo, ready = await start_repo(make_settings(pg_db, tmp_path / "home"))
             for inc in incidents:
                 await repo.record_incident(inc)
             ready_in_time = await wait_ready(repo, ready, timeout=5.0)
         finally:
-            await holder.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_ID)
+            await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
     assert repo is not None
     try:
         assert ready_in_time, "start blocked while another clawd held the migration lock"
@@ -305,7 +305,7 @@ async def test_restart_while_waiting_for_the_migration_lock(
     db = _db(private_pg)
     holder = await asyncpg.connect(db.dsn, timeout=10)
     try:
-        await holder.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)
+        await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         repo, _ready = await start_repo(make_settings(db, tmp_path / "home"))
         try:
             writer = Writer(repo)

@@ -18,7 +18,7 @@ from sshpeers import OpenSshServer, SshFleet, make_client_key, sshd_path
 
 from clawd.observations import Observation, PingResult
 from clawd.pinger import Pinger, PingTarget
-from clawd.settings import PingSettings, SshSettings
+from clawd.settings_sections import PingSettings, SshSettings
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_blocking")]
 

@@ -355,7 +355,7 @@ async def test_prober_target_up_is_reachable(rig: Rig) -> None:
     assert verdict.reachable and not verdict.confirmed_down
     line = probe_command_line(PROBE, rig.target.address, rig.target.port, 2)
     assert rig.fleet.counters.execs == {line: 2}
-    assert [e["event"] for e in logs] == ["indirect probe"]
+    assert [e["event"] for e in logs] == ["indirect_probe"]
     assert logs[0]["asked"] == 2 and logs[0]["reachable_by"] == 2 and logs[0]["target"] == "gw-t"
 
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from clawd.detection.accrual import DetectorSettings
+from clawd.detection.suspicion import DetectorSettings
+from clawd.fleetview import Decision, FleetView, Thresholds, elect_leader, initial_view
 from clawd.model import EventType, Instance, PeerState, PeerStatus
 from clawd.observations import (
     MdnsGone,
@@ -19,14 +20,7 @@ from clawd.observations import (
     Started,
     Tick,
 )
-from clawd.reconciler import (
-    Decision,
-    FleetView,
-    Reconciler,
-    Thresholds,
-    elect_leader,
-    initial_view,
-)
+from clawd.reconciler import Reconciler
 
 
 def missed(n: int) -> DetectorSettings:

@@ -16,15 +16,12 @@ from helpers_pg import connect, free_port, make_settings
 from pgserver import PgDatabase
 from structlog.testing import capture_logs
 
-from clawd.retention import (
-    PRUNE_LOCK_ID,
-    ConnectionFactory,
-    PruneResult,
-    RetentionPruner,
-    dedicated_connection,
-)
-from clawd.settings import HistorySettings
-from clawd.store.migrations import ADVISORY_LOCK_ID, migrate
+from clawd.lock_ids import MIGRATION_LOCK_ID, PRUNE_LOCK_ID
+from clawd.retention.connect import dedicated_connection
+from clawd.retention.pruner import ConnectionFactory, RetentionPruner
+from clawd.retention.result import PruneResult
+from clawd.settings_features import HistorySettings
+from clawd.store.migrations import migrate
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -227,7 +224,7 @@ async def test_held_advisory_lock_makes_the_pruner_skip(pg_db: PgDatabase) -> No
     async with migrated(pg_db) as conn, connect(pg_db) as other:
         await add_pings(conn, spread(NOW - 200 * DAY, NOW, 200))
         # The migration runner's lock is a different one: it does not stop pruning.
-        await other.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)
+        await other.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         assert (await pruner(pg_db).prune_once(earlier)).rows("ping_history") == 60
 
         assert await other.fetchval("SELECT pg_try_advisory_lock($1)", PRUNE_LOCK_ID)
@@ -237,7 +234,7 @@ async def test_held_advisory_lock_makes_the_pruner_skip(pg_db: PgDatabase) -> No
         await other.execute("SELECT pg_advisory_unlock($1)", PRUNE_LOCK_ID)
         after = await pruner(pg_db).prune_once(NOW)
         assert len(await ping_stamps(conn)) == 90
-    assert PRUNE_LOCK_ID != ADVISORY_LOCK_ID
+    assert PRUNE_LOCK_ID != MIGRATION_LOCK_ID
     assert skipped == PruneResult(skipped="locked")
     assert after.rows("ping_history") == 50
 

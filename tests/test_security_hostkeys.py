@@ -111,7 +111,7 @@ async def test_accept_new_records_the_first_key_and_refuses_a_changed_one(
     with DaemonProcess(home) as daemon:
         await daemon.await_log("event=ready")
         await daemon.wait_incident("gw-b", "online", 10)
-        line = await daemon.await_log("host key recorded")
+        line = await daemon.await_log("host_key_recorded")
         assert f"host={peer.address}" in line and str(recorded_file) in line
         recorded = recorded_file.read_text()
         assert peer.host_key_line in recorded

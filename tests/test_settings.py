@@ -9,7 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from clawd.errors import ConfigError
-from clawd.settings import RETIRED_KEYS, Settings, load_settings, settings_from_data
+from clawd.settings import RETIRED_KEYS, Settings
+from clawd.settings_load import load_settings, settings_from_data
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.json"
 

@@ -16,8 +16,8 @@ from gitrepo import GitRemote, isolate_git
 from clawd import cli
 from clawd.control import ControlServer, socket_path
 from clawd.incidents import IncidentRecorder
-from clawd.settings import load_settings
-from clawd.skills import SkillSyncer
+from clawd.settings_load import load_settings
+from clawd.skills.syncer import SkillSyncer
 from clawd.store.factory import build_repository
 
 

@@ -20,8 +20,8 @@ from pgserver import PgDatabase
 
 from clawd import cli
 from clawd.incidents import IncidentRecorder
-from clawd.settings import settings_from_data
-from clawd.skills import SkillSyncer
+from clawd.settings_load import settings_from_data
+from clawd.skills.syncer import SkillSyncer
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,11 @@ from gitrepo import GitRemote, isolate_git
 from clawd.incidents import IncidentRecorder
 from clawd.logs import configure_logging
 from clawd.model import EventType, Incident, SkillAction, SkillAudit
-from clawd.settings import Settings, settings_from_data
-from clawd.skills import SkillSyncer, SyncResult
+from clawd.settings import Settings
+from clawd.settings_load import settings_from_data
 from clawd.skills.lock import SkillsLock
+from clawd.skills.results import SyncResult
+from clawd.skills.syncer import SkillSyncer
 from clawd.store.factory import build_repository
 from clawd.store.json_store import JsonStore
 from clawd.store.repository import FleetRepository

@@ -12,7 +12,7 @@ import asyncssh
 import pytest
 from sshpeers import SshFleet
 
-from clawd.settings import SshSettings
+from clawd.settings_sections import SshSettings
 from clawd.ssh_client import Attempt, Connector
 
 pytestmark = [pytest.mark.timeout(30)]

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
+from clawd.atomic import fsync_dir
 from clawd.backup.errors import BackupError
 from clawd.backup.names import STAMP_FORMAT
-from clawd.store.atomic import fsync_dir
 
 FILES = ("config.json", "state.json", "fleet.json", "incidents.jsonl", "skill_audit.jsonl")
 PEERS = "peers"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 
 from clawd.backup import catalog, names
@@ -12,7 +11,7 @@ from clawd.backup.restore import run_restore
 from clawd.backup.results import BackupInfo, BackupResult, RestoreResult, VerifyResult, human_size
 from clawd.backup.reverify import run_verify
 from clawd.backup.runner import run_backup
-from clawd.control import socket_path
+from clawd.daemon_client import daemon_running
 from clawd.settings import Settings
 
 LIST_COLUMNS = ("FILE", "TIME", "SIZE", "DURATION", "VERIFIED", "KIND")
@@ -30,18 +29,6 @@ def list_backups(settings: Settings) -> list[BackupInfo]:
 def verify(settings: Settings, file: str | None) -> VerifyResult:
     """Verify FILE's backup run, or the newest complete one; the result is recorded."""
     return asyncio.run(run_verify(settings, file))
-
-
-def daemon_running(settings: Settings) -> bool:
-    """True when a clawd answers on this home's control socket."""
-    path = socket_path(settings.home)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def ask(plan: str) -> bool:
@@ -69,7 +56,7 @@ def restore(
             "refusing to restore without a terminal to confirm on; pass --yes to restore "
             "non-interactively"
         )
-    if daemon_running(settings):
+    if daemon_running(settings.home):
         raise BackupError(
             f"clawd is running on {settings.home} and would overwrite what is restored; "
             "stop it first (systemctl stop clawd), restore, then start it again"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import structlog
 
+from clawd.atomic import fsync_dir, remove_stale_temp_files
 from clawd.backup import names
-from clawd.store.atomic import fsync_dir, remove_stale_temp_files
 
 log = structlog.get_logger("clawd.backup")
 

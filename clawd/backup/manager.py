@@ -22,11 +22,11 @@ from clawd.backup.manifest import Manifest
 from clawd.backup.results import BackupResult, age
 from clawd.backup.reverify import run_verify
 from clawd.backup.runner import run_backup
-from clawd.backup.schedule import Schedule, format_duration, parse_schedule
 from clawd.backup.verify import drop_leftover_scratch
 from clawd.errors import ClawdError
 from clawd.model import utcnow
 from clawd.periodic import Periodic
+from clawd.schedule import Schedule, format_duration, parse_schedule
 from clawd.settings import Settings
 from clawd.supervise import JobSlot
 

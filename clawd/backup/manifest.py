@@ -14,8 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from clawd.atomic import write_atomic
 from clawd.backup import names
-from clawd.store.atomic import write_atomic
 
 FORMAT = 1
 CREATOR = "clawd"

@@ -14,7 +14,7 @@ import asyncpg
 
 from clawd.backup.errors import BackupError
 from clawd.backup.pgtools import PgTools, pg_env, run_tool
-from clawd.settings import PostgresSettings
+from clawd.settings_sections import PostgresSettings
 from clawd.store.pg_store import TABLES
 
 LOCK_WAIT = "60s"  # never queue behind a migration's exclusive lock for long

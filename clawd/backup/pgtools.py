@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 
 from clawd.backup.errors import BackupError
-from clawd.settings import PostgresSettings
+from clawd.settings_sections import PostgresSettings
 from clawd.store.pg_errors import connect_error
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")

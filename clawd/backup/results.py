@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from clawd.backup.manifest import FileEntry, Verification
-from clawd.backup.schedule import format_duration
+from clawd.schedule import format_duration
 
 
 def human_size(size: int) -> str:

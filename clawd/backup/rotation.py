@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from clawd.atomic import fsync_dir
 from clawd.backup import names
 from clawd.backup.manifest import Manifest
-from clawd.store.atomic import fsync_dir
 
 
 def protected(manifests: list[Manifest], keep_min: int) -> set[str]:

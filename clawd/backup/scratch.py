@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from clawd.atomic import fsync_dir
 from clawd.backup import names
-from clawd.store.atomic import fsync_dir
 
 
 def _mark(path: Path) -> None:

@@ -28,7 +28,8 @@ from clawd.backup.pgdump import count_rows
 from clawd.backup.pgtools import PgTools, connect, dbname_arg, pg_env, run_tool
 from clawd.errors import ClawdError
 from clawd.model import utcnow
-from clawd.settings import PostgresSettings, Settings
+from clawd.settings import Settings
+from clawd.settings_sections import PostgresSettings
 
 log = structlog.get_logger("clawd.backup")
 

@@ -16,7 +16,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clawd.settings import DetectionSettings
+
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    """The guard's plain values (from config.json's `detection.guard*`, see
+    clawd/detection_config.py): this module knows nothing of config.json."""
+
+    loop_lag_seconds: float = 1.0
+    mass_failure_fraction: float = 0.8
+    min_peers: int = 4
+    timeout_stretch: float = 2.0
+    # How long a doubt lasts: long enough for every peer to be pinged again, with
+    # stretched timeouts (the caller works it out from the ping interval and timeout).
+    hold_seconds: float = 25.0
+
 
 LAG = "event loop stalled"
 MASS = "most peers failed at once"
@@ -30,7 +43,7 @@ class Change:
 
 
 class SelfHealthGuard:
-    def __init__(self, settings: DetectionSettings, interval: float, timeout: float) -> None:
+    def __init__(self, settings: GuardSettings) -> None:
         self._last: dict[str, bool] = {}  # each peer's latest ping result
         self._failing = 0
         self._lag_until = 0.0
@@ -41,21 +54,18 @@ class SelfHealthGuard:
         self.doubting = False
         self.reason = ""
         self.episodes = 0
-        self.configure(settings, interval, timeout)
+        self.configure(settings)
 
-    def configure(self, settings: DetectionSettings, interval: float, timeout: float) -> None:
+    def configure(self, settings: GuardSettings) -> None:
         self.s = settings
-        # Long enough for every peer to be pinged again, with stretched timeouts.
-        self.hold = settings.guard_hold_seconds or (
-            2 * interval + timeout * settings.guard_timeout_stretch
-        )
+        self.hold = settings.hold_seconds
 
     @property
     def stretch(self) -> float:
-        return self.s.guard_timeout_stretch if self.doubting else 1.0
+        return self.s.timeout_stretch if self.doubting else 1.0
 
     def loop_lag(self, lag: float, now: float) -> None:
-        if lag >= self.s.guard_loop_lag_seconds:
+        if lag >= self.s.loop_lag_seconds:
             self._lag_until = now + self.hold
             self._worst_lag = max(self._worst_lag, lag)
 
@@ -77,9 +87,7 @@ class SelfHealthGuard:
 
     def _mass_failure(self) -> bool:
         total = len(self._last)
-        return total >= self.s.guard_min_peers and (
-            self._failing >= self.s.guard_mass_failure_fraction * total
-        )
+        return total >= self.s.min_peers and (self._failing >= self.s.mass_failure_fraction * total)
 
     def poll(self, now: float) -> Change | None:
         """The guard's verdict now; a Change when it differs from the last one."""
@@ -103,7 +111,7 @@ class SelfHealthGuard:
             else:
                 fields["failing"] = self._failing
                 fields["peers"] = len(self._last)
-            fields["timeout_stretch"] = self.s.guard_timeout_stretch
+            fields["timeout_stretch"] = self.s.timeout_stretch
             return Change(True, reason, fields)
         previous = self.reason
         self.doubting, self.reason, self._worst_lag = False, "", 0.0

@@ -244,9 +244,9 @@ class IndirectProber:
             errors=MappingProxyType(dict(sorted(errors.items()))),
         )
         for gid, error in verdict.errors.items():
-            log.warning("indirect probe helper failed", target=target_gid, helper=gid, error=error)
+            log.warning("indirect_probe_helper_failed", target=target_gid, helper=gid, error=error)
         log.info(
-            "indirect probe",
+            "indirect_probe",
             target=target_gid,
             address=format_target(host, port),
             asked=len(verdict.asked),

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from clawd.detection.accrual import Suspicion
+from clawd.detection.suspicion import Suspicion
 from clawd.model import PeerStatus
 
 

@@ -35,9 +35,9 @@ from clawd.fleetops.loop import LeaderLoop, new_backoff
 from clawd.fleetops.payload import ConfigDocument, config_for_peer
 from clawd.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
 from clawd.fleetops.retry import REPEAT_SECONDS
+from clawd.fleetview import FleetView
 from clawd.model import PeerStatus
 from clawd.ratelog import LogLimiter
-from clawd.reconciler import FleetView
 from clawd.settings import Settings
 from clawd.ssh_client import Connector
 from clawd.text import printable

@@ -36,8 +36,8 @@ from posixpath import basename, dirname, join
 import structlog
 
 from clawd.fleetops.remote import RemoteError, RemoteHost
+from clawd.fleetview import FleetView
 from clawd.model import Instance
-from clawd.reconciler import FleetView
 from clawd.settings import Settings
 
 log = structlog.get_logger("clawd.fence")

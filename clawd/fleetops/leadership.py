@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from clawd.fleetops.remote import PeerAddress
+from clawd.fleetview import FleetView
 from clawd.model import PeerStatus
-from clawd.reconciler import FleetView
 
 _NUMBER = re.compile(r"\d+")
 DOWN = (PeerStatus.OFFLINE, PeerStatus.UNRESPONSIVE)

@@ -9,9 +9,9 @@ import structlog
 
 from clawd.errors import ClawdError
 from clawd.fleetops.retry import REPEAT_SECONDS, PeerBackoff
+from clawd.fleetview import FleetView
 from clawd.periodic import Periodic
 from clawd.ratelog import LogLimiter
-from clawd.reconciler import FleetView
 from clawd.settings import Settings
 
 log = structlog.get_logger("clawd.fleetops")

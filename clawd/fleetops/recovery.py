@@ -33,9 +33,9 @@ from clawd.fleetops.leadership import acting_leader, addresses, is_older
 from clawd.fleetops.loop import LeaderLoop, new_backoff
 from clawd.fleetops.payload import ConfigDocument, collect_scripts, config_for_peer
 from clawd.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
+from clawd.fleetview import FleetView
 from clawd.incidents import IncidentRecorder
 from clawd.model import EventType, Incident, PeerStatus
-from clawd.reconciler import FleetView
 from clawd.settings import Settings
 from clawd.ssh_client import Connector
 

@@ -10,7 +10,7 @@ import asyncpg
 
 from clawd.errors import DatabaseError, DatabaseUnavailable, HistoryError
 from clawd.history.collect import CONNECTIONS
-from clawd.settings import PostgresSettings
+from clawd.settings_sections import PostgresSettings
 from clawd.store.migrations import Conn, applied_migrations, load_migrations
 from clawd.store.pg_errors import TRANSIENT
 from clawd.store.pg_store import PgStore

@@ -28,18 +28,15 @@ import structlog
 
 from clawd.errors import DatabaseUnavailable
 from clawd.history import hourly
+from clawd.lock_ids import ROLLUP_LOCK_ID
 from clawd.model import utcnow
 from clawd.periodic import Periodic
 from clawd.retention.dbjob import DB_ERRORS, ConnectionFactory, FailureLog, advisory_lock
-from clawd.retention.pruner import PRUNE_LOCK_ID
-from clawd.store.migrations import ADVISORY_LOCK_ID, Conn
+from clawd.store.migrations import Conn
 from clawd.store.pg_errors import TRANSIENT
 
 log = structlog.get_logger("clawd.history.rollup")
 
-# "clawroll" in ASCII: one roller per database, even with two self-declared leaders.
-ROLLUP_LOCK_ID = 0x636C6177726F6C6C
-assert ROLLUP_LOCK_ID not in (ADVISORY_LOCK_ID, PRUNE_LOCK_ID)
 
 # An hour is rolled once it ended this long ago: pings stamped just before the hour's end
 # are still being written for a moment after it.

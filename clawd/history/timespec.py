@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from clawd.backup.schedule import parse_interval
 from clawd.errors import HistoryError
+from clawd.schedule import parse_interval
 
 
 @dataclass(frozen=True, slots=True)

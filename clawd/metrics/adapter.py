@@ -6,9 +6,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
-from clawd.backup.results import BackupResult
+from clawd.fleetview import FleetView
 from clawd.metrics.source import BackupState, PostgresState
-from clawd.reconciler import FleetView
 
 
 class SinkStatus(Protocol):
@@ -38,6 +37,17 @@ class LagStatus(Protocol):
     def percentiles_ms(self) -> dict[str, float]: ...
 
 
+class BackupOutcome(Protocol):
+    """What a backup result offers the metrics (clawd.backup.results.BackupResult):
+    a protocol, so that the endpoint does not import the backup feature."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def duration_s(self) -> float: ...
+
+
 class BackupStatus(Protocol):
     """What BackupManager must offer for backup metrics."""
 
@@ -48,7 +58,7 @@ class BackupStatus(Protocol):
     def last_good(self) -> datetime | None: ...
 
     @property
-    def last_good_result(self) -> BackupResult | None: ...
+    def last_good_result(self) -> BackupOutcome | None: ...
 
     @property
     def last_error(self) -> str | None: ...

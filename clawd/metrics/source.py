@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from clawd.fleetview import FleetView
 from clawd.model import PeerStatus
-from clawd.reconciler import FleetView
 
 
 @dataclass(frozen=True, slots=True)

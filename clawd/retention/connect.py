@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from clawd.settings import PostgresSettings
+from clawd.settings_sections import PostgresSettings
 from clawd.store.pg_errors import TRANSIENT, connect_error
 
 APPLICATION_NAME = "clawd-retention"

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from clawd.errors import DatabaseUnavailable
+from clawd.lock_ids import PRUNE_LOCK_ID
 from clawd.model import utcnow
 from clawd.periodic import Periodic
 from clawd.retention.batches import (
@@ -20,16 +21,13 @@ from clawd.retention.batches import (
 )
 from clawd.retention.dbjob import DB_ERRORS, ConnectionFactory, FailureLog, advisory_lock
 from clawd.retention.result import PruneResult, TablePrune
-from clawd.settings import HistorySettings
-from clawd.store.migrations import ADVISORY_LOCK_ID, Conn
+from clawd.settings_features import HistorySettings
+from clawd.store.migrations import Conn
 from clawd.store.pg_errors import TRANSIENT
 
 FIRST_PRUNE_SECONDS = 300.0
 log = structlog.get_logger("clawd.retention")
 
-# "clawprun" in ASCII: one pruner per database, even with two self-declared leaders.
-PRUNE_LOCK_ID = 0x636C61777072756E
-assert PRUNE_LOCK_ID != ADVISORY_LOCK_ID
 
 DEFAULT_BATCH_PAUSE_S = 0.05
 

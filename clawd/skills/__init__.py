@@ -1,6 +1,5 @@
-"""Skills under `<home>/skills`, synced from the shared repository and audited."""
+"""Skills under `<home>/skills`, synced from the shared repository and audited.
 
-from clawd.skills.results import SyncResult
-from clawd.skills.syncer import SkillSyncer
-
-__all__ = ["SkillSyncer", "SyncResult"]
+Import the modules themselves (`clawd.skills.syncer`, `clawd.skills.results`): a package
+that re-exports its own modules is an import cycle (see tests/test_import_cycles.py).
+"""

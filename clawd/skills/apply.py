@@ -14,9 +14,9 @@ from pathlib import Path
 
 import structlog
 
+from clawd.atomic import fsync_dir
 from clawd.errors import SkillSyncError
 from clawd.skills.tree import is_skill_name
-from clawd.store.atomic import fsync_dir
 
 log = structlog.get_logger("clawd.skills")
 

@@ -6,9 +6,9 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from clawd.backup.schedule import parse_interval
 from clawd.errors import ClawdError
 from clawd.model import SkillAudit, utcnow
+from clawd.schedule import parse_interval
 from clawd.settings import Settings
 
 QUERY = """

@@ -14,10 +14,10 @@ from typing import Any
 
 import structlog
 
-from clawd.backup.schedule import parse_schedule
 from clawd.incidents import IncidentRecorder
 from clawd.model import utcnow
 from clawd.periodic import Periodic
+from clawd.schedule import parse_schedule
 from clawd.settings import Settings
 from clawd.skills.results import SyncResult
 from clawd.skills.sync import attempt

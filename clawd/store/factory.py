@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from clawd.model import Instance
-from clawd.settings import Settings
+from clawd.settings import Settings, self_instance
 from clawd.store.json_store import JsonStore
 from clawd.store.pg_sink import PgSink
 from clawd.store.pg_store import PgStore
 from clawd.store.repository import FleetRepository
 from clawd.store.spool import Spool
-
-
-def self_instance(settings: Settings) -> Instance:
-    me = settings.instance
-    return Instance(
-        gateway_id=me.gateway_id,
-        name=me.name,
-        lead_number=me.lead_number,
-        ip=me.ip,
-        ssh_user=me.ssh_user,
-        ssh_port=me.ssh_port,
-        version=me.version,
-        github_repo=me.github_repo,
-    )
 
 
 def build_sink(settings: Settings) -> PgSink:

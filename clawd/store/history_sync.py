@@ -11,7 +11,7 @@ import json
 
 import structlog
 
-from clawd.store.atomic import write_atomic
+from clawd.atomic import write_atomic
 from clawd.store.json_store import JsonStore
 from clawd.store.ops import WriteOp
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import structlog
 
+from clawd.atomic import append_durable, remove_stale_temp_files, write_atomic
 from clawd.errors import StoreError
 from clawd.model import FleetSnapshot, Incident, Instance, PeerState, SkillAudit, utcnow
 from clawd.store import codec
-from clawd.store.atomic import append_durable, remove_stale_temp_files, write_atomic
 
 log = structlog.get_logger("clawd.store.json")
 

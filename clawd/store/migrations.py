@@ -12,17 +12,16 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from clawd.atomic import write_atomic
 from clawd.errors import MigrationError
+from clawd.lock_ids import MIGRATION_LOCK_ID
 from clawd.permissions import PRIVATE_DIR, PRIVATE_FILE, make_private
-from clawd.store.atomic import write_atomic
 
 log = structlog.get_logger("clawd.migrations")
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 MIGRATIONS_TABLE = "clawd_schema_migrations"
-# Serialises migrators across machines sharing one database ("claw" in ASCII).
-ADVISORY_LOCK_ID = 0x636C6177
 _NAME = re.compile(r"^\d{3,}-[\w.-]+\.sql$")
 
 
@@ -91,7 +90,7 @@ async def migrate(conn: Conn, directory: Path | None = None) -> list[str]:
     done = await applied_migrations(conn)
     if all(m.name in done for m in migrations):
         return []  # nothing to create: works with DML-only rights
-    await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
@@ -119,4 +118,4 @@ async def migrate(conn: Conn, directory: Path | None = None) -> list[str]:
             applied.append(migration.name)
         return applied
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_ID)
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)

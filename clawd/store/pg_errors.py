@@ -8,7 +8,7 @@ import socket
 import asyncpg
 
 from clawd.errors import DatabaseError, DatabaseUnavailable
-from clawd.settings import PostgresSettings
+from clawd.settings_sections import PostgresSettings
 
 MIN_SERVER_MAJOR = 12
 

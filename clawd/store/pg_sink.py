@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from clawd.errors import DatabaseError, DatabaseUnavailable, StoreError
-from clawd.settings import StorageSettings
+from clawd.settings_sections import StorageSettings
 from clawd.store.ops import WriteOp, op_rows
 from clawd.store.pg_store import PgStore
 from clawd.store.spool import Spool

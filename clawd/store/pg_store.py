@@ -12,7 +12,7 @@ import structlog
 
 from clawd.errors import DatabaseError, DatabaseUnavailable
 from clawd.model import Incident, Instance, PeerState, Ping, SkillAudit
-from clawd.settings import PostgresSettings
+from clawd.settings_sections import PostgresSettings
 from clawd.store.migrations import Conn, migrate
 from clawd.store.ops import PingBatch, WriteOp
 from clawd.store.pg_errors import MIN_SERVER_MAJOR, TRANSIENT, connect_error, too_old_error

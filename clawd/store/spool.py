@@ -16,8 +16,8 @@ from pathlib import Path
 import aiofiles
 import structlog
 
+from clawd.atomic import append_durable, write_atomic
 from clawd.errors import StoreError
-from clawd.store.atomic import append_durable, write_atomic
 from clawd.store.ops import WriteOp, decode_op, encode_lines, op_rows
 
 log = structlog.get_logger("clawd.store.spool")

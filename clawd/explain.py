@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from clawd.detection.rules import RULES, RULES_BY_NAME
-from clawd.reconciler import FleetView, PeerRecord, Thresholds, evidence
+from clawd.fleetview import FleetView, PeerRecord, Thresholds, evidence
 from clawd.text import printable
 
 

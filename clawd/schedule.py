@@ -1,4 +1,8 @@
-"""`backup.schedule`: a local time of day ("03:00") or an interval ("6h", "1h30m")."""
+"""Schedules and durations: a local time of day ("03:00") or an interval ("6h", "1h30m").
+
+Used by config validation (`backup.schedule`, `skills.syncInterval`, ...), the backup and
+skills schedulers and the history time spans, so it depends on nothing of clawd.
+"""
 
 from __future__ import annotations
 

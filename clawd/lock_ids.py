@@ -1,0 +1,15 @@
+"""PostgreSQL advisory lock ids, all in one place so that no two jobs share one by accident.
+
+Each is a name in ASCII, so a lock seen in `pg_locks` says whose it is.
+"""
+
+from __future__ import annotations
+
+# "claw": serialises migrators across machines sharing one database.
+MIGRATION_LOCK_ID = 0x636C6177
+# "clawprun": one retention pruner per database, even with two self-declared leaders.
+PRUNE_LOCK_ID = 0x636C61777072756E
+# "clawroll": one hourly roller per database, even with two self-declared leaders.
+ROLLUP_LOCK_ID = 0x636C6177726F6C6C
+
+assert len({MIGRATION_LOCK_ID, PRUNE_LOCK_ID, ROLLUP_LOCK_ID}) == 3
