@@ -169,6 +169,8 @@ class ConfigWatcher:
     cause one reload.
     """
 
+    name = "config-watch"
+
     def __init__(self, path: Path, on_change: Callable[[], Awaitable[object]]) -> None:
         self.path = path
         self.on_change = on_change
@@ -176,6 +178,9 @@ class ConfigWatcher:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """The watched path is the one clawd was started with."""
 
     async def run(self, ready: asyncio.Event) -> None:
         seen = await asyncio.to_thread(_fingerprint, self.path)

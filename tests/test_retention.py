@@ -23,7 +23,7 @@ from clawd.retention import (
     RetentionPruner,
     dedicated_connection,
 )
-from clawd.settings import HistorySettings
+from clawd.settings import HistorySettings, Settings
 from clawd.store.migrations import ADVISORY_LOCK_ID, migrate
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -355,7 +355,7 @@ async def test_stop_before_the_first_interval_returns_at_once(pg_db: PgDatabase)
     assert loop.last_result is None
 
 
-async def test_update_settings_takes_effect_without_restart(pg_db: PgDatabase) -> None:
+async def test_reconfigure_takes_effect_without_restart(pg_db: PgDatabase) -> None:
     async with migrated(pg_db) as conn:
         await add_pings(conn, spread(NOW - 200 * DAY, NOW, 200))
         loop = RetentionPruner(
@@ -364,7 +364,10 @@ async def test_update_settings_takes_effect_without_restart(pg_db: PgDatabase) -
         task = asyncio.create_task(loop.run(asyncio.Event()))
         await asyncio.sleep(0.1)
         assert loop.last_result is None
-        loop.update_settings(history(prune_interval_seconds=0.05, retention_days=10))
+        new = Settings.model_construct(
+            history=history(prune_interval_seconds=0.05, retention_days=10)
+        )
+        await loop.reconfigure(new, frozenset({"history"}))
         await until(lambda: loop.last_result is not None)
         loop.stop()
         await asyncio.wait_for(task, timeout=5)

@@ -41,6 +41,8 @@ def _good(m: Manifest) -> bool:
 
 
 class BackupManager:
+    name = "backup"
+
     def __init__(
         self,
         settings: Settings,
@@ -105,7 +107,7 @@ class BackupManager:
         if self._job is not None:
             self._job.cancel()
 
-    def update_settings(self, settings: Settings) -> None:
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
         self.settings = settings
         self._wake.set()
 

@@ -32,6 +32,7 @@ import structlog
 from clawd.errors import DatabaseError, DatabaseUnavailable
 from clawd.history import hourly
 from clawd.retention.pruner import PRUNE_LOCK_ID
+from clawd.settings import Settings
 from clawd.store.migrations import ADVISORY_LOCK_ID, Conn
 from clawd.store.pg_errors import TRANSIENT
 
@@ -107,6 +108,8 @@ class RollupResult:
 class RollupMaintainer:
     """Keeps ping_rollup_hourly up to date every interval_seconds, on the leader only."""
 
+    name = "rollup"
+
     def __init__(
         self,
         connect: ConnectionFactory,
@@ -127,6 +130,9 @@ class RollupMaintainer:
         self._wake = asyncio.Event()
         self._last_error: str | None = None
         self.last_result: RollupResult | None = None
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """No setting changes the roll-up (its interval is fixed)."""
 
     def stop(self) -> None:
         """Ask run() to return; a roll in progress ends after its current chunk."""

@@ -20,7 +20,7 @@ from clawd.retention.batches import (
     prune_ping_history,
 )
 from clawd.retention.result import PruneResult, TablePrune
-from clawd.settings import HistorySettings
+from clawd.settings import HistorySettings, Settings
 from clawd.store.migrations import ADVISORY_LOCK_ID, Conn
 from clawd.store.pg_errors import TRANSIENT
 
@@ -55,6 +55,8 @@ def _plan(settings: HistorySettings, now: datetime) -> list[tuple[str, datetime]
 class RetentionPruner:
     """Deletes history past its retention, every prune_interval_seconds, on the leader only."""
 
+    name = "retention"
+
     def __init__(
         self,
         settings: HistorySettings,
@@ -74,9 +76,10 @@ class RetentionPruner:
         self._last_error: str | None = None
         self.last_result: PruneResult | None = None
 
-    def update_settings(self, settings: HistorySettings) -> None:
-        """Use `settings` from the next batch on; a new interval counts from the last run."""
-        self._settings = settings
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """Use the new history settings from the next batch on; a new interval counts from
+        the last run."""
+        self._settings = settings.history
         self._wake.set()
 
     def stop(self) -> None:
