@@ -90,7 +90,7 @@ class FleetRepository:
             self.sink.on_change = on_change
 
     def sink_state(self) -> str:
-        """"off" (JSON only), or the PostgreSQL sink's own description."""
+        """The PostgreSQL sink's own description, or "off" with JSON only."""
         return "off" if self.sink is None else self.sink.describe()
 
     async def open(self) -> LoadResult:
