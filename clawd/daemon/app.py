@@ -92,7 +92,7 @@ class Daemon:
     # -- start and stop -------------------------------------------------------
 
     async def _supervise(self, parts: Parts) -> None:
-        s, me = self.settings, parts.repo.me
+        s = self.settings
         try:
             async with asyncio.TaskGroup() as tg:
                 starting = [(entry.component.name, asyncio.Event()) for entry in parts.entries]
@@ -106,7 +106,7 @@ class Daemon:
                         "ready",
                         backend=s.backend,
                         home=str(s.home),
-                        gateway=me.gateway_id,
+                        gateway=s.instance.gateway_id,
                         peers=len(parts.keeper.view.peers),
                         postgres=parts.repo.sink_state(),
                     )

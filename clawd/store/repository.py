@@ -146,6 +146,11 @@ class FleetRepository:
                 await self._stopped.wait()
                 await self._flush_at_stop()
                 await self._stop_sink()
+        except BaseExceptionGroup as group:
+            # What the sink died of, as before it ran inside this task group.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             self._tg = None
 
