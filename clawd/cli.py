@@ -31,7 +31,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from clawd.daemon import Daemon
+    from clawd.daemon.app import Daemon
     from clawd.reload import load_in_force
 
     settings, document = load_in_force(args.config, check_files=True)

@@ -21,6 +21,7 @@ import structlog
 
 from clawd.errors import ClawdError
 from clawd.ratelog import LOG_INTERVAL, RateLimitedLog
+from clawd.settings import Settings
 
 log = structlog.get_logger("clawd.control")
 
@@ -75,6 +76,8 @@ class _Client:
 class ControlServer:
     """Serves one request a connection, within bounds on clients, size, depth and time."""
 
+    name = "control"
+
     def __init__(
         self,
         path: Path,
@@ -114,6 +117,9 @@ class ControlServer:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """The socket's place is under `home`, which cannot change while clawd runs."""
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(writer)

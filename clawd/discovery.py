@@ -26,6 +26,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from clawd.errors import ClawdError
 from clawd.model import Instance, utcnow
 from clawd.observations import MdnsGone, MdnsSeen, Observation
+from clawd.settings import Settings, self_instance
 from clawd.settings_sections import DiscoverySettings
 
 log = structlog.get_logger("clawd.discovery")
@@ -225,6 +226,8 @@ class Discovery:
     One-shot: `run()` once; `stop()` makes it send goodbyes, close zeroconf and return.
     """
 
+    name = "discovery"
+
     def __init__(
         self,
         me: Instance,
@@ -290,6 +293,11 @@ class Discovery:
     def stop(self) -> None:
         """Ask run() to withdraw our record (mDNS goodbye), close zeroconf and return."""
         self._wake.set()
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """Live reload: changed details of this instance are announced."""
+        if "instance" in changed:
+            await self.update_me(self_instance(settings))
 
     async def update_me(self, me: Instance) -> None:
         """Announce changed details of this instance (live reload); no-op when unchanged."""

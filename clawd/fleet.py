@@ -10,6 +10,7 @@ a second.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,11 +19,22 @@ from dataclasses import dataclass
 import structlog
 
 from clawd.detection.guard import SelfHealthGuard
-from clawd.fleetview import Decision, FleetView, Note, ProbeRequest
+from clawd.fleet_settings import guard_settings, static_peers, thresholds
+from clawd.fleetview import Decision, FleetView, Note
 from clawd.incidents import IncidentRecorder
 from clawd.model import PeerState, Ping, utcnow
-from clawd.observations import Observation, PingResult, SelfHealth, Started, Tick
+from clawd.observations import (
+    Observation,
+    PeerConfigured,
+    PingResult,
+    ProbeRequest,
+    SelfChanged,
+    SelfHealth,
+    Started,
+    Tick,
+)
 from clawd.reconciler import Reconciler
+from clawd.settings import Settings, self_instance
 from clawd.store.repository import Repository
 
 log = structlog.get_logger("clawd.fleet")
@@ -66,6 +78,11 @@ class _Written:
 
 
 class FleetKeeper:
+    """The only writer of the fleet view: sources hand it observations, a reload its new
+    thresholds (reconfigure); it stops after the sources and drains its queue."""
+
+    name = "fleet"
+
     def __init__(
         self,
         repo: Repository,
@@ -102,6 +119,25 @@ class FleetKeeper:
 
     def stop(self) -> None:
         self.queue.put_nowait(None)
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """Live reload: new thresholds from the next observation on; configured peers and
+        this instance's details go in as observations (the election re-runs, the epoch is
+        kept)."""
+        if changed & {"ping", "ssh", "detection"}:
+            self.reconciler = Reconciler(thresholds(settings))
+            if self.guard is not None:
+                self.guard.configure(guard_settings(settings))
+        if "storage" in changed:
+            self.persist_interval = settings.storage.peer_file_interval_seconds
+        if "peers" in changed:
+            for instance in static_peers(settings):
+                self.emit(PeerConfigured(instance, utcnow()))
+        if "instance" in changed:
+            # Registered once, when first seen: a reload does not register it again.
+            me = self_instance(settings)
+            me = dataclasses.replace(me, registered_at=self.view.me.registered_at)
+            self.emit(SelfChanged(me, utcnow()))
 
     async def run(self, ready: asyncio.Event) -> None:
         # The election waits for the peers' first answers, then checks the stored leader.

@@ -14,6 +14,7 @@ from clawd.detection.accrual import ArrivalHistory
 from clawd.detection.rules import Evidence, Probes
 from clawd.detection.suspicion import DetectorSettings, Suspicion
 from clawd.model import Incident, Instance, PeerState, PeerStatus
+from clawd.observations import ProbeRequest
 
 REPORTED = (PeerStatus.ONLINE, PeerStatus.OFFLINE)
 
@@ -113,16 +114,6 @@ class Note:
     event: str
     gateway_id: str
     fields: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeRequest:
-    """Ask these helpers to probe the target (the fleet keeper runs it)."""
-
-    target: str
-    host: str
-    port: int
-    helpers: tuple[str, ...]
 
 
 @dataclass(slots=True)

@@ -5,22 +5,36 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clawd.settings import Settings
 
 SAMPLE_SECONDS = 0.1
 KEEP = 3000  # five minutes of samples
 
 
 class LoopMonitor:
+    name = "loop-monitor"
+
     def __init__(self) -> None:
         self._lags: deque[float] = deque(maxlen=KEEP)
         self._slept_at: float | None = None
+        self._stopping = False
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
-        while True:
+        while not self._stopping:
             self._slept_at = before = time.monotonic()
             await asyncio.sleep(SAMPLE_SECONDS)
             self._lags.append(max(0.0, time.monotonic() - before - SAMPLE_SECONDS))
+
+    def stop(self) -> None:
+        """Sampling ends at the next wake-up (the daemon cancels it last, in any case)."""
+        self._stopping = True
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """No setting changes the sampling."""
 
     def current_stall(self) -> float:
         """How late the monitor's wake-up is right now, or was at its last sample.

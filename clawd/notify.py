@@ -11,6 +11,8 @@ import time
 
 import sdnotify
 
+from clawd.settings import Settings
+
 
 def monotonic_usec() -> int:
     """CLOCK_MONOTONIC in microseconds, as systemd wants with RELOADING=1."""
@@ -50,13 +52,28 @@ class Notifier:
         except ValueError:
             return None
 
-    async def feed_watchdog(self, ready: asyncio.Event) -> None:
-        """Pet the watchdog from the event loop itself: a stalled loop stops the petting
-        and systemd restarts the service."""
-        interval = self.watchdog_interval()
+
+class Watchdog:
+    """Pets systemd's watchdog from the event loop itself: a stalled loop stops the petting
+    and systemd restarts the service. The daemon cancels it last, after everything else."""
+
+    name = "watchdog"
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self._stopping = False
+
+    async def run(self, ready: asyncio.Event) -> None:
+        interval = self.notifier.watchdog_interval()
         ready.set()
         if interval is None:
             return
-        while True:
-            self.send("WATCHDOG=1")
+        while not self._stopping:
+            self.notifier.send("WATCHDOG=1")
             await asyncio.sleep(interval)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """WATCHDOG_USEC comes from systemd, not from config.json."""

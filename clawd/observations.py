@@ -111,3 +111,14 @@ Observation = (
     | Started
     | Tick
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRequest:
+    """Ask these helpers to probe the target: the one request the reconciler sends back to a
+    source (the indirect prober runs it; its verdict comes back as a `ProbeResult`)."""
+
+    target: str
+    host: str
+    port: int
+    helpers: tuple[str, ...]

@@ -21,6 +21,7 @@ import asyncssh
 import structlog
 
 from clawd.observations import Observation, PingResult
+from clawd.settings import Settings
 from clawd.settings_sections import PingSettings, SshSettings
 from clawd.ssh_client import Attempt, Connector, SshConnectError
 from clawd.ssh_link import EchoTimeout, Link, LinkDown
@@ -81,6 +82,8 @@ class _Peer:
 
 class Pinger:
     """Pings every target over asyncssh and reports each attempt through `emit`."""
+
+    name = "pinger"
 
     def __init__(
         self,
@@ -157,10 +160,12 @@ class Pinger:
         """Multiply every ping timeout by `factor` (1.0 = as configured), from the next round."""
         self._stretch = factor
 
-    def update_settings(self, ping: PingSettings, ssh: SshSettings) -> None:
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
         """Live reload: timings apply from each peer's next round, SSH options from its next
         connection."""
-        old = self._ping
+        if not changed & {"ping", "ssh", "detection"}:
+            return
+        ping, ssh, old = settings.ping, settings.ssh, self._ping
         self._ping, self._ssh = ping, ssh
         self._connector.update(ssh)
         if ping.interval_seconds != old.interval_seconds:

@@ -164,6 +164,8 @@ class ConfigWatcher:
     cause one reload.
     """
 
+    name = "config-watch"
+
     def __init__(self, path: Path, on_change: Callable[[], Awaitable[object]]) -> None:
         self.path = path
         self.on_change = on_change
@@ -172,6 +174,9 @@ class ConfigWatcher:
 
     def stop(self) -> None:
         self._ticker.stop()
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """The watched path is the one clawd was started with."""
 
     async def run(self, ready: asyncio.Event) -> None:
         self._seen = await asyncio.to_thread(_fingerprint, self.path)

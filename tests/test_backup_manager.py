@@ -131,7 +131,9 @@ async def test_interval_schedule_runs_backups_by_itself(tmp_path: Path) -> None:
         assert manager.status_line() == "no backup yet (every 1s)"
         await until(lambda: manager.backups_started >= 2, timeout=6)
         # A live settings change: the next one is a day away now.
-        manager.update_settings(backup_settings(home, schedule="24h"))
+        await manager.reconfigure(
+            backup_settings(home, schedule="24h"), frozenset({"backup", "backup.schedule"})
+        )
         count = manager.backups_started
         await asyncio.sleep(1.5)
         assert manager.backups_started in (count, count + 1)  # at most one already due

@@ -9,8 +9,8 @@ from clawd.detection.flap import percent_state_change
 from clawd.detection.guard import LAG, MASS, SelfHealthGuard
 from clawd.detection.rules import RULES, Probes
 from clawd.detection.suspicion import DetectorSettings
-from clawd.detection_config import guard_settings
 from clawd.explain import explain, find_peer, render
+from clawd.fleet_settings import guard_settings
 from clawd.fleetview import Decision, FleetView, Thresholds
 from clawd.model import EventType, Instance, PeerStatus
 from clawd.observations import (

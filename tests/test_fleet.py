@@ -17,6 +17,9 @@ from clawd.incidents import IncidentRecorder
 from clawd.model import EventType, Instance, PeerStatus, utcnow
 from clawd.observations import PeerConfigured, PingResult
 from clawd.reconciler import Reconciler
+from clawd.settings import Settings
+from clawd.settings_load import settings_from_data
+from clawd.store.factory import build_repository
 from clawd.store.json_store import JsonStore
 from clawd.store.repository import FleetRepository
 
@@ -140,3 +143,51 @@ async def test_claw_clan_vanishing_from_an_online_peer_is_a_change(running: Runn
     await running.settle()
     assert len(running.changes) == before + 1
     assert not running.changes[-1].peers["gw-b"].state.claw_clan_installed
+
+
+def _settings(home: Path, **extra: object) -> Settings:
+    data = {
+        "home": str(home),
+        "instance": {"gatewayId": "gw-a", "name": "alpha", "leadNumber": 5},
+    } | extra
+    return settings_from_data(data, environ={})
+
+
+async def test_reconfigure_swaps_thresholds_and_takes_changes_as_observations(
+    running: Running,
+) -> None:
+    # The keeper writes its own state on a reload: new thresholds and persist interval,
+    # configured peers and this instance's new details as observations.
+    k = running.keeper
+    registered = k.view.me.registered_at
+    new = _settings(
+        running.home,
+        instance={"gatewayId": "gw-a", "name": "renamed", "leadNumber": 7},
+        peers=[{"name": "gw-c", "ip": "127.0.0.3"}],
+        ping={"offlineAfterMissed": 9},
+        storage={"peerFileIntervalSeconds": 5},
+    )
+    changed = frozenset({"instance", "peers", "ping", "storage"})
+    await k.reconfigure(new, changed)
+    await running.settle()
+    assert k.reconciler.t.detector.offline_after_missed == 9
+    assert k.persist_interval == 5
+    assert "gw-c" in k.view.peers
+    assert (k.view.me.name, k.view.me.lead_number) == ("renamed", 7)
+    assert k.view.me.registered_at == registered  # registered once, not at each reload
+
+
+async def test_repository_reconfigure_writes_this_instance_through_its_guarded_write(
+    tmp_path: Path,
+) -> None:
+    repo = build_repository(_settings(tmp_path))
+    await repo.open()
+    registered = repo.me.registered_at
+    await repo.reconfigure(
+        _settings(tmp_path, instance={"gatewayId": "gw-a", "name": "renamed", "leadNumber": 7}),
+        frozenset({"instance", "instance.name", "instance.leadNumber"}),
+    )
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["name"] == "renamed" and state["leadNumber"] == 7
+    assert repo.me.registered_at == registered
+    assert repo.sink_state() == "off"

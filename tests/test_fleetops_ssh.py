@@ -308,7 +308,7 @@ async def test_recovery_disabled_leaves_peers_alone(tmp_path: Path, fleet: SshFl
     assert not (root / ".openclaw").exists()
     # Switched on by a reload: it acts at once.
     on, _ = make_home(tmp_path / "home2", fleet)
-    recoverer.update_settings(on)
+    await recoverer.reconfigure(on, frozenset({"recovery"}))
     try:
         async with asyncio.timeout(10):
             while recoverer.reinstalls == 0:

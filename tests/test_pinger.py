@@ -18,6 +18,7 @@ from sshpeers import OpenSshServer, SshFleet, make_client_key, sshd_path
 
 from clawd.observations import Observation, PingResult
 from clawd.pinger import Pinger, PingTarget
+from clawd.settings import Settings
 from clawd.settings_sections import PingSettings, SshSettings
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_blocking")]
@@ -441,7 +442,8 @@ async def test_new_interval_applies_without_waiting_out_the_old(
     pinger.set_targets(targets_for(fleet, ["127.0.0.18"]))
     async with running(pinger):
         await eventually(lambda: pinger.connected == 1)
-        pinger.update_settings(ping_settings(interval_seconds=0.1, timeout_seconds=0.08), ssh)
+        fast = ping_settings(interval_seconds=0.1, timeout_seconds=0.08)
+        await pinger.reconfigure(Settings.model_construct(ping=fast, ssh=ssh), frozenset({"ping"}))
         changed = time.monotonic()
         # The old interval is 30 s: three rounds within 10 s can only come from the new one.
         await eventually(lambda: len(results.of("127.0.0.18", changed)) >= 3, 10)

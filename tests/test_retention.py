@@ -20,6 +20,7 @@ from clawd.lock_ids import MIGRATION_LOCK_ID, PRUNE_LOCK_ID
 from clawd.retention.connect import dedicated_connection
 from clawd.retention.pruner import ConnectionFactory, RetentionPruner
 from clawd.retention.result import PruneResult
+from clawd.settings import Settings
 from clawd.settings_features import HistorySettings
 from clawd.store.migrations import migrate
 
@@ -352,7 +353,7 @@ async def test_stop_before_the_first_interval_returns_at_once(pg_db: PgDatabase)
     assert loop.last_result is None
 
 
-async def test_update_settings_takes_effect_without_restart(pg_db: PgDatabase) -> None:
+async def test_reconfigure_takes_effect_without_restart(pg_db: PgDatabase) -> None:
     async with migrated(pg_db) as conn:
         await add_pings(conn, spread(NOW - 200 * DAY, NOW, 200))
         loop = RetentionPruner(
@@ -361,7 +362,10 @@ async def test_update_settings_takes_effect_without_restart(pg_db: PgDatabase) -
         task = asyncio.create_task(loop.run(asyncio.Event()))
         await asyncio.sleep(0.1)
         assert loop.last_result is None
-        loop.update_settings(history(prune_interval_seconds=0.05, retention_days=10))
+        new = Settings.model_construct(
+            history=history(prune_interval_seconds=0.05, retention_days=10)
+        )
+        await loop.reconfigure(new, frozenset({"history"}))
         await until(lambda: loop.last_result is not None)
         loop.stop()
         await asyncio.wait_for(task, timeout=5)

@@ -338,10 +338,12 @@ async def test_failure_logged_once_until_it_changes(
     await syncer.sync("b")
     assert out.getvalue().count("skills_sync_failed") == 1
     seed_alpha(remote)
-    syncer.update_settings(make_settings(home, remote.url))
+    await syncer.reconfigure(make_settings(home, remote.url), frozenset({"instance"}))
     assert (await syncer.sync("c")).ok
     assert "skills_sync_recovered" in out.getvalue()
-    syncer.update_settings(make_settings(home, str(tmp_path / "missing.git")))
+    await syncer.reconfigure(
+        make_settings(home, str(tmp_path / "missing.git")), frozenset({"instance"})
+    )
     await syncer.sync("d")
     assert out.getvalue().count("skills_sync_failed") == 2
 

@@ -40,6 +40,8 @@ def _good(m: Manifest) -> bool:
 
 
 class BackupManager:
+    name = "backup"
+
     def __init__(
         self,
         settings: Settings,
@@ -87,7 +89,7 @@ class BackupManager:
         self._ticker.stop()
         self._job.cancel()
 
-    def update_settings(self, settings: Settings) -> None:
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
         self.settings = settings
         self._ticker.wake()
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class GuardSettings:
     """The guard's plain values (from config.json's `detection.guard*`, see
-    clawd/detection_config.py): this module knows nothing of config.json."""
+    clawd/fleet_settings.py): this module knows nothing of config.json."""
 
     loop_lag_seconds: float = 1.0
     mass_failure_fraction: float = 0.8

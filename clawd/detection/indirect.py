@@ -22,7 +22,10 @@ import asyncssh
 import structlog
 
 from clawd.errors import ClawdError
+from clawd.model import utcnow
+from clawd.observations import ProbeRequest, ProbeResult
 from clawd.probe import EXIT_REACHABLE, EXIT_UNREACHABLE, format_target
+from clawd.settings import Settings
 from clawd.text import replace_unprintable
 
 log = structlog.get_logger("clawd.probe")
@@ -143,7 +146,13 @@ async def probe_via(
 
 
 class IndirectProber:
-    """Asks up to k connected helpers, at random, to probe a peer; one round per peer at once."""
+    """Asks up to k connected helpers, at random, to probe a peer; one round per peer at once.
+
+    As a component it owns every round and every request it started: stop() cancels them
+    and run() returns once they ended (a verdict would come too late to matter).
+    """
+
+    name = "probes"
 
     def __init__(
         self,
@@ -154,13 +163,68 @@ class IndirectProber:
         k: int = 3,
         rng: random.Random | None = None,
         margin: float = EXEC_MARGIN_SECONDS,
+        on_verdict: Callable[[ProbeResult], None] | None = None,
     ) -> None:
         self._connection = connection
         self._rng = rng or random.Random()  # noqa: S311 - picking helpers, not crypto
         self._margin = margin
+        self.on_verdict = on_verdict
         self.command, self.timeout, self.k = command, timeout, k
         self.configure(command=command, timeout=timeout, k=k)
         self._running: dict[str, asyncio.Task[ProbeVerdict]] = {}
+        self._asks: set[asyncio.Task[None]] = set()
+        self._accepting = False
+        self._stopped = asyncio.Event()
+
+    # -- component ----------------------------------------------------------
+
+    async def run(self, ready: asyncio.Event) -> None:
+        """Take requests (ask) until stop(); then cancel what is under way and wait for it."""
+        self._accepting = not self._stopped.is_set()
+        ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            self._accepting = False
+            await self.close()
+
+    def stop(self) -> None:
+        self._accepting = False
+        self._stopped.set()
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        if changed & {"ping", "ssh", "detection"}:
+            d = settings.detection
+            self.configure(
+                command=d.probe_command, timeout=d.probe_timeout_seconds, k=d.indirect_probes
+            )
+
+    def ask(self, request: ProbeRequest) -> None:
+        """Ask other peers to probe a suspect (the reconciler asked); the verdict goes to
+        `on_verdict` as an observation. Ignored unless running."""
+        if not self._accepting:
+            return
+        task = asyncio.create_task(self._ask(request), name=f"probe-{request.target}")
+        self._asks.add(task)
+        task.add_done_callback(self._asks.discard)
+
+    async def _ask(self, request: ProbeRequest) -> None:
+        try:
+            verdict = await self.probe(request.target, request.host, request.port, request.helpers)
+            result = ProbeResult(
+                request.target,
+                utcnow(),
+                verdict.asked,
+                verdict.reachable_by,
+                verdict.unreachable_by,
+            )
+        except Exception:  # a probing bug must not stop the daemon: no verdict
+            log.exception("indirect_probe_crashed", target=request.target)
+            result = ProbeResult(request.target, utcnow(), (), (), ())
+        if self.on_verdict is not None:
+            self.on_verdict(result)
+
+    # -- probing ------------------------------------------------------------
 
     def configure(self, *, command: str, timeout: float, k: int) -> None:
         """New settings (live reload); rounds under way finish with the old ones."""
@@ -198,8 +262,8 @@ class IndirectProber:
             task.exception()  # retrieved: no "never retrieved" noise when no caller is left
 
     async def close(self) -> None:
-        """Cancel the rounds under way (daemon stop) and wait for them to end."""
-        tasks = list(self._running.values())
+        """Cancel the requests and rounds under way (daemon stop) and wait for them to end."""
+        tasks: list[asyncio.Task[object]] = [*self._asks, *self._running.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -176,6 +176,8 @@ def render_outcomes(outcomes: Sequence[PushOutcome]) -> str:
 class ConfigDistributor(LeaderLoop):
     """Keeps every online peer's config.json equal to ours while this instance leads."""
 
+    name = "distribution"
+
     failed_event = "config_distribution_failed"
 
     def __init__(
@@ -202,7 +204,7 @@ class ConfigDistributor(LeaderLoop):
         self._problems = LogLimiter(REPEAT_SECONDS)  # (gateway id, reason) logged lately
         self.pushes = 0
 
-    def update_settings(self, settings: Settings) -> None:
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
         """Called after a reload: config.json changed, so every peer may need it now."""
         self.settings = settings
         self._backoff = new_backoff(settings)

@@ -157,6 +157,8 @@ async def reinstall(
 class Recoverer(LeaderLoop):
     """While this instance leads: reinstall peers that need it, with backoff on failure."""
 
+    name = "recovery"
+
     failed_event = "recovery_failed"
 
     def __init__(
@@ -182,7 +184,11 @@ class Recoverer(LeaderLoop):
         self._fenced_by: dict[str, FenceToken] = {}  # gateway id -> last logged token
         self.reinstalls = 0
 
-    def update_settings(self, settings: Settings) -> None:
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """New settings from the next cycle on; the SSH options (of the connector it shares
+        with the distributor) from the next connection."""
+        if changed & {"ping", "ssh", "detection"}:
+            self.connector.update(settings.ssh)
         old, self.settings = self.settings, settings
         if settings.recovery != old.recovery:
             self._backoff = new_backoff(settings)

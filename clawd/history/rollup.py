@@ -32,6 +32,7 @@ from clawd.lock_ids import ROLLUP_LOCK_ID
 from clawd.model import utcnow
 from clawd.periodic import Periodic
 from clawd.retention.dbjob import DB_ERRORS, ConnectionFactory, FailureLog, advisory_lock
+from clawd.settings import Settings
 from clawd.store.migrations import Conn
 from clawd.store.pg_errors import TRANSIENT
 
@@ -96,6 +97,8 @@ class RollupResult:
 class RollupMaintainer:
     """Keeps ping_rollup_hourly up to date every interval_seconds, on the leader only."""
 
+    name = "rollup"
+
     def __init__(
         self,
         connect: ConnectionFactory,
@@ -122,6 +125,9 @@ class RollupMaintainer:
             catch=(Exception,),
             on_error=self._failures.failed,
         )
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """No setting changes the roll-up (its interval is fixed)."""
 
     def stop(self) -> None:
         """Ask run() to return; a roll in progress ends after its current chunk."""

@@ -21,6 +21,7 @@ from clawd.retention.batches import (
 )
 from clawd.retention.dbjob import DB_ERRORS, ConnectionFactory, FailureLog, advisory_lock
 from clawd.retention.result import PruneResult, TablePrune
+from clawd.settings import Settings
 from clawd.settings_features import HistorySettings
 from clawd.store.migrations import Conn
 from clawd.store.pg_errors import TRANSIENT
@@ -44,6 +45,8 @@ def _plan(settings: HistorySettings, now: datetime) -> list[tuple[str, datetime]
 
 class RetentionPruner:
     """Deletes history past its retention, every prune_interval_seconds, on the leader only."""
+
+    name = "retention"
 
     def __init__(
         self,
@@ -70,9 +73,10 @@ class RetentionPruner:
             on_error=self._failures.failed,
         )
 
-    def update_settings(self, settings: HistorySettings) -> None:
-        """Use `settings` from the next batch on; a new interval counts from the last run."""
-        self._settings = settings
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """Use the new history settings from the next batch on; a new interval counts from
+        the last run."""
+        self._settings = settings.history
         self._ticker.wake()
 
     def stop(self) -> None:

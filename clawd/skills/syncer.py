@@ -30,6 +30,8 @@ CHECK_SECONDS = 60.0  # the loop looks at the clock at least this often
 
 
 class SkillSyncer:
+    name = "skills"
+
     def __init__(
         self,
         settings: Settings,
@@ -61,7 +63,7 @@ class SkillSyncer:
         self._ticker.stop()
         self._job.cancel()
 
-    def update_settings(self, settings: Settings) -> None:
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
         """Use new settings from the next sync on; a new repository or ref syncs soon."""
         old = self.settings
         self.settings = settings

@@ -21,4 +21,10 @@ def build_sink(settings: Settings) -> PgSink:
 
 def build_repository(settings: Settings) -> FleetRepository:
     sink = build_sink(settings) if settings.backend == "postgres" else None
-    return FleetRepository(JsonStore(settings.home), self_instance(settings), sink)
+    return FleetRepository(
+        JsonStore(settings.home),
+        self_instance(settings),
+        sink,
+        sink_for=build_sink,
+        instance_for=self_instance,
+    )

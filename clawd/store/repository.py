@@ -16,6 +16,7 @@ import structlog
 
 from clawd.errors import StoreError
 from clawd.model import FleetSnapshot, Incident, Instance, PeerState, Ping, SkillAudit
+from clawd.settings import Settings
 from clawd.store.history_sync import HistorySync
 from clawd.store.json_store import JsonStore, LoadResult
 from clawd.store.ops import PingBatch, WriteOp
@@ -44,15 +45,40 @@ class Repository(Protocol):
     async def flush(self) -> None: ...
 
 
-class FleetRepository:
-    """JSON always; PostgreSQL too when a sink is attached."""
+SHUTDOWN_FLUSH_SECONDS = 2.5
 
-    def __init__(self, json_store: JsonStore, me: Instance, sink: PgSink | None = None) -> None:
+SinkFor = Callable[[Settings], PgSink]
+InstanceFor = Callable[[Settings], Instance]
+
+
+class FleetRepository:
+    """JSON always; PostgreSQL too when a sink is attached.
+
+    As a component it owns that sink: it runs it, switches it on a reload that changes the
+    backend, and at stop (after the keeper drained) flushes, stops and closes it.
+    """
+
+    name = "store"
+
+    def __init__(
+        self,
+        json_store: JsonStore,
+        me: Instance,
+        sink: PgSink | None = None,
+        *,
+        sink_for: SinkFor | None = None,
+        instance_for: InstanceFor | None = None,
+    ) -> None:
         self.json = json_store
         self.me = me
         self.sink = sink
+        self._sink_for = sink_for
+        self._instance_for = instance_for
+        self._backend = "json" if sink is None else "postgres"
         self._snapshot = FleetSnapshot()
         self._stopped = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._sink_task: asyncio.Task[None] | None = None
         self._json_failing: set[str] = set()  # kinds of JSON write failing right now
         self._on_sink_change: Callable[[], None] | None = None
 
@@ -62,6 +88,10 @@ class FleetRepository:
         self._on_sink_change = on_change
         if self.sink is not None:
             self.sink.on_change = on_change
+
+    def sink_state(self) -> str:
+        """The PostgreSQL sink's own description, or "off" with JSON only."""
+        return "off" if self.sink is None else self.sink.describe()
 
     async def open(self) -> LoadResult:
         """Load the JSON store, register this instance, and queue the JSON state for
@@ -101,18 +131,78 @@ class FleetRepository:
         sink, self.sink = self.sink, None
         return sink
 
+    # -- component --------------------------------------------------------
+
     async def run(self, ready: asyncio.Event) -> None:
-        """Deliver to PostgreSQL until stop(); with JSON only, just wait."""
-        if self.sink is None:
-            ready.set()
-            await self._stopped.wait()
-            return
-        await self.sink.run(ready)
+        """Deliver to PostgreSQL (when a sink is attached) until stop(); then flush what
+        is queued (bounded: the rest stays in the spool), stop and close the sink."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                if self.sink is not None:
+                    self._sink_task = tg.create_task(self.sink.run(ready), name="postgres")
+                else:
+                    ready.set()
+                await self._stopped.wait()
+                await self._flush_at_stop()
+                await self._stop_sink()
+        except BaseExceptionGroup as group:
+            # What the sink died of, as before it ran inside this task group.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            self._tg = None
 
     def stop(self) -> None:
         self._stopped.set()
-        if self.sink is not None:
-            self.sink.stop()
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """This instance's new details go to state.json and the fleet; a changed backend
+        (or new PostgreSQL settings) swaps the sink."""
+        if "instance" in changed and self._instance_for is not None:
+            # Registered once, when first seen: a reload does not register it again.
+            me = self._instance_for(settings)
+            self.me = dataclasses.replace(me, registered_at=self.me.registered_at)
+            await self._json("state", self.json.write_state(self.me))
+            await self.upsert_instance(self.me)
+        if changed & {"backend", "postgres"} and (
+            settings.backend != self._backend or settings.backend == "postgres"
+        ):
+            await self._switch_backend(settings)
+
+    async def _switch_backend(self, settings: Settings) -> None:
+        await self._stop_sink()
+        self._backend = settings.backend
+        if settings.backend == "postgres":
+            if self._sink_for is None or self._tg is None:
+                raise RuntimeError("this repository cannot start a PostgreSQL sink")
+            sink = self._sink_for(settings)
+            await self.attach_sink(sink)
+            ready = asyncio.Event()
+            self._sink_task = self._tg.create_task(sink.run(ready), name="postgres")
+            await ready.wait()
+        log.info("backend_switched", backend=settings.backend, postgres=self.sink_state())
+
+    async def _flush_at_stop(self) -> None:
+        try:
+            await asyncio.wait_for(self.flush(), SHUTDOWN_FLUSH_SECONDS)
+        except TimeoutError:
+            log.error(
+                "shutdown_flush_timeout",
+                seconds=SHUTDOWN_FLUSH_SECONDS,
+                note="pending writes stay in the spool and are sent at next start",
+            )
+
+    async def _stop_sink(self) -> None:
+        sink = self.detach_sink()
+        if sink is None:
+            return
+        sink.stop()
+        if self._sink_task is not None:
+            await self._sink_task
+            self._sink_task = None
+        await sink.close()
 
     async def close(self) -> None:
         if self.sink is not None:

@@ -1,0 +1,243 @@
+"""Builds the daemon's components from Settings, wired to each other, in their one order.
+
+Adding a component means adding it to the list `assemble` returns, nothing else: it is
+started, reconfigured on a reload and stopped from that list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from clawd.backup.manager import BackupManager
+from clawd.component import Component
+from clawd.control import ControlServer, socket_path
+from clawd.daemon.live import Live
+from clawd.daemon.plan import Entry, Stop
+from clawd.daemon.status import StatusAnswer
+from clawd.detection.guard import SelfHealthGuard
+from clawd.detection.indirect import IndirectProber
+from clawd.discovery import Discovery
+from clawd.fleet import FleetKeeper
+from clawd.fleet_settings import guard_settings, static_peers, thresholds
+from clawd.fleetops.distribution import ConfigDistributor
+from clawd.fleetops.fence import FenceToken
+from clawd.fleetops.leadership import acting_leader
+from clawd.fleetops.payload import ConfigDocument
+from clawd.fleetops.recovery import Recoverer
+from clawd.fleetview import FleetView, initial_view
+from clawd.history.rollup import RollupMaintainer
+from clawd.incidents import IncidentRecorder
+from clawd.journal import JournalSender
+from clawd.loopmon import LoopMonitor
+from clawd.metrics.adapter import DaemonSource, backup_state
+from clawd.metrics.registry import FleetMetrics
+from clawd.metrics.server import MetricsEndpoint
+from clawd.model import utcnow
+from clawd.notify import Notifier, Watchdog
+from clawd.observations import EpochSeen, Observation, PeerConfigured, PingResult
+from clawd.pinger import Pinger, PingTarget
+from clawd.reconciler import Reconciler
+from clawd.reload import ConfigWatcher, Reloader
+from clawd.retention.connect import dedicated_connection
+from clawd.retention.pruner import RetentionPruner
+from clawd.settings import Settings
+from clawd.skills.syncer import SkillSyncer
+from clawd.ssh_client import Connector
+from clawd.store.factory import build_repository
+from clawd.store.migrations import install_migration_files
+from clawd.store.repository import FleetRepository
+
+Reload = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+def ping_targets(view: FleetView, default_user: str) -> dict[str, PingTarget]:
+    return {
+        gid: PingTarget(
+            gid, r.instance.ip, r.instance.ssh_port, r.instance.ssh_user or default_user
+        )
+        for gid, r in view.peers.items()
+        if r.instance.ip
+    }
+
+
+@dataclass(slots=True)
+class Parts:
+    """The components in their order, and the few the daemon itself talks to."""
+
+    entries: list[Entry]
+    live: Live
+    repo: FleetRepository
+    keeper: FleetKeeper
+    backups: BackupManager
+    reloader: Reloader
+    status: StatusAnswer
+
+
+class _ViewFollowers:
+    """What follows a new fleet view: systemd's status line, leader work, the ping targets."""
+
+    def __init__(
+        self,
+        live: Live,
+        notifier: Notifier,
+        status: Callable[[FleetView], str],
+        pinger: Pinger,
+        guard: SelfHealthGuard,
+        leader_work: tuple[Recoverer, ConfigDistributor],
+    ) -> None:
+        self.live, self.notifier, self.status = live, notifier, status
+        self.pinger, self.guard, self.leader_work = pinger, guard, leader_work
+        self._targets: Mapping[str, PingTarget] = {}
+
+    def __call__(self, view: FleetView) -> None:
+        self.notifier.status(self.status(view))
+        for work in self.leader_work:
+            work.update_view(view)
+        targets = ping_targets(view, self.live.settings.instance.ssh_user)
+        if targets != self._targets:
+            self._targets = targets
+            self.pinger.set_targets(targets)
+            self.guard.forget(set(targets))
+
+
+async def assemble(
+    settings: Settings,
+    document: ConfigDocument,
+    config_path: Path,
+    notifier: Notifier,
+    reload: Reload,
+) -> Parts:
+    """Open the store, then build every component; none runs yet."""
+    s = settings
+    live = Live(s)
+    # First: the fleet keeper's status callback already shows the backup state.
+    backups = BackupManager(s, on_change=lambda: notifier.status(status.text()))
+    repo = build_repository(s)
+    repo.watch_sink(lambda: notifier.status(status.text()))
+    loaded = await repo.open()
+    await asyncio.to_thread(install_migration_files, s.home)
+    snap = loaded.snapshot
+    me = repo.me
+    view = initial_view(me, snap.instances, snap.peers, snap.leader)
+    loop_monitor = LoopMonitor()
+    recorder = IncidentRecorder(repo, JournalSender.if_attached())
+    guard = SelfHealthGuard(guard_settings(s))
+
+    def ping_observed(observation: Observation) -> None:
+        if isinstance(observation, PingResult):
+            metrics.observe_ping(observation)
+        keeper.emit(observation)
+
+    def fenced(holder: FenceToken) -> None:
+        keeper.emit(EpochSeen(utcnow(), holder.epoch, holder.gateway_id, holder.lead_number))
+
+    def doubt(doubting: bool) -> None:
+        pinger.stretch(guard.stretch if doubting else 1.0)
+
+    pinger = Pinger(s.ping, s.ssh, s.home, ping_observed)
+    d = s.detection
+    prober = IndirectProber(
+        pinger.connection,
+        command=d.probe_command,
+        timeout=d.probe_timeout_seconds,
+        k=d.indirect_probes,
+        on_verdict=lambda result: keeper.emit(result),
+    )
+    # Leader actions open their own connections only to peers the pinger has none to.
+    ops_connector = Connector(s.ssh, s.home)
+    # Over the pinger's open connection when there is one: no handshake per action.
+    borrow = pinger.connection
+    recoverer = Recoverer(
+        s, document, ops_connector, recorder, pinger.recheck_install, borrow, on_fenced=fenced
+    )
+    distributor = ConfigDistributor(
+        s, document, ops_connector, borrow, on_fenced=fenced, recheck=pinger.recheck_install
+    )
+    keeper = FleetKeeper(
+        repo,
+        recorder,
+        Reconciler(thresholds(s)),
+        view,
+        persist_interval=s.storage.peer_file_interval_seconds,
+        guard=guard,
+        loop_stall=loop_monitor.current_stall,
+        on_probe=prober.ask,
+        on_doubt=doubt,
+    )
+    for instance in static_peers(s):
+        keeper.emit(PeerConfigured(instance, utcnow()))
+    metrics = FleetMetrics(
+        DaemonSource(
+            view=lambda: keeper.view,
+            backup=lambda: backup_state(backups),
+            sink=lambda: repo.sink,
+            lag=loop_monitor,
+        )
+    )
+    recorder.listeners.append(metrics.count_incident)
+    status = StatusAnswer(keeper, backups, repo, pinger, loop_monitor)
+    keeper.on_change = _ViewFollowers(
+        live, notifier, status.text, pinger, guard, (recoverer, distributor)
+    )
+    skills = SkillSyncer(s, repo, recorder)
+
+    # History upkeep: the acting leader only, each run on its own short-lived
+    # connection so it never takes a writer's pool slot.
+    def history_leader() -> bool:
+        return live.settings.backend == "postgres" and acting_leader(keeper.view)
+
+    def history_connection() -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return dedicated_connection(live.settings.postgres)
+
+    for leader_work in (recoverer, distributor):
+        leader_work.update_view(view)
+    reloader = Reloader(
+        config_path,
+        s,
+        live.apply,
+        document,
+        on_document=(recoverer.update_document, distributor.update_document),
+    )
+    control = ControlServer(
+        socket_path(s.home),
+        {
+            "reload": lambda _req: reload("clawd reload"),
+            "status": status.request,
+            "backup": backups.handle_control,
+            "config-push": distributor.handle_control,
+            "skills-sync": skills.handle_control,
+        },
+    )
+    discovery = [Discovery(me, s.discovery, keeper.emit)] if s.discovery.enabled else []
+    # The one list of components: started in this order (each waited for until ready),
+    # reconfigured in this order, stopped in the reverse order.
+    sources: tuple[Component, ...] = (
+        prober,
+        pinger,
+        *discovery,
+        ConfigWatcher(config_path, lambda: reload("file")),
+        control,
+        backups,  # at stop a running pg_dump is killed, its partial removed
+        recoverer,
+        distributor,
+        skills,
+        RetentionPruner(s.history, history_connection, history_leader),
+        RollupMaintainer(history_connection, history_leader),
+        MetricsEndpoint(s.metrics.address(), metrics),
+    )
+    entries = [
+        Entry(loop_monitor, Stop.LAST),
+        Entry(Watchdog(notifier), Stop.LAST),
+        Entry(repo, Stop.DRAIN),
+        Entry(keeper, Stop.DRAIN),
+        *(Entry(source, Stop.SOURCE) for source in sources),
+    ]
+    live.components = [entry.component for entry in entries]
+    return Parts(entries, live, repo, keeper, backups, reloader, status)

@@ -1,0 +1,25 @@
+"""Live reload: the settings in force, fanned out to every component in the list's order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from clawd.component import Component, changed_set
+from clawd.logs import configure_logging
+from clawd.settings import Settings
+
+
+class Live:
+    """Holds the settings in force; `apply` is the Reloader's way to put new ones in force."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.components: Sequence[Component] = ()
+
+    async def apply(self, new: Settings, changed_keys: list[str]) -> None:
+        self.settings = new
+        changed = changed_set(changed_keys)
+        if "log" in changed:  # the process's logging, not a component's
+            configure_logging(new.log.level, home=new.home)
+        for component in self.components:
+            await component.reconfigure(new, changed)

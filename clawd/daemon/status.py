@@ -1,0 +1,65 @@
+"""The daemon's answer to `clawd status` (and `--why`), and systemd's one-line STATUS=."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from clawd.backup.manager import BackupManager
+from clawd.explain import explain, find_peer
+from clawd.fleet import FleetKeeper, summary
+from clawd.fleetview import FleetView
+from clawd.loopmon import LoopMonitor
+from clawd.pinger import Pinger
+from clawd.status_view import peer_rows
+from clawd.store.repository import FleetRepository
+
+
+class StatusAnswer:
+    def __init__(
+        self,
+        keeper: FleetKeeper,
+        backups: BackupManager,
+        repo: FleetRepository,
+        pinger: Pinger,
+        loop_monitor: LoopMonitor,
+    ) -> None:
+        self.keeper, self.backups, self.repo = keeper, backups, repo
+        self.pinger, self.loop_monitor = pinger, loop_monitor
+
+    def text(self, view: FleetView | None = None) -> str:
+        text = f"{summary(view or self.keeper.view)}; {self.backups.status_line()}"
+        pg = self.repo.sink_state()
+        return text if pg in ("off", "connected") else f"{text}; postgres {pg}"
+
+    async def request(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        view = self.keeper.view
+        t = self.keeper.reconciler.t
+        if (wanted := request.get("why")) is not None:
+            record = find_peer(view, str(wanted))
+            if record is None:
+                return {"ok": False, "error": f"no peer with gateway id or name {wanted!r}"}
+            return {"ok": True, "why": explain(view, record, t)}
+        rows = peer_rows(
+            {g: r.instance for g, r in view.peers.items()},
+            {g: r.state for g, r in view.peers.items()},
+        )
+        for row in rows:
+            record = view.peers[row["gatewayId"]]
+            row["phi"] = round(min(record.phi, 999.0), 2)
+            row["rule"] = record.rule
+        return {
+            "ok": True,
+            "summary": summary(view),
+            "leader": view.leader,
+            "postgres": self.repo.sink_state(),
+            "backup": self.backups.status_line(),
+            "loopLagMs": self.loop_monitor.percentiles_ms(),
+            "pinger": self.pinger.counters(),
+            "observations": self.keeper.observations,
+            "epoch": view.epoch,
+            "doubting": view.doubting,
+            "partition": sorted(view.partition.members) if view.partition else None,
+            "detector": t.detector.kind,
+            "peers": rows,
+        }
