@@ -52,7 +52,8 @@ from clawd.observations import (
     ProbeResult,
     SelfChanged,
 )
-from clawd.pinger import Pinger, PingTarget
+from clawd.ping_peer import PingTarget
+from clawd.pinger import Pinger
 from clawd.reconciler import Reconciler
 from clawd.reload import ConfigWatcher, Reloader
 from clawd.retention.connect import dedicated_connection
