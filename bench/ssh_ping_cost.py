@@ -46,10 +46,11 @@ from typing import Any
 
 import asyncssh
 
-import clawd.pinger
+import clawd.ping_schedule
 from clawd.logs import configure_logging
 from clawd.observations import Observation
-from clawd.pinger import Pinger, PingTarget
+from clawd.ping_peer import PingTarget
+from clawd.pinger import Pinger
 from clawd.settings_sections import PingSettings, SshSettings
 from clawd.ssh_client import Attempt, Connector
 
@@ -284,9 +285,9 @@ async def pinger_run(
     ping = PingSettings(interval_seconds=interval, timeout_seconds=5.0, jitter_fraction=0.1)
     ssh = ssh_settings(server, install_check_command="true", install_check_every_rounds=check_every)
     pinger = Pinger(ping, ssh, home, emitted.append)
-    saved_tick = clawd.pinger.TICK_MAX_SECONDS
+    saved_tick = clawd.ping_schedule.TICK_MAX_SECONDS
     if not batch_ticks:  # every round on its own wake-up, to show what the ticks save
-        clawd.pinger.TICK_MAX_SECONDS = 1e-6
+        clawd.ping_schedule.TICK_MAX_SECONDS = 1e-6
     pinger.set_targets(
         {a: PingTarget(a, a, server.ports[a], server.user) for a in addresses},
     )
@@ -314,7 +315,7 @@ async def pinger_run(
     finally:
         pinger.stop()
         await task
-        clawd.pinger.TICK_MAX_SECONDS = saved_tick
+        clawd.ping_schedule.TICK_MAX_SECONDS = saved_tick
     per_1000 = cpu * 1000.0 / max(1, pings)
     return PingerSample(
         cpu_per_1000=per_1000,

@@ -70,23 +70,19 @@ def cmd_config_push(args: argparse.Namespace) -> int:
         print("no peers known yet (see `clawd status`)")
         return 0
     print(render_outcomes(outcomes))
-    if any(o.result == "failed" for o in outcomes):
-        print(f"some peers failed: {retry_note}", file=sys.stderr)
-        return 1
-    if any(o.result == "fenced" for o in outcomes):
-        print(
-            "some peers follow another leader (a newer leadership epoch): their leader "
-            "keeps their config.json; push from it, or through this daemon while it leads",
-            file=sys.stderr,
-        )
-        return 1
-    if any(o.result == "skipped" for o in outcomes):
-        print(
-            "some peers lack claw-clan: nothing was written there; the leading daemon "
-            "reinstalls them (with this configuration)",
-            file=sys.stderr,
-        )
-        return 1
+    # The first kind of trouble found, most serious first, is the one explained.
+    notes = {
+        "failed": f"some peers failed: {retry_note}",
+        "fenced": "some peers follow another leader (a newer leadership epoch): their leader "
+        "keeps their config.json; push from it, or through this daemon while it leads",
+        "skipped": "some peers lack claw-clan: nothing was written there; the leading daemon "
+        "reinstalls them (with this configuration)",
+    }
+    results = {o.result for o in outcomes}
+    for result, note in notes.items():
+        if result in results:
+            print(note, file=sys.stderr)
+            return 1
     return 0
 
 

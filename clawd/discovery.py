@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
-import re
 import socket
-import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +12,6 @@ import structlog
 from zeroconf import (
     BadTypeInNameException,
     InterfaceChoice,
-    IPVersion,
     NonUniqueNameException,
     ServiceInfo,
     ServiceStateChange,
@@ -24,172 +20,17 @@ from zeroconf import (
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from clawd.errors import ClawdError
+from clawd.mdns_peer import parse_peer, peer_summary
+from clawd.mdns_record import own_service_info, record_key
 from clawd.model import Instance, utcnow
 from clawd.observations import MdnsGone, MdnsSeen, Observation
 from clawd.settings import Settings, self_instance
 from clawd.settings_sections import DiscoverySettings
+from clawd.text import clean_text
 
 log = structlog.get_logger("clawd.discovery")
 
 RESOLVE_TIMEOUT_MS = 3000
-MAX_TEXT_CHARS = 200  # InstanceSettings' limit for gateway_id and name
-MAX_VERSION_CHARS = 64
-MAX_LEAD_NUMBER = 2**31 - 1  # fleet_instances.lead_number is an INTEGER
-MAX_TXT_ENTRY_BYTES = 255  # one length byte per TXT string
-MAX_LABEL_BYTES = 63  # one DNS label
-
-_LEAD_NUMBER = re.compile(r"[0-9]{1,10}")
-_SSH_USER = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}\$?")
-# Control, format (bidi overrides), surrogate, private-use, unassigned, line/paragraph breaks.
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-
-
-def clean_text(text: str) -> str:
-    """`text` with every character unsafe in a log line or a file replaced by '?'."""
-    return "".join("?" if unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch for ch in text)
-
-
-def _truncate_utf8(text: str, max_bytes: int) -> str:
-    return text.encode()[:max_bytes].decode(errors="ignore")
-
-
-def instance_label(gateway_id: str) -> str:
-    """The DNS-SD instance label for a gateway: the id itself when it fits in one label."""
-    label = clean_text(gateway_id)
-    if label == gateway_id and len(label.encode()) <= MAX_LABEL_BYTES:
-        return label
-    digest = hashlib.sha256(gateway_id.encode()).hexdigest()[:8]
-    return f"{_truncate_utf8(label, MAX_LABEL_BYTES - 9)}-{digest}"
-
-
-def own_service_info(me: Instance, service_type: str) -> AsyncServiceInfo:
-    """The service record announcing `me`; ClawdError if `me` cannot be announced."""
-    try:
-        address = ipaddress.ip_address(me.ip or "")
-    except ValueError:
-        raise ClawdError(
-            f"instance.ip {me.ip!r} is not an IP address; mDNS needs one to announce this instance"
-        ) from None
-    txt: dict[str, str] = {"gateway_id": me.gateway_id, "name": me.name}
-    optional = {"lead_number": me.lead_number, "version": me.version, "ssh_user": me.ssh_user}
-    txt |= {key: str(value) for key, value in optional.items() if value is not None}
-    txt["ssh_port"] = str(me.ssh_port)
-    for key, value in txt.items():
-        room = MAX_TXT_ENTRY_BYTES - len(key) - 1
-        if len(value.encode()) <= room:
-            continue
-        if key in {"name", "version"}:
-            txt[key] = _truncate_utf8(value, room)
-            log.warning("mdns_txt_truncated", key=key, max_bytes=room)
-        else:
-            raise ClawdError(f"{key} is too long to announce over mDNS (max {room} bytes UTF-8)")
-    name = f"{instance_label(me.gateway_id)}.{service_type}"
-    try:
-        return AsyncServiceInfo(
-            service_type,
-            name,
-            port=me.ssh_port,
-            properties=txt,
-            server=name,
-            addresses=[address.packed],
-        )
-    except BadTypeInNameException as exc:
-        raise ClawdError(f"discovery.serviceType {service_type!r} is not valid: {exc}") from None
-
-
-def _txt_fields(properties: dict[bytes, bytes | None]) -> tuple[dict[str, str], list[str]]:
-    """TXT key/values as text, keys lower-cased (RFC 6763 keys are case-insensitive)."""
-    fields: dict[str, str] = {}
-    problems: list[str] = []
-    for raw_key, raw_value in properties.items():
-        key = raw_key.decode("ascii", "replace").lower()
-        if raw_value is None or key in fields:
-            continue
-        try:
-            fields[key] = raw_value.decode()
-        except UnicodeDecodeError:
-            problems.append(f"{clean_text(key)} is not UTF-8")
-    return fields, problems
-
-
-def _gateway_id_problem(value: str | None) -> str | None:
-    if not value:
-        return "gateway_id missing"
-    if len(value) > MAX_TEXT_CHARS:
-        return f"gateway_id longer than {MAX_TEXT_CHARS} characters"
-    if clean_text(value) != value or value != value.strip():
-        return "gateway_id has control characters or surrounding spaces"
-    if "/" in value or "\\" in value or value in {".", ".."}:
-        return "gateway_id is not a plain file name"
-    return None
-
-
-def _peer_address(info: ServiceInfo) -> str | None:
-    for version in (IPVersion.V4Only, IPVersion.V6Only):
-        for text in info.parsed_scoped_addresses(version):
-            address = ipaddress.ip_address(text)
-            if not (address.is_unspecified or address.is_multicast):
-                return text
-    return None
-
-
-def parse_peer(info: ServiceInfo) -> tuple[Instance | None, tuple[str, ...]]:
-    """A peer from a resolved service: the Instance (None if unusable) and what was wrong."""
-    fields, problems = _txt_fields(info.properties)
-    gateway_id = fields.get("gateway_id")
-    if (problem := _gateway_id_problem(gateway_id)) is not None:
-        return None, (*problems, problem)
-    assert gateway_id is not None
-    ip = _peer_address(info)
-    if ip is None:
-        return None, (*problems, "no usable address")
-
-    name = clean_text(fields.get("name", "")).strip()[:MAX_TEXT_CHARS]
-    if name != fields.get("name"):
-        problems.append("name missing, unsafe or too long")
-    name = name or gateway_id
-
-    lead_number: int | None = None
-    raw_lead = fields.get("lead_number")
-    if (
-        raw_lead is not None
-        and _LEAD_NUMBER.fullmatch(raw_lead)
-        and int(raw_lead) <= MAX_LEAD_NUMBER
-    ):
-        lead_number = int(raw_lead)
-    else:
-        problems.append("lead_number missing or not an integer in 0..2**31-1")
-
-    ssh_user = fields.get("ssh_user")
-    if ssh_user is None or not _SSH_USER.fullmatch(ssh_user):
-        problems.append("ssh_user missing or not a valid user name")
-        ssh_user = None
-
-    ssh_port = info.port or 0
-    if not 1 <= ssh_port <= 65535:
-        txt_port = fields.get("ssh_port", "")
-        ssh_port = int(txt_port) if txt_port.isascii() and txt_port.isdigit() else 0
-        if not 1 <= ssh_port <= 65535:
-            problems.append("no valid SSH port; assuming 22")
-            ssh_port = 22
-
-    version = fields.get("version")
-    if version is not None:
-        cleaned = clean_text(version).strip()[:MAX_VERSION_CHARS]
-        if cleaned != version:
-            problems.append("version unsafe or too long")
-        version = cleaned or None
-
-    instance = Instance(
-        gateway_id=gateway_id,
-        name=name,
-        lead_number=lead_number,
-        ip=ip,
-        ssh_user=ssh_user,
-        ssh_port=ssh_port,
-        version=version,
-    )
-    return instance, tuple(problems)
 
 
 def _check_local_addresses(addresses: list[str]) -> None:
@@ -202,22 +43,6 @@ def _check_local_addresses(addresses: list[str]) -> None:
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.bind((text, 0))
-
-
-def _record(info: ServiceInfo) -> tuple[object, ...]:
-    return (info.key, info.text, info.port, info.addresses)
-
-
-def _summary(instance: Instance) -> tuple[object, ...]:
-    return (
-        instance.gateway_id,
-        instance.name,
-        instance.lead_number,
-        instance.ip,
-        instance.ssh_user,
-        instance.ssh_port,
-        instance.version,
-    )
 
 
 class Discovery:
@@ -308,7 +133,7 @@ class Discovery:
             registered, aiozc = self._registered, self._aiozc
             if registered is None or aiozc is None:
                 return  # run() registers self._info when it gets there
-            if _record(info) == _record(old):
+            if record_key(info) == record_key(old):
                 return
             if info.key == registered.key:
                 await self._await_broadcast(await aiozc.async_update_service(info))
@@ -444,7 +269,7 @@ class Discovery:
         if instance is None:
             return
         self._peers[key] = instance
-        if previous is None or _summary(previous) != _summary(instance):
+        if previous is None or peer_summary(previous) != peer_summary(instance):
             log.info(
                 "mdns_peer_appeared" if previous is None else "mdns_peer_changed",
                 gateway=instance.gateway_id,

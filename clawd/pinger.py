@@ -2,17 +2,16 @@
 
 Each peer has one long-lived round task in the TaskGroup owned by :meth:`Pinger.run`; a
 connection task exists only while the peer is (re)connecting. A round times one byte through
-the peer's echo channel (see :mod:`clawd.ssh_client`) and emits exactly one PingResult,
-also while the peer is disconnected, so misses are counted.
+the peer's echo channel (see :mod:`clawd.ssh_link`) and emits exactly one PingResult,
+also while the peer is disconnected, so misses are counted. A peer's state and backoff live in
+:mod:`clawd.ping_peer`, when its rounds start in :mod:`clawd.ping_schedule`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -21,6 +20,8 @@ import asyncssh
 import structlog
 
 from clawd.observations import Observation, PingResult
+from clawd.ping_peer import PeerState, PingTarget, install_status, stalled_attempt
+from clawd.ping_schedule import jittered_interval, on_tick, phase, wake
 from clawd.settings import Settings
 from clawd.settings_sections import PingSettings, SshSettings
 from clawd.ssh_client import Attempt, Connector, SshConnectError
@@ -29,55 +30,6 @@ from clawd.ssh_link import EchoTimeout, Link, LinkDown
 log = structlog.get_logger("clawd.pinger")
 
 CLOSE_WAIT_SECONDS = 1.0  # how long stopping waits for each connection's goodbye
-BACKOFF_SPREAD = 0.2  # reconnect delays are cut by up to this fraction, so peers spread out
-# Rounds start on a shared grid of ticks (interval/20, at most 100 ms) so that peers due
-# within one tick share one event-loop wake-up: on these VMs the wake-ups, not the
-# SSH packets, are most of a ping's CPU (see bench/ssh_ping_cost.py).
-TICK_FRACTION = 0.05
-TICK_MAX_SECONDS = 0.1
-
-_rng = random.Random()  # noqa: S311 -- schedule jitter, nothing secret
-
-
-@dataclass(frozen=True)
-class PingTarget:
-    """One peer to ping."""
-
-    gateway_id: str
-    host: str
-    port: int
-    user: str
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-class _Peer:
-    """A target's schedule and connection state; changed only on the event loop."""
-
-    def __init__(self, target: PingTarget, retry_delay: float) -> None:
-        self.target = target
-        self.task: asyncio.Task[None] | None = None  # the round loop
-        self.keeper: asyncio.Task[None] | None = None  # (re)connecting, while it does
-        self.link: Link | None = None
-        self.attempt: Attempt | None = None
-        self.attempt_done: asyncio.Future[None] | None = None
-        self.sleeper: asyncio.Future[None] | None = None
-        self.stopping = False
-        self.reschedule = False
-        self.proven = False  # an echo came back since connecting: reconnect at once if lost
-        self.last_error: str | None = None
-        self.tcp_reachable: bool | None = None
-        self.retry_at = 0.0
-        self.retry_delay = retry_delay
-        self.check_due = True
-        self.rounds_since_check = 0
-
-    def wake(self) -> None:
-        if self.sleeper is not None:
-            _wake(self.sleeper)
 
 
 class Pinger:
@@ -96,7 +48,7 @@ class Pinger:
         self._ssh = ssh
         self._emit = emit
         self._connector = Connector(ssh, home)
-        self._peers: dict[str, _Peer] = {}
+        self._peers: dict[str, PeerState] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._stopping = False
@@ -145,7 +97,7 @@ class Pinger:
                 self._retire(peer)
         for key, target in targets.items():
             if key not in self._peers:
-                peer = _Peer(target, self._ssh.reconnect_initial_seconds)
+                peer = PeerState(target, self._ssh.reconnect_initial_seconds)
                 self._peers[key] = peer
                 if self._tg is not None and not self._stopping:
                     self._launch(peer)
@@ -207,7 +159,7 @@ class Pinger:
 
     # ----------------------------------------------------------------- peers
 
-    def _launch(self, peer: _Peer) -> None:
+    def _launch(self, peer: PeerState) -> None:
         assert self._tg is not None
         rounds = self._rounds(peer)
         try:
@@ -215,65 +167,44 @@ class Pinger:
         except RuntimeError:  # run() was cancelled: its task group takes no new tasks
             rounds.close()
 
-    def _halt(self, peer: _Peer) -> None:
+    def _halt(self, peer: PeerState) -> None:
         """No more rounds or connection attempts; a round in flight may finish."""
         peer.stopping = True
         peer.wake()
         if peer.keeper is not None:
             peer.keeper.cancel()
 
-    def _retire(self, peer: _Peer) -> None:
+    def _retire(self, peer: PeerState) -> None:
         self._halt(peer)
         if peer.task is not None:
             peer.task.cancel()  # its finally closes the link
         log.info("peer_removed", gateway=peer.target.gateway_id, host=peer.target.host)
 
-    def _on_tick(self, when: float) -> float:
-        tick = min(TICK_MAX_SECONDS, self._ping.interval_seconds * TICK_FRACTION)
-        return round(when / tick) * tick
-
-    def _interval(self) -> float:
-        ping = self._ping
-        jitter = ping.jitter_fraction
-        return ping.interval_seconds * (1.0 + _rng.uniform(-jitter, jitter))
-
-    async def _rounds(self, peer: _Peer) -> None:
+    async def _rounds(self, peer: PeerState) -> None:
         loop = asyncio.get_running_loop()
         try:
             self._start_keeper(peer)
-            # A random phase, so that rounds of all peers spread over the interval.
-            due = loop.time() + _rng.uniform(0.0, self._ping.interval_seconds)
+            due = loop.time() + phase(self._ping.interval_seconds)
             last_due: float | None = None
             while not peer.stopping:
-                await self._sleep_until(peer, self._on_tick(due))
+                await peer.sleep_until(on_tick(due, self._ping.interval_seconds))
                 if peer.stopping:
                     break
                 if peer.reschedule:
                     peer.reschedule = False
                     if last_due is None:
-                        due = loop.time() + _rng.uniform(0.0, self._ping.interval_seconds)
+                        due = loop.time() + phase(self._ping.interval_seconds)
                     else:
-                        due = last_due + self._interval()
+                        due = last_due + jittered_interval(self._ping)
                     continue
                 last_due = due
                 await self._round(peer)
                 peer.reschedule = False  # the next due time below uses the new settings
-                due = max(due + self._interval(), loop.time())
+                due = max(due + jittered_interval(self._ping), loop.time())
         finally:
             await self._release(peer)
 
-    async def _sleep_until(self, peer: _Peer, when: float) -> None:
-        # asyncio.sleep, but stop() and a new interval can wake it early.
-        loop = asyncio.get_running_loop()
-        peer.sleeper = sleeper = loop.create_future()
-        handle = loop.call_at(when, _wake, sleeper)
-        try:
-            await sleeper
-        finally:
-            handle.cancel()
-            peer.sleeper = None
-
-    async def _release(self, peer: _Peer) -> None:
+    async def _release(self, peer: PeerState) -> None:
         self._halt(peer)
         link, peer.link = peer.link, None
         if link is None:
@@ -285,7 +216,7 @@ class Pinger:
 
     # ----------------------------------------------------------------- one round
 
-    async def _round(self, peer: _Peer) -> None:
+    async def _round(self, peer: PeerState) -> None:
         ping = self._ping
         timeout = ping.timeout_seconds * self._stretch
         at = datetime.now(UTC)
@@ -324,7 +255,7 @@ class Pinger:
         )
 
     def _report_failure(
-        self, peer: _Peer, at: datetime, error: str | None, tcp_reachable: bool | None
+        self, peer: PeerState, at: datetime, error: str | None, tcp_reachable: bool | None
     ) -> None:
         self.pings_sent += 1
         self.pings_failed += 1
@@ -339,7 +270,7 @@ class Pinger:
         )
 
     async def _wait_for_link(
-        self, peer: _Peer, seconds: float
+        self, peer: PeerState, seconds: float
     ) -> tuple[Link | None, str | None, bool | None]:
         """(link, None, None) if a connection attempt under way delivers one within
         `seconds`; else (None, why not, tcp_reachable)."""
@@ -352,36 +283,22 @@ class Pinger:
             if peer.link is not None:
                 return peer.link, None, None
             return None, peer.last_error, peer.tcp_reachable
-        if attempt.stage == "queued":
-            return None, "waiting for a handshake slot", None
-        if attempt.stage == "tcp":
-            return None, f"no TCP answer within {seconds:g}s", False
-        return None, f"SSH handshake unfinished after {seconds:g}s", True
+        return (None, *stalled_attempt(attempt, seconds))
 
     async def _install_check(
-        self, peer: _Peer, link: Link, ssh: SshSettings, seconds: float
+        self, peer: PeerState, link: Link, ssh: SshSettings, seconds: float
     ) -> bool | None:
         peer.check_due = False
         peer.rounds_since_check = 0
         self.install_checks += 1
-        error: str | None = None
-        try:
-            status = await link.exit_status(ssh.install_check_command, seconds)
-        except (OSError, LinkDown) as exc:
-            status, error = None, str(exc)
-        except Exception as exc:  # asyncssh.Error: channel refused, connection lost
-            status, error = None, f"{type(exc).__name__}: {exc}"
-        else:
-            if status is None:
-                error = f"no exit status within {seconds:g}s"
-        if error is not None:
+        installed, error = await install_status(link, ssh.install_check_command, seconds)
+        if installed is None:
             log.warning("install_check_failed", gateway=peer.target.gateway_id, error=error)
-            return None
-        return status == 0
+        return installed
 
     # ----------------------------------------------------------------- connecting
 
-    def _start_keeper(self, peer: _Peer) -> None:
+    def _start_keeper(self, peer: PeerState) -> None:
         tg = self._tg
         if peer.keeper is not None or peer.link is not None or peer.stopping or tg is None:
             return
@@ -391,7 +308,7 @@ class Pinger:
         except RuntimeError:  # run() was cancelled: its task group takes no new tasks
             connect.close()
 
-    async def _connect(self, peer: _Peer) -> None:
+    async def _connect(self, peer: PeerState) -> None:
         """Connect, retrying with exponential backoff until a link is up (or stop)."""
         loop = asyncio.get_running_loop()
         target = peer.target
@@ -417,19 +334,15 @@ class Pinger:
                     return
                 finally:
                     peer.attempt = peer.attempt_done = None
-                    _wake(done)
+                    wake(done)
         finally:
             if peer.keeper is asyncio.current_task():
                 peer.keeper = None
 
-    def _connect_failed(self, peer: _Peer, error: str, tcp_reachable: bool | None) -> None:
-        ssh = self._ssh
+    def _connect_failed(self, peer: PeerState, error: str, tcp_reachable: bool | None) -> None:
         self.connect_failures += 1
-        delay = min(peer.retry_delay, ssh.reconnect_max_seconds)
-        peer.retry_at = asyncio.get_running_loop().time() + delay * _rng.uniform(
-            1.0 - BACKOFF_SPREAD, 1.0
-        )
-        peer.retry_delay = min(delay * 2.0, ssh.reconnect_max_seconds)
+        now = asyncio.get_running_loop().time()
+        delay = peer.back_off(now, self._ssh.reconnect_max_seconds, spread=True)
         if error != peer.last_error:
             log.warning(
                 "ssh_connect_failed",
@@ -442,7 +355,7 @@ class Pinger:
             )
         peer.last_error, peer.tcp_reachable = error, tcp_reachable
 
-    def _connected(self, peer: _Peer, link: Link, handshake_s: float) -> None:
+    def _connected(self, peer: PeerState, link: Link, handshake_s: float) -> None:
         if peer.stopping:
             link.close()
             return
@@ -462,13 +375,13 @@ class Pinger:
         if link.closed is not None:
             self._link_closed(peer, link, link.closed)
 
-    def _link_closed(self, peer: _Peer, link: Link, reason: str) -> None:
+    def _link_closed(self, peer: PeerState, link: Link, reason: str) -> None:
         """asyncssh callback: the peer (or the network) closed the link."""
         if peer.link is link:
             self._link_down(peer, link, reason)
 
     def _link_down(
-        self, peer: _Peer, link: Link, reason: str, tcp_reachable: bool | None = None
+        self, peer: PeerState, link: Link, reason: str, tcp_reachable: bool | None = None
     ) -> None:
         if peer.link is not link:
             return
@@ -480,8 +393,6 @@ class Pinger:
             peer.retry_delay = self._ssh.reconnect_initial_seconds
             peer.retry_at = now
         else:  # connects but does not answer: back off like a failed connect
-            delay = min(peer.retry_delay, self._ssh.reconnect_max_seconds)
-            peer.retry_at = now + delay
-            peer.retry_delay = min(delay * 2.0, self._ssh.reconnect_max_seconds)
+            peer.back_off(now, self._ssh.reconnect_max_seconds, spread=False)
         log.warning("ssh_disconnected", gateway=peer.target.gateway_id, reason=reason)
         self._start_keeper(peer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -146,14 +147,7 @@ class ProbeResult:
     error: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "reachable": self.reachable,
-            "tcp": self.tcp,
-            "banner": self.banner,
-            "ms": self.ms,
-            "error": self.error,
-        }
+        return dataclasses.asdict(self)
 
     def json_line(self) -> str:
         return json.dumps(self.as_dict())  # ensure_ascii: one line whatever the content

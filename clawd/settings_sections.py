@@ -54,6 +54,18 @@ class PostgresSettings(Section):
         """host:port/database, for messages (never includes the password)."""
         return f"{self.host}:{self.port}/{self.database}"
 
+    def connect_kwargs(self, database: str | None = None) -> dict[str, Any]:
+        """What asyncpg.connect (and create_pool) needs to reach this server; it holds the
+        password, so it is passed on, never logged."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password.get_secret_value() or None,
+            "database": database or self.database,
+            "timeout": self.connect_timeout_seconds,
+        }
+
 
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 _DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")

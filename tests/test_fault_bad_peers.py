@@ -27,7 +27,8 @@ from clawd.detection.suspicion import DetectorSettings
 from clawd.fleetview import FleetView, Thresholds
 from clawd.model import Instance, PeerStatus
 from clawd.observations import Observation, PeerConfigured, PingResult
-from clawd.pinger import Pinger, PingTarget
+from clawd.ping_peer import PingTarget
+from clawd.pinger import Pinger
 from clawd.reconciler import Reconciler
 from clawd.settings_sections import PingSettings, SshSettings
 

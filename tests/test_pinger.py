@@ -17,7 +17,8 @@ import pytest
 from sshpeers import OpenSshServer, SshFleet, make_client_key, sshd_path
 
 from clawd.observations import Observation, PingResult
-from clawd.pinger import Pinger, PingTarget
+from clawd.ping_peer import PingTarget
+from clawd.pinger import Pinger
 from clawd.settings import Settings
 from clawd.settings_sections import PingSettings, SshSettings
 

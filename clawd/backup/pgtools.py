@@ -197,14 +197,7 @@ async def run_tool(
 async def connect(pg: PostgresSettings, database: str | None = None) -> asyncpg.Connection:
     """One asyncpg connection; DatabaseError with a one-line cause when it fails."""
     try:
-        conn: asyncpg.Connection = await asyncpg.connect(
-            host=pg.host,
-            port=pg.port,
-            user=pg.user,
-            password=pg.password.get_secret_value() or None,
-            database=database or pg.database,
-            timeout=pg.connect_timeout_seconds,
-        )
+        conn: asyncpg.Connection = await asyncpg.connect(**pg.connect_kwargs(database))
     except Exception as exc:
         raise connect_error(exc, pg) from None
     return conn

@@ -42,7 +42,8 @@ from clawd.metrics.server import MetricsEndpoint
 from clawd.model import utcnow
 from clawd.notify import Notifier, Watchdog
 from clawd.observations import EpochSeen, Observation, PeerConfigured, PingResult
-from clawd.pinger import Pinger, PingTarget
+from clawd.ping_peer import PingTarget
+from clawd.pinger import Pinger
 from clawd.reconciler import Reconciler
 from clawd.reload import ConfigWatcher, Reloader
 from clawd.retention.connect import dedicated_connection

@@ -28,6 +28,7 @@ from clawd.fleetops.fence import (
     fence_dir,
     notify_fenced,
     settings_token,
+    stored_fields,
     token_for,
 )
 from clawd.fleetops.leadership import acting_leader, addresses
@@ -291,9 +292,7 @@ class ConfigDistributor(LeaderLoop):
                 "config_push_fenced",
                 gateway=o.gateway_id,
                 name=o.name,
-                stored_epoch=stored.epoch,
-                stored_lead=stored.lead_number,
-                stored_gateway=stored.gateway_id,
+                **stored_fields(stored),
             )
         notify_fenced(self.on_fenced, stored)
 

@@ -116,6 +116,15 @@ def token_of(me: Instance, epoch: int) -> FenceToken:
     return FenceToken(min(max(epoch, 0), MAX_NUMBER), lead, me.gateway_id)
 
 
+def stored_fields(stored: FenceToken) -> dict[str, object]:
+    """A stronger token a peer holds, as the fields of a `..._fenced` log line."""
+    return {
+        "stored_epoch": stored.epoch,
+        "stored_lead": stored.lead_number,
+        "stored_gateway": stored.gateway_id,
+    }
+
+
 def notify_fenced(callback: Callable[[FenceToken], None] | None, stored: FenceToken) -> None:
     """Pass a peer's stronger token to the daemon's callback, if any."""
     if callback is None:

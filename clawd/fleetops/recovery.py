@@ -27,6 +27,7 @@ from clawd.fleetops.fence import (
     fence_dir,
     notify_fenced,
     settings_token,
+    stored_fields,
     token_for,
 )
 from clawd.fleetops.leadership import acting_leader, addresses, is_older
@@ -295,8 +296,6 @@ class Recoverer(LeaderLoop):
                 name=peer.name,
                 reason="stale_leader",
                 epoch=token.epoch,
-                stored_epoch=stored.epoch,
-                stored_lead=stored.lead_number,
-                stored_gateway=stored.gateway_id,
+                **stored_fields(stored),
             )
         notify_fenced(self.on_fenced, stored)

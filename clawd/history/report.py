@@ -128,6 +128,11 @@ class Report:
     peers: list[PeerReport]
 
 
+def _percent(part: float, whole: float) -> float | None:
+    """`part` as a percentage of `whole`; None when there is no whole to speak of."""
+    return 100.0 * part / whole if whole > 0 else None
+
+
 def peer_report(
     stats: PeerStats | None,
     gateway_id: str,
@@ -150,8 +155,8 @@ def peer_report(
         name=name,
         pings=stats.pings,
         successes=stats.successes,
-        success_pct=100.0 * stats.successes / stats.pings if stats.pings else None,
-        availability_pct=100.0 * up / observed if observed > 0 else None,
+        success_pct=_percent(stats.successes, stats.pings),
+        availability_pct=_percent(up, observed),
         observed_s=observed,
         up_s=up,
         median_gap_s=stats.median_gap_s,
@@ -186,10 +191,8 @@ def totals_report(
         name=name,
         pings=totals.pings,
         successes=totals.successes,
-        success_pct=100.0 * totals.successes / totals.pings if totals.pings else None,
-        availability_pct=(
-            100.0 * totals.up_ms / totals.observed_ms if totals.observed_ms > 0 else None
-        ),
+        success_pct=_percent(totals.successes, totals.pings),
+        availability_pct=_percent(totals.up_ms, totals.observed_ms),
         observed_s=totals.observed_ms / 1000,
         up_s=totals.up_ms / 1000,
         median_gap_s=statistics.median(medians) / 1000 if medians else None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from clawd.retention.result import TablePrune
@@ -62,37 +62,39 @@ SELECT count(*)::int AS n, max("timestamp") AS last FROM doomed
 TIMESTAMP_TABLES = ("incident_log", "skill_audit")
 
 
-@dataclass(slots=True)
 class Tally:
     """Running figures for one table; survives a run that fails half-way."""
 
-    table: str
-    cutoff: datetime
-    rows: int = 0
-    batches: int = 0
-    largest_batch_rows: int = 0
-    longest_batch_ms: float = 0.0
-    started: float = 0.0
+    __slots__ = ("_figures", "_started")
 
-    def __post_init__(self) -> None:
-        self.started = time.perf_counter()
+    def __init__(self, table: str, cutoff: datetime) -> None:
+        self._figures = TablePrune(table, cutoff)
+        self._started = time.perf_counter()
+
+    @property
+    def table(self) -> str:
+        return self._figures.table
+
+    @property
+    def cutoff(self) -> datetime:
+        return self._figures.cutoff
 
     def add(self, rows: int, ms: float) -> None:
+        so_far = self._figures
         if rows:
-            self.rows += rows
-            self.batches += 1
-            self.largest_batch_rows = max(self.largest_batch_rows, rows)
-        self.longest_batch_ms = max(self.longest_batch_ms, ms)
+            so_far = replace(
+                so_far,
+                rows=so_far.rows + rows,
+                batches=so_far.batches + 1,
+                largest_batch_rows=max(so_far.largest_batch_rows, rows),
+            )
+        self._figures = replace(so_far, longest_batch_ms=max(so_far.longest_batch_ms, ms))
 
     def result(self) -> TablePrune:
-        return TablePrune(
-            table=self.table,
-            cutoff=self.cutoff,
-            rows=self.rows,
-            batches=self.batches,
-            largest_batch_rows=self.largest_batch_rows,
-            longest_batch_ms=round(self.longest_batch_ms, 3),
-            seconds=round(time.perf_counter() - self.started, 3),
+        return replace(
+            self._figures,
+            longest_batch_ms=round(self._figures.longest_batch_ms, 3),
+            seconds=round(time.perf_counter() - self._started, 3),
         )
 
 

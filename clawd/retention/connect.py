@@ -19,13 +19,7 @@ async def dedicated_connection(pg: PostgresSettings) -> AsyncIterator[asyncpg.Co
     """One connection to `pg`, closed on exit; DatabaseUnavailable/DatabaseError if none."""
     try:
         conn = await asyncpg.connect(
-            host=pg.host,
-            port=pg.port,
-            user=pg.user,
-            password=pg.password.get_secret_value() or None,
-            database=pg.database,
-            timeout=pg.connect_timeout_seconds,
-            server_settings={"application_name": APPLICATION_NAME},
+            **pg.connect_kwargs(), server_settings={"application_name": APPLICATION_NAME}
         )
     except Exception as exc:
         raise connect_error(exc, pg) from None

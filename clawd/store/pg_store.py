@@ -164,14 +164,9 @@ class PgStore:
         """Connect (raising DatabaseError with a one-line cause) and migrate."""
         try:
             pool = await asyncpg.create_pool(
-                host=settings.host,
-                port=settings.port,
-                user=settings.user,
-                password=settings.password.get_secret_value() or None,
-                database=settings.database,
+                **settings.connect_kwargs(),
                 min_size=min(settings.pool_min, settings.pool_max),
                 max_size=settings.pool_max,
-                timeout=settings.connect_timeout_seconds,
                 command_timeout=60,
             )
         except Exception as exc:
