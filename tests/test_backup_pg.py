@@ -177,7 +177,7 @@ def test_stale_partial_from_a_killed_clawd_is_removed_at_next_start(
     directory = home / "backups"
     script = (
         "import json, sys\n"
-        "from clawd.settings import settings_from_data\n"
+        "from clawd.settings_load import settings_from_data\n"
         "from clawd.backup.commands import backup_now\n"
         "backup_now(settings_from_data(json.loads(sys.argv[1]), environ={}))\n"
     )
