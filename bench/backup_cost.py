@@ -7,7 +7,7 @@ daemon writes them). Then, alternating, ``runs`` times each:
 
 * bare: ``pg_dump -Fc -f FILE`` (the same binary and environment clawd uses; pg_dump
   fsyncs the file itself);
-* clawd: ``clawd.backup.runner.run_backup`` with verification off -- the lock, the JSON
+* clawd: ``clawd.act.backup.runner.run_backup`` with verification off -- the lock, the JSON
   archive, pg_dump from an exported snapshot while the five tables are counted in the
   same snapshot, fsync + rename + directory fsync, sha256, the manifest.
 
@@ -38,15 +38,15 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from clawd.backup.names import backup_dir, dump_name
-from clawd.backup.pgtools import find_bin_dir, pg_env, probe
-from clawd.backup.reverify import run_verify
-from clawd.backup.runner import run_backup
-from clawd.backup.verify import read_dump, restore_scratch
-from clawd.logs import configure_logging
-from clawd.settings import Settings
-from clawd.settings_load import settings_from_data
-from clawd.store.migrations import migrate
+from clawd.act.backup.names import backup_dir, dump_name
+from clawd.act.backup.pgtools import find_bin_dir, pg_env, probe
+from clawd.act.backup.reverify import run_verify
+from clawd.act.backup.runner import run_backup
+from clawd.act.backup.verify import read_dump, restore_scratch
+from clawd.config.load import settings_from_data
+from clawd.config.settings import Settings
+from clawd.core.logs import configure_logging
+from clawd.keep.store.migrations import migrate
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS_DIR) not in sys.path:

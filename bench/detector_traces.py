@@ -64,8 +64,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from clawd.detection.accrual import BUCKETS, EDGES, REGULAR_MAX, ArrivalHistory, record_heartbeat
-from clawd.detection.suspicion import DetectorSettings, Suspicion, suspicion
+from clawd.decide.accrual import BUCKETS, EDGES, REGULAR_MAX, ArrivalHistory, record_heartbeat
+from clawd.decide.suspicion import DetectorSettings, Suspicion, suspicion
 
 SECTION = "detector-traces"
 SEED = 2004

@@ -1,10 +1,10 @@
 """The daemon under a fleet's load: 1,000 SSH peers at a 10 s ping interval, measured from outside.
 
 A separate process (``tests/sshpeers.py serve``) runs one asyncssh server per loopback address
-(127.1.x.y); the real daemon (``python -m clawd.cli run``) runs as a subprocess with a throwaway
-``CLAW_HOME`` whose config.json lists every peer statically (JSON backend, discovery off, ping
-interval 10 s, default thresholds). Nothing is imported from clawd: everything is read from
-``/proc``, ``<home>/incidents.jsonl``, the daemon's log and ``clawd status --live --json``.
+(127.1.x.y); the real daemon (``python -m clawd.cli.main run``) runs as a subprocess with a
+throwaway ``CLAW_HOME`` whose config.json lists every peer statically (JSON backend, discovery
+off, ping interval 10 s, default thresholds). Nothing is imported from clawd: everything is read
+from ``/proc``, ``<home>/incidents.jsonl``, the daemon's log and ``clawd status --live --json``.
 
 Phases:
 
@@ -279,7 +279,7 @@ def daemon_env(home: Path) -> dict[str, str]:
 def start_daemon(home: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [venv_python(), "-m", "clawd.cli", "run"],
+            [venv_python(), "-m", "clawd.cli.main", "run"],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -316,7 +316,7 @@ def cli_status(home: Path) -> tuple[bool, str, float]:
     """Run `clawd status --live --json` itself: (worked, what it said if not, wall s)."""
     started = time.monotonic()
     done = subprocess.run(
-        [venv_python(), "-m", "clawd.cli", "status", "--live", "--json"],
+        [venv_python(), "-m", "clawd.cli.main", "status", "--live", "--json"],
         env=daemon_env(home),
         cwd=REPO,
         capture_output=True,

@@ -3,7 +3,7 @@
 Both render the same registry (a FleetMetrics over a 1,000-peer view, 4 statuses mixed,
 a few pings and incidents counted), in the same process, interleaved run by run:
 
-* clawd: ``FleetMetrics.exposition()`` -- the fast per-peer text (clawd/metrics/text.py)
+* clawd: ``FleetMetrics.exposition()`` -- the fast per-peer text (clawd/serve/metrics/text.py)
   plus generate_latest for the remaining families;
 * reference: ``prometheus_client.generate_latest(metrics.registry)``;
 * end to end: ``GET /metrics`` over loopback from the aiohttp server (clawd's
@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 
 from prometheus_client.exposition import generate_latest
 
-from clawd.fleetview import FleetView, PeerRecord
-from clawd.metrics.registry import FleetMetrics
-from clawd.metrics.server import MetricsServer
-from clawd.metrics.source import BackupState, PostgresState
-from clawd.model import EventType, Incident, Instance, PeerState, PeerStatus
-from clawd.observations import PingResult
+from clawd.core.model import EventType, Incident, Instance, PeerState, PeerStatus
+from clawd.core.observations import PingResult
+from clawd.decide.view import FleetView, PeerRecord
+from clawd.serve.metrics.registry import FleetMetrics
+from clawd.serve.metrics.server import MetricsServer
+from clawd.serve.metrics.source import BackupState, PostgresState
 
 SECTION = "metrics-render"
 PEERS = 1000

@@ -39,20 +39,20 @@ from pathlib import Path
 
 import asyncpg
 
-from clawd.logs import configure_logging
-from clawd.model import Ping
-from clawd.retention.connect import dedicated_connection
-from clawd.retention.pruner import RetentionPruner
-from clawd.retention.result import PruneResult
-from clawd.settings import Settings, self_instance
-from clawd.settings_load import settings_from_data
-from clawd.store.json_store import JsonStore
-from clawd.store.migrations import migrate
-from clawd.store.ops import PingBatch, WriteOp
-from clawd.store.pg_sink import PgSink
-from clawd.store.pg_store import PgStore
-from clawd.store.repository import FleetRepository
-from clawd.store.spool import Spool
+from clawd.config.load import settings_from_data
+from clawd.config.settings import Settings, self_instance
+from clawd.core.logs import configure_logging
+from clawd.core.model import Ping
+from clawd.keep.retention.connect import dedicated_connection
+from clawd.keep.retention.pruner import RetentionPruner
+from clawd.keep.retention.result import PruneResult
+from clawd.keep.store.json_store import JsonStore
+from clawd.keep.store.migrations import migrate
+from clawd.keep.store.ops import PingBatch, WriteOp
+from clawd.keep.store.pg_sink import PgSink
+from clawd.keep.store.pg_store import PgStore
+from clawd.keep.store.repository import FleetRepository
+from clawd.keep.store.spool import Spool
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS_DIR) not in sys.path:

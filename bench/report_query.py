@@ -11,8 +11,8 @@ hour (the initial rollup).
 
 Measured, ``runs`` times each (min-median):
 
-* end to end: ``python -m clawd.cli report --since 30d --json`` as a subprocess;
-* the SQL alone: ``clawd.history.collect.build_report`` in-process (both connections);
+* end to end: ``python -m clawd.cli.main report --since 30d --json`` as a subprocess;
+* the SQL alone: ``clawd.keep.history.collect.build_report`` in-process (both connections);
 * for comparison, the exact path before migration 004: ``queries.PEER_STATS`` on one
   connection, all peers (once).
 
@@ -44,15 +44,15 @@ from pathlib import Path
 
 import asyncpg
 
-from clawd.history import queries
-from clawd.history.collect import build_report, cut
-from clawd.history.db import open_store
-from clawd.history.hourly import HOUR, hour_of
-from clawd.history.rollup import GRACE, RollupMaintainer
-from clawd.history.timespec import Window
-from clawd.logs import configure_logging
-from clawd.settings_load import settings_from_data
-from clawd.store.migrations import load_migrations, migrate
+from clawd.config.load import settings_from_data
+from clawd.core.logs import configure_logging
+from clawd.keep.history import queries
+from clawd.keep.history.collect import build_report, cut
+from clawd.keep.history.db import open_store
+from clawd.keep.history.hourly import HOUR, hour_of
+from clawd.keep.history.rollup import GRACE, RollupMaintainer
+from clawd.keep.history.timespec import Window
+from clawd.keep.store.migrations import load_migrations, migrate
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS_DIR) not in sys.path:
@@ -220,7 +220,7 @@ async def roll(server: PgServer, now: datetime) -> tuple[float, int]:
 def cli_seconds(config: Path) -> float:
     began = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "clawd.cli", "report", "--since", "30d", "--json",
+        [sys.executable, "-m", "clawd.cli.main", "report", "--since", "30d", "--json",
          "--config", str(config)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip

@@ -43,13 +43,13 @@ from typing import Any
 
 import asyncpg
 
-from clawd.logs import configure_logging
-from clawd.model import Ping
-from clawd.settings_load import settings_from_data
-from clawd.store.factory import build_repository
-from clawd.store.migrations import migrate
-from clawd.store.pg_store import CREATE_PING_STAGE, MERGE_PINGS, PING_COLUMNS, PING_STAGE
-from clawd.store.repository import FleetRepository
+from clawd.config.load import settings_from_data
+from clawd.core.logs import configure_logging
+from clawd.core.model import Ping
+from clawd.keep.store.factory import build_repository
+from clawd.keep.store.migrations import migrate
+from clawd.keep.store.pg_store import CREATE_PING_STAGE, MERGE_PINGS, PING_COLUMNS, PING_STAGE
+from clawd.keep.store.repository import FleetRepository
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS_DIR) not in sys.path:

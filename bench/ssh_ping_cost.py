@@ -14,11 +14,11 @@ Client CPU seconds per 1,000 pings, back to back on one connection unless said o
 * the same keepalives spread the way a scheduler sends pings (N connections, 100/s, each on
   its own wake-up): on these VMs waking an idle event loop costs more than the SSH packets,
   so this is the floor a ping *scheduler* can be held to;
-* clawd's echo round trip (``clawd.ssh_link.Link.round_trip``: one byte through a ``cat``
+* clawd's echo round trip (``clawd.sources.ssh_link.Link.round_trip``: one byte through a ``cat``
   channel);
-* the daemon's pinger end to end: ``clawd.pinger.Pinger`` over N peers at 100 pings/s (the rate
-  of 1,000 peers at a 10 s interval; the full run's 200 peers at 2 s also have its 100 ms
-  tick), steady state after every peer is connected, install check every 10th round (the
+* the daemon's pinger end to end: ``clawd.sources.pinger.Pinger`` over N peers at 100 pings/s
+  (the rate of 1,000 peers at a 10 s interval; the full run's 200 peers at 2 s also have its
+  100 ms tick), steady state after every peer is connected, install check every 10th round (the
   default); again without install checks, and again without the tick grid.
 
 Run: ``.venv/bin/python -m bench.ssh_ping_cost [--quick] [--server asyncssh]``.
@@ -46,13 +46,13 @@ from typing import Any
 
 import asyncssh
 
-import clawd.ping_schedule
-from clawd.logs import configure_logging
-from clawd.observations import Observation
-from clawd.ping_peer import PingTarget
-from clawd.pinger import Pinger
-from clawd.settings_sections import PingSettings, SshSettings
-from clawd.ssh_client import Attempt, Connector
+import clawd.sources.ping_schedule
+from clawd.config.sections import PingSettings, SshSettings
+from clawd.core.logs import configure_logging
+from clawd.core.observations import Observation
+from clawd.sources.ping_peer import PingTarget
+from clawd.sources.pinger import Pinger
+from clawd.sources.ssh_client import Attempt, Connector
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS_DIR) not in sys.path:
@@ -285,9 +285,9 @@ async def pinger_run(
     ping = PingSettings(interval_seconds=interval, timeout_seconds=5.0, jitter_fraction=0.1)
     ssh = ssh_settings(server, install_check_command="true", install_check_every_rounds=check_every)
     pinger = Pinger(ping, ssh, home, emitted.append)
-    saved_tick = clawd.ping_schedule.TICK_MAX_SECONDS
+    saved_tick = clawd.sources.ping_schedule.TICK_MAX_SECONDS
     if not batch_ticks:  # every round on its own wake-up, to show what the ticks save
-        clawd.ping_schedule.TICK_MAX_SECONDS = 1e-6
+        clawd.sources.ping_schedule.TICK_MAX_SECONDS = 1e-6
     pinger.set_targets(
         {a: PingTarget(a, a, server.ports[a], server.user) for a in addresses},
     )
@@ -315,7 +315,7 @@ async def pinger_run(
     finally:
         pinger.stop()
         await task
-        clawd.ping_schedule.TICK_MAX_SECONDS = saved_tick
+        clawd.sources.ping_schedule.TICK_MAX_SECONDS = saved_tick
     per_1000 = cpu * 1000.0 / max(1, pings)
     return PingerSample(
         cpu_per_1000=per_1000,

@@ -22,9 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from clawd.control import request
-from clawd.errors import ClawdError
-from clawd.status_view import render_table
+from clawd.serve.control import request
+from clawd.core.errors import ClawdError
+from clawd.serve.status import render_table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the simulated peers live with the tests
@@ -210,7 +210,7 @@ class Demo:
             self.daemon = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "clawd.cli",
+                "clawd.cli.main",
                 "run",
                 env=self.env(),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -325,7 +325,7 @@ class Demo:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "clawd.cli",
+            "clawd.cli.main",
             *args,
             env=self.env(),
             stdin=asyncio.subprocess.DEVNULL,

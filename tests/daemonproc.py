@@ -20,7 +20,7 @@ def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`clawd ARGS` against `home`, as a separate process."""
     env = dict(os.environ, CLAW_HOME=str(home))
     return subprocess.run(
-        [sys.executable, "-m", "clawd.cli", *args],
+        [sys.executable, "-m", "clawd.cli.main", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -39,7 +39,7 @@ class DaemonProcess:
         full_env = dict(os.environ, CLAW_HOME=str(home), **(env or {}))
         full_env.pop("JOURNAL_STREAM", None)
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "clawd.cli", "run"],
+            [*prefix, sys.executable, "-m", "clawd.cli.main", "run"],
             env=full_env,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

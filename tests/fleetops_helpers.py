@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from sshpeers import SshFleet, SshPeer
 
-from clawd.settings import Settings
-from clawd.settings_load import settings_from_data
+from clawd.config.load import settings_from_data
+from clawd.config.settings import Settings
 
 if TYPE_CHECKING:
-    from clawd.fleetops.payload import ConfigDocument
+    from clawd.act.fleetops.payload import ConfigDocument
 
 INSTALL_SCRIPT = """#!/bin/sh
 # The test payload's installer: leaves a mark each time it runs.
@@ -52,7 +52,7 @@ def make_home(
 
 def document(config_path: Path) -> ConfigDocument:
     """The home's config.json as a daemon puts it in force (validated)."""
-    from clawd.reload import load_in_force
+    from clawd.config.reload import load_in_force
 
     return load_in_force(config_path, {})[1]
 

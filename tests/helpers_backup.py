@@ -17,11 +17,11 @@ import pytest
 from helpers_pg import connect
 from pgserver import BasePg, PgDatabase
 
-from clawd.backup.pgtools import find_bin_dir
-from clawd.logs import configure_logging
-from clawd.settings import Settings
-from clawd.settings_load import settings_from_data
-from clawd.store.migrations import migrate
+from clawd.act.backup.pgtools import find_bin_dir
+from clawd.config.load import settings_from_data
+from clawd.config.settings import Settings
+from clawd.core.logs import configure_logging
+from clawd.keep.store.migrations import migrate
 
 CDB_ROLE = "claw_backup_cdb"
 CDB_PASSWORD = "Bk-pw-5e1d-secret"  # distinctive: searched for in argv, logs, names

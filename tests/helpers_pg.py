@@ -15,7 +15,9 @@ from typing import Any
 import asyncpg
 from pgserver import PgDatabase
 
-from clawd.model import (
+from clawd.config.load import settings_from_data
+from clawd.config.settings import Settings
+from clawd.core.model import (
     EventType,
     Incident,
     Instance,
@@ -25,10 +27,8 @@ from clawd.model import (
     SkillAction,
     SkillAudit,
 )
-from clawd.settings import Settings
-from clawd.settings_load import settings_from_data
-from clawd.store.factory import build_repository
-from clawd.store.repository import FleetRepository
+from clawd.keep.store.factory import build_repository
+from clawd.keep.store.repository import FleetRepository
 
 SELF_ID = "gw-self"
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clawd.detection.accrual import BUCKETS, EDGES, FINE, TOP, ArrivalHistory, phi, record_heartbeat
-from clawd.detection.suspicion import DetectorSettings, Suspicion, suspicion
+from clawd.decide.accrual import BUCKETS, EDGES, FINE, TOP, ArrivalHistory, phi, record_heartbeat
+from clawd.decide.suspicion import DetectorSettings, Suspicion, suspicion
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 INTERVAL = 10.0

@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from clawd.atomic import write_atomic
+from clawd.core.atomic import write_atomic
 
 WRITER = r"""
 import json, sys
 from pathlib import Path
-from clawd.atomic import write_atomic
+from clawd.core.atomic import write_atomic
 target = Path(sys.argv[1])
 n = 0
 while True:
@@ -68,7 +68,7 @@ def test_sigkill_mid_write_never_leaves_a_partial_file(tmp_path: Path) -> None:
 FULL_DISK_WRITER = r"""
 import resource, signal, sys
 from pathlib import Path
-from clawd.atomic import write_atomic
+from clawd.core.atomic import write_atomic
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 try:

@@ -20,7 +20,7 @@ from helpers_pg import (
 )
 from pgserver import PgDatabase
 
-from clawd.model import Incident, PeerStatus
+from clawd.core.model import Incident, PeerStatus
 
 
 def _jsonl_keys(path: Path) -> list[str]:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from helpers_backup import write_json_store
 
-from clawd.atomic import append_durable, write_atomic
-from clawd.backup import archive
-from clawd.backup.errors import BackupError
-from clawd.model import utcnow
+from clawd.act.backup import archive
+from clawd.act.backup.errors import BackupError
+from clawd.core.atomic import append_durable, write_atomic
+from clawd.core.model import utcnow
 
 
 def _write(home: Path, path: Path) -> list[str]:

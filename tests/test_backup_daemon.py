@@ -2,7 +2,7 @@
 start exactly one more pg_dump, no password in `ps` or the log, `clawd backup now`
 through the running daemon.
 
-Skipped until daemon.py wires clawd.backup.manager.BackupManager in.
+Skipped until daemon.py wires clawd.act.backup.manager.BackupManager in.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from daemonproc import DaemonProcess
 from helpers_backup import CDB_PASSWORD, FakeBin, cdb_db, fill, write_backup_daemon_config
 from pgserver import PgDatabase
 
-from clawd.backup import manifest as manifests
+from clawd.act.backup import manifest as manifests
 
 __all__ = ["cdb_db"]
 

@@ -20,14 +20,14 @@ from helpers_backup import (
 )
 from pgserver import PgDatabase
 
-from clawd.backup import manifest as manifests
-from clawd.backup.errors import BackupError
-from clawd.backup.manager import BackupManager
-from clawd.backup.manifest import Manifest, Verification
-from clawd.backup.names import backup_dir, stamp_of
-from clawd.backup.reverify import run_verify
-from clawd.model import utcnow
-from clawd.settings import Settings
+from clawd.act.backup import manifest as manifests
+from clawd.act.backup.errors import BackupError
+from clawd.act.backup.manager import BackupManager
+from clawd.act.backup.manifest import Manifest, Verification
+from clawd.act.backup.names import backup_dir, stamp_of
+from clawd.act.backup.reverify import run_verify
+from clawd.config.settings import Settings
+from clawd.core.model import utcnow
 
 __all__ = ["cdb_db"]
 

@@ -27,12 +27,12 @@ from helpers_backup import (
 )
 from pgserver import PgDatabase
 
-from clawd.backup import manifest as manifests
-from clawd.backup import names
-from clawd.backup.pgtools import probe
-from clawd.backup.reverify import run_verify
-from clawd.backup.runner import run_backup
-from clawd.backup.verify import NO_CREATEDB, read_dump
+from clawd.act.backup import manifest as manifests
+from clawd.act.backup import names
+from clawd.act.backup.pgtools import probe
+from clawd.act.backup.reverify import run_verify
+from clawd.act.backup.runner import run_backup
+from clawd.act.backup.verify import NO_CREATEDB, read_dump
 
 __all__ = ["cdb_db"]
 
@@ -177,8 +177,8 @@ def test_stale_partial_from_a_killed_clawd_is_removed_at_next_start(
     directory = home / "backups"
     script = (
         "import json, sys\n"
-        "from clawd.settings_load import settings_from_data\n"
-        "from clawd.backup.commands import backup_now\n"
+        "from clawd.config.load import settings_from_data\n"
+        "from clawd.act.backup.commands import backup_now\n"
         "backup_now(settings_from_data(json.loads(sys.argv[1]), environ={}))\n"
     )
     data = settings.model_dump(mode="json", by_alias=True)
@@ -203,7 +203,7 @@ def test_stale_partial_from_a_killed_clawd_is_removed_at_next_start(
     assert list(directory.glob("*.dump.partial"))
     assert not list(directory.glob("*.dump"))
 
-    from clawd.backup.manager import BackupManager
+    from clawd.act.backup.manager import BackupManager
 
     async def start() -> None:
         manager = BackupManager(settings)

@@ -13,12 +13,12 @@ from helpers_backup import backup_settings, capture_logs, counts, fill, write_js
 from helpers_pg import connect
 from pgserver import PgDatabase
 
-from clawd.backup import commands, names
-from clawd.backup.errors import BackupError
-from clawd.backup.restore import run_restore
-from clawd.backup.runner import run_backup
-from clawd.control import socket_path
-from clawd.store.migrations import load_migrations
+from clawd.act.backup import commands, names
+from clawd.act.backup.errors import BackupError
+from clawd.act.backup.restore import run_restore
+from clawd.act.backup.runner import run_backup
+from clawd.keep.store.migrations import load_migrations
+from clawd.serve.control import socket_path
 
 
 async def test_round_trip_puts_the_rows_back(tmp_path: Path, pg_db: PgDatabase) -> None:

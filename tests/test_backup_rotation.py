@@ -9,11 +9,11 @@ from pathlib import Path
 from helpers_backup import backup_settings, write_json_store
 from pgserver import PgDatabase
 
-from clawd.backup import manifest as manifests
-from clawd.backup import names, rotation
-from clawd.backup.manifest import FileEntry, Manifest, Verification
-from clawd.backup.runner import run_backup
-from clawd.model import utcnow
+from clawd.act.backup import manifest as manifests
+from clawd.act.backup import names, rotation
+from clawd.act.backup.manifest import FileEntry, Manifest, Verification
+from clawd.act.backup.runner import run_backup
+from clawd.core.model import utcnow
 
 FOREIGN = (
     "claw_clan_20250101.sql.gz",  # the seed's cron job

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
-from clawd.errors import ConfigError
-from clawd.schedule import Schedule, format_duration, parse_schedule
-from clawd.settings_load import settings_from_data
+from clawd.config.load import settings_from_data
+from clawd.core.errors import ConfigError
+from clawd.core.schedule import Schedule, format_duration, parse_schedule
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clawd.cli import main
+from clawd.cli.main import main
 
 
 def _write(tmp_path: Path, data: object) -> Path:
@@ -60,7 +60,7 @@ def test_invalid_config_exits_2_naming_the_problem(
 def test_installed_command_reports_errors_without_traceback(tmp_path: Path) -> None:
     path = _write(tmp_path, {"backend": 1, "postgres": {"password": "hunter2", "port": -1}})
     proc = subprocess.run(
-        [sys.executable, "-m", "clawd.cli", "config", "check", "--config", str(path)],
+        [sys.executable, "-m", "clawd.cli.main", "config", "check", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -85,7 +85,7 @@ def test_a_config_from_before_detection_still_loads_and_says_what_is_unused(
 ) -> None:
     path = _write(tmp_path, {"ping": {"flapTransitions": 4, "flapWindowSeconds": 600}})
     proc = subprocess.run(
-        [sys.executable, "-m", "clawd.cli", "config", "check", "--config", str(path)],
+        [sys.executable, "-m", "clawd.cli.main", "config", "check", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=30,

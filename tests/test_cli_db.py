@@ -27,10 +27,10 @@ from helpers_pg import (
 )
 from pgserver import BasePg, PgDatabase
 
-from clawd.cli import main
-from clawd.model import PeerStatus
-from clawd.settings import PG_ENV_VARS
-from clawd.store.migrations import load_migrations
+from clawd.cli.main import main
+from clawd.config.settings import PG_ENV_VARS
+from clawd.core.model import PeerStatus
+from clawd.keep.store.migrations import load_migrations
 
 WRONG_PASSWORD = "Wr0ng-pa55-7f3e"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from clawd.cli import main
-from clawd.model import Instance, PeerState, PeerStatus, utcnow
-from clawd.settings_load import settings_from_data
-from clawd.store.factory import build_repository
+from clawd.cli.main import main
+from clawd.config.load import settings_from_data
+from clawd.core.model import Instance, PeerState, PeerStatus, utcnow
+from clawd.keep.store.factory import build_repository
 
 
 async def _home(tmp_path: Path) -> Path:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from helpers_backup import capture_logs
 
-from clawd.control import MAX_DEPTH, ControlServer, Handler, request, socket_path, too_deep
-from clawd.errors import ClawdError
+from clawd.core.errors import ClawdError
+from clawd.serve.control import MAX_DEPTH, ControlServer, Handler, request, socket_path, too_deep
 
 
 async def test_large_answer_and_private_socket(tmp_path: Path) -> None:

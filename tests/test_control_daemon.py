@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from daemonproc import DaemonProcess
 
-from clawd.control import request, socket_path
+from clawd.serve.control import request, socket_path
 
 FLOOD = 1500
 # systemd's default soft limit, the one the 1,500-client flood exhausted.

@@ -5,15 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from clawd.detection.flap import percent_state_change
-from clawd.detection.guard import LAG, MASS, SelfHealthGuard
-from clawd.detection.rules import RULES, Probes
-from clawd.detection.suspicion import DetectorSettings
-from clawd.explain import explain, find_peer, render
-from clawd.fleet_settings import guard_settings
-from clawd.fleetview import Decision, FleetView, Thresholds
-from clawd.model import EventType, Instance, PeerStatus
-from clawd.observations import (
+from clawd.config.sections import DetectionSettings, PingSettings
+from clawd.config.settings import Settings
+from clawd.core.model import EventType, Instance, PeerStatus
+from clawd.core.observations import (
     EpochSeen,
     MdnsGone,
     MdnsSeen,
@@ -24,9 +19,14 @@ from clawd.observations import (
     SelfHealth,
     Tick,
 )
-from clawd.reconciler import Reconciler
-from clawd.settings import Settings
-from clawd.settings_sections import DetectionSettings, PingSettings
+from clawd.decide.explain import explain, find_peer, render
+from clawd.decide.flap import percent_state_change
+from clawd.decide.from_settings import guard_settings
+from clawd.decide.guard import LAG, MASS, SelfHealthGuard
+from clawd.decide.reconciler import Reconciler
+from clawd.decide.rules import RULES, Probes
+from clawd.decide.suspicion import DetectorSettings
+from clawd.decide.view import Decision, FleetView, Thresholds
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 ME = Instance(gateway_id="gw-me", name="me", lead_number=5)

@@ -13,13 +13,13 @@ from mdnspeers import FakePeer, MdnsPeers, MdnsWatcher, claw_peer, raw_txt, txt_
 from structlog.testing import capture_logs
 from zeroconf import ServiceInfo
 
-from clawd.discovery import Discovery
-from clawd.errors import ClawdError
-from clawd.mdns_peer import parse_peer
-from clawd.mdns_record import instance_label, own_service_info
-from clawd.model import Instance
-from clawd.observations import MdnsGone, MdnsSeen, Observation
-from clawd.settings_sections import DiscoverySettings
+from clawd.config.sections import DiscoverySettings
+from clawd.core.errors import ClawdError
+from clawd.core.model import Instance
+from clawd.core.observations import MdnsGone, MdnsSeen, Observation
+from clawd.sources.discovery import Discovery
+from clawd.sources.mdns_peer import parse_peer
+from clawd.sources.mdns_record import instance_label, own_service_info
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 from sshpeers import SshFleet
 
-from clawd.detection.suspicion import DetectorSettings
-from clawd.fleetview import FleetView, Thresholds
-from clawd.model import Instance, PeerStatus
-from clawd.observations import Observation, PeerConfigured, PingResult
-from clawd.ping_peer import PingTarget
-from clawd.pinger import Pinger
-from clawd.reconciler import Reconciler
-from clawd.settings_sections import PingSettings, SshSettings
+from clawd.config.sections import PingSettings, SshSettings
+from clawd.core.model import Instance, PeerStatus
+from clawd.core.observations import Observation, PeerConfigured, PingResult
+from clawd.decide.reconciler import Reconciler
+from clawd.decide.suspicion import DetectorSettings
+from clawd.decide.view import FleetView, Thresholds
+from clawd.sources.ping_peer import PingTarget
+from clawd.sources.pinger import Pinger
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_blocking")]
 

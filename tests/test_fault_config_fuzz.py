@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clawd.errors import ConfigError
-from clawd.settings import Settings
-from clawd.settings_load import read_config_file, settings_from_data
+from clawd.config.load import read_config_file, settings_from_data
+from clawd.config.settings import Settings
+from clawd.core.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(120)
 

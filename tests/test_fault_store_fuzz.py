@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clawd.store.json_store import JsonStore
+from clawd.keep.store.json_store import JsonStore
 
 pytestmark = pytest.mark.timeout(120)
 

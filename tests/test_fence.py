@@ -15,8 +15,8 @@ import pytest
 from fleetops_helpers import document, machine, make_home
 from sshpeers import SshFleet, SshPeer
 
-from clawd.fleetops.distribution import ConfigDistributor, push_many, render_outcomes
-from clawd.fleetops.fence import (
+from clawd.act.fleetops.distribution import ConfigDistributor, push_many, render_outcomes
+from clawd.act.fleetops.fence import (
     FenceError,
     FenceKind,
     FenceResult,
@@ -26,15 +26,15 @@ from clawd.fleetops.fence import (
     parse_answer,
     token_for,
 )
-from clawd.fleetops.payload import read_config
-from clawd.fleetops.recovery import Recoverer
-from clawd.fleetops.remote import PeerAddress, RemoteHost
-from clawd.fleetview import FleetView, PeerRecord
-from clawd.incidents import IncidentRecorder
-from clawd.model import Instance, PeerState, PeerStatus
-from clawd.settings import Settings
-from clawd.ssh_client import Connector
-from clawd.store.factory import build_repository
+from clawd.act.fleetops.payload import read_config
+from clawd.act.fleetops.recovery import Recoverer
+from clawd.act.fleetops.remote import PeerAddress, RemoteHost
+from clawd.config.settings import Settings
+from clawd.core.model import Instance, PeerState, PeerStatus
+from clawd.decide.view import FleetView, PeerRecord
+from clawd.keep.incidents import IncidentRecorder
+from clawd.keep.store.factory import build_repository
+from clawd.sources.ssh_client import Connector
 
 FENCE = ".openclaw/.claw-clan-fence"
 

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from clawd.detection.suspicion import DetectorSettings
-from clawd.fleet import FleetKeeper, summary
-from clawd.fleetview import FleetView, Thresholds, initial_view
-from clawd.incidents import IncidentRecorder
-from clawd.model import EventType, Instance, PeerStatus, utcnow
-from clawd.observations import PeerConfigured, PingResult
-from clawd.reconciler import Reconciler
-from clawd.settings import Settings
-from clawd.settings_load import settings_from_data
-from clawd.store.factory import build_repository
-from clawd.store.json_store import JsonStore
-from clawd.store.repository import FleetRepository
+from clawd.config.load import settings_from_data
+from clawd.config.settings import Settings
+from clawd.core.model import EventType, Instance, PeerStatus, utcnow
+from clawd.core.observations import PeerConfigured, PingResult
+from clawd.decide.reconciler import Reconciler
+from clawd.decide.suspicion import DetectorSettings
+from clawd.decide.view import FleetView, Thresholds, initial_view
+from clawd.keep.incidents import IncidentRecorder
+from clawd.keep.keeper import FleetKeeper, summary
+from clawd.keep.store.factory import build_repository
+from clawd.keep.store.json_store import JsonStore
+from clawd.keep.store.repository import FleetRepository
 
 ME = Instance("gw-a", "alpha", lead_number=5)
 

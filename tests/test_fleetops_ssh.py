@@ -14,15 +14,15 @@ import pytest
 from fleetops_helpers import document, machine, make_home, write_known_hosts
 from sshpeers import OpenSshServer, SshFleet, sshd_path
 
-from clawd.fleetops.distribution import push_many, render_outcomes
-from clawd.fleetops.payload import read_config
-from clawd.fleetops.recovery import Recoverer, reinstall
-from clawd.fleetops.remote import PeerAddress
-from clawd.fleetview import FleetView, PeerRecord
-from clawd.incidents import IncidentRecorder
-from clawd.model import Instance, PeerState, PeerStatus
-from clawd.ssh_client import Connector
-from clawd.store.factory import build_repository
+from clawd.act.fleetops.distribution import push_many, render_outcomes
+from clawd.act.fleetops.payload import read_config
+from clawd.act.fleetops.recovery import Recoverer, reinstall
+from clawd.act.fleetops.remote import PeerAddress
+from clawd.core.model import Instance, PeerState, PeerStatus
+from clawd.decide.view import FleetView, PeerRecord
+from clawd.keep.incidents import IncidentRecorder
+from clawd.keep.store.factory import build_repository
+from clawd.sources.ssh_client import Connector
 
 
 @pytest.fixture
@@ -357,8 +357,8 @@ async def test_push_and_reinstall_borrow_an_open_connection(
 async def test_config_push_without_a_daemon_reads_peers_from_the_store(
     tmp_path: Path, fleet: SshFleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from clawd.cli import main
-    from clawd.store.json_store import JsonStore
+    from clawd.cli.main import main
+    from clawd.keep.store.json_store import JsonStore
 
     root = tmp_path / "peer"
     (root / ".openclaw" / "claw-clan").mkdir(parents=True)  # claw-clan is installed

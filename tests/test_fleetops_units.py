@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from clawd.fleetops.leadership import acting_leader, is_older
-from clawd.fleetops.payload import config_for_peer
-from clawd.fleetops.recovery import needs_reinstall
-from clawd.fleetops.retry import PeerBackoff
-from clawd.fleetview import FleetView, PeerRecord
-from clawd.model import Instance, PeerState, PeerStatus
+from clawd.act.fleetops.leadership import acting_leader, is_older
+from clawd.act.fleetops.payload import config_for_peer
+from clawd.act.fleetops.recovery import needs_reinstall
+from clawd.act.fleetops.retry import PeerBackoff
+from clawd.core.model import Instance, PeerState, PeerStatus
+from clawd.decide.view import FleetView, PeerRecord
 
 
 def _view(me_lead: int | None, peers: dict[str, tuple[int | None, PeerStatus]]) -> FleetView:
@@ -21,7 +21,7 @@ def _view(me_lead: int | None, peers: dict[str, tuple[int | None, PeerStatus]]) 
         )
         for gid, (lead, status) in peers.items()
     }
-    from clawd.fleetview import elect_leader
+    from clawd.decide.view import elect_leader
 
     view = FleetView(me, records)
     return FleetView(me, records, elect_leader(view))

@@ -1,5 +1,5 @@
 """`clawd incidents` / `clawd report` in-process against a real PostgreSQL, with figures
-computed by hand from a small history (see clawd/history/report.py for the definition)."""
+computed by hand from a small history (see clawd/keep/history/report.py for the definition)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import pytest
 from helpers_pg import connect, free_port, settings_data
 from pgserver import BasePg, PgDatabase
 
-from clawd.cli import main
-from clawd.history import collect
-from clawd.history.rollup import RollupMaintainer
-from clawd.settings import PG_ENV_VARS
-from clawd.store.migrations import migrate
+from clawd.cli.main import main
+from clawd.config.settings import PG_ENV_VARS
+from clawd.keep.history import collect
+from clawd.keep.history.rollup import RollupMaintainer
+from clawd.keep.store.migrations import migrate
 
 T0 = datetime(2024, 5, 1, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(hours=1)

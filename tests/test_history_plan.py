@@ -10,11 +10,11 @@ from typing import Any
 from helpers_pg import connect
 from pgserver import PgDatabase
 
-from clawd.history import hourly, queries
-from clawd.history.collect import cut
-from clawd.history.hourly import Segment
-from clawd.history.timespec import Window
-from clawd.store.migrations import migrate
+from clawd.keep.history import hourly, queries
+from clawd.keep.history.collect import cut
+from clawd.keep.history.hourly import Segment
+from clawd.keep.history.timespec import Window
+from clawd.keep.store.migrations import migrate
 
 ROWS = 1_000_000
 PEERS = 100

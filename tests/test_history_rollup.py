@@ -1,4 +1,4 @@
-"""The hourly rollup (migration 004, clawd/history/rollup.py) against a real PostgreSQL:
+"""The hourly rollup (migration 004, clawd/keep/history/rollup.py) against a real PostgreSQL:
 rolled hours equal live ones, late rows re-roll, the watermark never skips a row, and the
 report over rollup + live edges equals the report computed wholly live."""
 
@@ -16,14 +16,14 @@ import pytest
 from helpers_pg import connect
 from pgserver import PgDatabase
 
-from clawd.history import hourly, latency
-from clawd.history.collect import build_report, cut
-from clawd.history.hourly import HOUR, HourTotals
-from clawd.history.report import Report
-from clawd.history.rollup import GRACE, RollupMaintainer
-from clawd.history.timespec import Window
-from clawd.lock_ids import ROLLUP_LOCK_ID
-from clawd.store.migrations import Conn, load_migrations, migrate
+from clawd.core.lock_ids import ROLLUP_LOCK_ID
+from clawd.keep.history import hourly, latency
+from clawd.keep.history.collect import build_report, cut
+from clawd.keep.history.hourly import HOUR, HourTotals
+from clawd.keep.history.report import Report
+from clawd.keep.history.rollup import GRACE, RollupMaintainer
+from clawd.keep.history.timespec import Window
+from clawd.keep.store.migrations import Conn, load_migrations, migrate
 
 T0 = datetime(2024, 5, 1, 0, 0, tzinfo=UTC)
 LATER = T0 + timedelta(days=2)  # "now" for runs that should roll every hour below
@@ -328,7 +328,7 @@ async def test_a_non_leader_does_nothing(pg_db: PgDatabase) -> None:
 
 
 async def test_run_rolls_and_stops(pg_db: PgDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("clawd.history.rollup.FIRST_ROLL_SECONDS", 0.0)
+    monkeypatch.setattr("clawd.keep.history.rollup.FIRST_ROLL_SECONDS", 0.0)
     maintainer, _ = _maintainer(pg_db)
     async with connect(pg_db) as conn:
         await migrate(conn)

@@ -1,4 +1,4 @@
-"""clawd.history without a database: windows, availability arithmetic, safe rendering."""
+"""clawd.keep.history without a database: windows, availability arithmetic, safe rendering."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from clawd.errors import HistoryError
-from clawd.history.collect import floor_from_sample, split
-from clawd.history.render import report_csv, report_table, summarise
-from clawd.history.report import PeerReport, PeerStats, Report, capped_sum, peer_report
-from clawd.history.timespec import resolve_window
-from clawd.text import escape_unprintable
+from clawd.core.errors import HistoryError
+from clawd.core.text import escape_unprintable
+from clawd.keep.history.collect import floor_from_sample, split
+from clawd.keep.history.render import report_csv, report_table, summarise
+from clawd.keep.history.report import PeerReport, PeerStats, Report, capped_sum, peer_report
+from clawd.keep.history.timespec import resolve_window
 
 NOW = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 

@@ -139,8 +139,8 @@ def _edges_along(cycle: list[str], modules: Mapping[str, Set[str]]) -> Iterator[
 def test_the_graph_sees_what_python_imports() -> None:
     # A guard on the reader itself: an empty graph would pass every test below.
     graph = module_graph()
-    assert "clawd.settings" in graph["clawd.daemon.build"]
-    assert "clawd.skills" in graph["clawd.skills.syncer"]  # the package's __init__
+    assert "clawd.config.settings" in graph["clawd.daemon.build"]
+    assert "clawd.act.skills" in graph["clawd.act.skills.syncer"]  # the package's __init__
 
 
 def test_find_cycle_reports_the_circle() -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from clawd.fleetview import Note
-from clawd.incidents import IncidentRecorder
-from clawd.journal import JournalSender, encode_entry
-from clawd.logs import configure_logging
-from clawd.model import EventType, Incident, Instance
-from clawd.store.json_store import JsonStore
-from clawd.store.repository import FleetRepository
+from clawd.core.logs import configure_logging
+from clawd.core.model import EventType, Incident, Instance
+from clawd.decide.view import Note
+from clawd.keep.incidents import IncidentRecorder
+from clawd.keep.journal import JournalSender, encode_entry
+from clawd.keep.store.json_store import JsonStore
+from clawd.keep.store.repository import FleetRepository
 
 
 def parse_entry(data: bytes) -> dict[str, str]:

@@ -17,11 +17,11 @@ from daemonproc import DaemonProcess, run_cli
 from fleetops_helpers import machine, make_home, write_known_hosts
 from sshpeers import SshFleet, SshPeer
 
-from clawd.errors import ClawdError
-from clawd.fleetops.loop import LeaderLoop
-from clawd.fleetview import FleetView
-from clawd.model import Instance, PeerState
-from clawd.store.json_store import JsonStore
+from clawd.act.fleetops.loop import LeaderLoop
+from clawd.core.errors import ClawdError
+from clawd.core.model import Instance, PeerState
+from clawd.decide.view import FleetView
+from clawd.keep.store.json_store import JsonStore
 
 INTERVAL = 0.3
 REMOTE = Path(".openclaw") / "claw-clan"
@@ -195,7 +195,7 @@ async def test_a_broken_edit_is_one_error_line_not_one_per_retry(
 async def test_a_cycle_that_fails_alike_logs_once() -> None:
     """Issue 12 item 2: a leader loop whose every cycle fails for one reason logs it once;
     a new reason is logged at once."""
-    from clawd.settings_load import settings_from_data
+    from clawd.config.load import settings_from_data
 
     class Failing(LeaderLoop):
         failed_event = "config_distribution_failed"

@@ -18,7 +18,7 @@ from daemonproc import DaemonProcess
 from mdnspeers import MdnsPeers, claw_peer
 from sshpeers import SshFleet, SshPeer
 
-from clawd.control import request
+from clawd.serve.control import request
 
 INTERVAL = 0.5
 TIMEOUT = 0.4  # below the interval, as config check requires

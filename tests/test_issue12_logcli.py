@@ -109,7 +109,7 @@ def test_stops_after_the_log_reader_is_killed(tmp_path: Path) -> None:
     tee = subprocess.Popen(["tee", str(log)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert tee.stdin is not None
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "clawd.cli", "run"],
+        [sys.executable, "-m", "clawd.cli.main", "run"],
         env=_env(home),
         stdout=tee.stdin,
         stderr=tee.stdin,
@@ -136,7 +136,10 @@ def test_disk_full_log_is_dropped_and_reported_once(tmp_path: Path) -> None:
     _config(home)
     with Path("/dev/full").open("wb") as full:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "clawd.cli", "run"], env=_env(home), stdout=full, stderr=full
+            [sys.executable, "-m", "clawd.cli.main", "run"],
+            env=_env(home),
+            stdout=full,
+            stderr=full,
         )
     try:
         _wait_for(lambda: run_cli(home, "status", "--live").returncode == 0, "clawd answering")
@@ -183,7 +186,7 @@ def test_journal_stream_lost_is_reported_to_the_journal_socket(
     read_end, write_end = os.pipe()
     st = os.fstat(write_end)
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "clawd.cli", "run"],
+        [sys.executable, "-m", "clawd.cli.main", "run"],
         env=_env(
             home,
             JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}",
@@ -263,7 +266,7 @@ def test_hostile_values_parse_back_through_the_log_renderer() -> None:
 
     import structlog
 
-    from clawd.logs import configure_logging
+    from clawd.core.logs import configure_logging
 
     fields = {
         "gateway": "gw-b",
@@ -293,11 +296,11 @@ async def test_incident_journal_line_cannot_forge_fields(
 ) -> None:
     """Issue 12 item 16: the incident's MESSAGE in the journal quotes a peer named
     `x event=offline gateway=gw-b`: it parses back with exactly one `event=`."""
-    from clawd.incidents import IncidentRecorder
-    from clawd.journal import JournalSender
-    from clawd.model import EventType, Incident, Instance
-    from clawd.store.json_store import JsonStore
-    from clawd.store.repository import FleetRepository
+    from clawd.core.model import EventType, Incident, Instance
+    from clawd.keep.incidents import IncidentRecorder
+    from clawd.keep.journal import JournalSender
+    from clawd.keep.store.json_store import JsonStore
+    from clawd.keep.store.repository import FleetRepository
 
     sock, path = journal_socket
     repo = FleetRepository(JsonStore(tmp_path), Instance("gw-a", "alpha"))
@@ -338,7 +341,7 @@ def big_history(pg_db: PgDatabase, tmp_path: Path) -> Path:
 
     from helpers_pg import connect, settings_data
 
-    from clawd.store.migrations import migrate
+    from clawd.keep.store.migrations import migrate
 
     start = datetime(2024, 5, 1, tzinfo=UTC)
     gateways = [f"gw-{n:05d}" for n in range(N_PEERS)]
@@ -386,7 +389,7 @@ def test_output_cut_by_a_pipe_exits_quietly(big_history: Path, command: list[str
     traceback, no "Exception ignored"."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clawd.cli", *command, "--config", str(big_history)],
+        [sys.executable, "-m", "clawd.cli.main", *command, "--config", str(big_history)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pgserver import PgDatabase
 
-from clawd.store.ops import PingBatch, WriteOp, decode_op, encode_op
-from clawd.store.spool import Spool
+from clawd.keep.store.ops import PingBatch, WriteOp, decode_op, encode_op
+from clawd.keep.store.spool import Spool
 
 BAD_LINES = [
     b"1",

@@ -78,7 +78,7 @@ def test_config_errors_never_show_a_password(
     assert len(lines) == 1, check.stderr
     assert lines[0].startswith(key) and allowed in lines[0], lines
     run = subprocess.run(
-        [sys.executable, "-m", "clawd.cli", "run"],
+        [sys.executable, "-m", "clawd.cli.main", "run"],
         env=dict(os.environ, CLAW_HOME=str(home)),
         capture_output=True,
         text=True,
@@ -226,7 +226,7 @@ def test_migrations_are_private_under_umask_0(tmp_path: Path) -> None:
     (home / "migrations").chmod(0o755)
     code = (
         "import os, sys; from pathlib import Path; os.umask(0);"
-        "from clawd.store.migrations import install_migration_files;"
+        "from clawd.keep.store.migrations import install_migration_files;"
         "install_migration_files(Path(sys.argv[1]))"
     )
     subprocess.run([sys.executable, "-c", code, str(home)], check=True, timeout=30)

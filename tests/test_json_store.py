@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from clawd.model import EventType, Incident, Instance, PeerState, PeerStatus, utcnow
-from clawd.settings_load import settings_from_data
-from clawd.store.factory import build_repository
-from clawd.store.json_store import JsonStore
+from clawd.config.load import settings_from_data
+from clawd.core.model import EventType, Incident, Instance, PeerState, PeerStatus, utcnow
+from clawd.keep.store.factory import build_repository
+from clawd.keep.store.json_store import JsonStore
 
 pytestmark = pytest.mark.usefixtures("no_blocking")
 

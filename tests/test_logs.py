@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from clawd.logs import configure_logging
+from clawd.core.logs import configure_logging
 
 
 def _emit(stream: io.TextIOBase) -> str:

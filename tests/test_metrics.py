@@ -22,15 +22,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from clawd import __version__
-from clawd.backup.results import BackupResult
-from clawd.errors import ClawdError, MetricsServerError
-from clawd.fleetview import FleetView, PeerRecord
-from clawd.metrics.adapter import DaemonSource, backup_state
-from clawd.metrics.registry import FleetMetrics
-from clawd.metrics.server import MetricsServer
-from clawd.metrics.source import BackupState, PostgresState
-from clawd.model import EventType, Incident, Instance, PeerState, PeerStatus
-from clawd.observations import PingResult
+from clawd.act.backup.results import BackupResult
+from clawd.core.errors import ClawdError, MetricsServerError
+from clawd.core.model import EventType, Incident, Instance, PeerState, PeerStatus
+from clawd.core.observations import PingResult
+from clawd.decide.view import FleetView, PeerRecord
+from clawd.serve.metrics.adapter import DaemonSource, backup_state
+from clawd.serve.metrics.registry import FleetMetrics
+from clawd.serve.metrics.server import MetricsServer
+from clawd.serve.metrics.source import BackupState, PostgresState
 
 pytestmark = pytest.mark.usefixtures("no_blocking")
 

@@ -12,9 +12,9 @@ import pytest
 from helpers_backup import capture_logs
 from test_metrics import FakeSource, get, peer, run_server, scrape
 
-from clawd.fleetview import FleetView
-from clawd.metrics.registry import FleetMetrics
-from clawd.model import PeerStatus
+from clawd.core.model import PeerStatus
+from clawd.decide.view import FleetView
+from clawd.serve.metrics.registry import FleetMetrics
 
 pytestmark = pytest.mark.usefixtures("no_blocking")
 

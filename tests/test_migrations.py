@@ -13,8 +13,8 @@ import pytest
 from helpers_pg import connect
 from pgserver import PgDatabase
 
-from clawd.lock_ids import MIGRATION_LOCK_ID
-from clawd.store.migrations import MIGRATIONS_TABLE, load_migrations, migrate, migrations_dir
+from clawd.core.lock_ids import MIGRATION_LOCK_ID
+from clawd.keep.store.migrations import MIGRATIONS_TABLE, load_migrations, migrate, migrations_dir
 
 INITIAL = "001-initial-schema.sql"
 # Every shipped file, in order (the first two are the ones the tests below rely on).

@@ -23,4 +23,4 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     shipped = sorted(n for n in names if n.startswith("clawd/migrations/"))
     expected = sorted(f"clawd/migrations/{p.name}" for p in (ROOT / "migrations").glob("*.sql"))
     assert shipped == expected
-    assert "clawd/cli.py" in names
+    assert "clawd/cli/main.py" in names

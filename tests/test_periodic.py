@@ -1,4 +1,4 @@
-"""The one periodic runner (clawd/periodic.py) and the one job owner (clawd/supervise.py).
+"""The one periodic runner (clawd/core/periodic.py) and the one job owner (clawd/core/supervise.py).
 
 Every test is bounded: a runner that fails to stop fails the test within seconds."""
 
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from clawd.periodic import Periodic
-from clawd.supervise import JobSlot
+from clawd.core.periodic import Periodic
+from clawd.core.supervise import JobSlot
 
 BOUND = 5.0  # seconds any wait in these tests may take before it counts as hung
 

@@ -29,10 +29,10 @@ from helpers_pg import (
 )
 from pgserver import TEST_DB_PASSWORD, TEST_DB_USER, PgDatabase, PgServer
 
-from clawd.lock_ids import MIGRATION_LOCK_ID
-from clawd.model import Incident, PeerStatus, Ping, SkillAudit
-from clawd.store.factory import build_repository
-from clawd.store.repository import FleetRepository
+from clawd.core.lock_ids import MIGRATION_LOCK_ID
+from clawd.core.model import Incident, PeerStatus, Ping, SkillAudit
+from clawd.keep.store.factory import build_repository
+from clawd.keep.store.repository import FleetRepository
 
 PINGS_PER_ROUND = 25
 MAX_ROUNDS = 4000  # bound on every write loop

@@ -27,11 +27,11 @@ from helpers_pg import (
 )
 from pgserver import BasePg, PgDatabase
 
-from clawd.errors import DatabaseError
-from clawd.model import PeerStatus
-from clawd.store.migrations import migrate
-from clawd.store.ops import PingBatch, WriteOp, decode_op
-from clawd.store.pg_store import PgStore
+from clawd.core.errors import DatabaseError
+from clawd.core.model import PeerStatus
+from clawd.keep.store.migrations import migrate
+from clawd.keep.store.ops import PingBatch, WriteOp, decode_op
+from clawd.keep.store.pg_store import PgStore
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ async def test_replay_through_spool_encoding_adds_nothing(
     store: PgStore, pg_db: PgDatabase
 ) -> None:
     """Ops decoded from their spool lines (as after a restart) are the same rows."""
-    from clawd.store.ops import encode_op
+    from clawd.keep.store.ops import encode_op
 
     ops: list[WriteOp] = [
         make_instance("gw-a"),

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from sshpeers import OpenSshServer, SshFleet, make_client_key, sshd_path
 
-from clawd.observations import Observation, PingResult
-from clawd.ping_peer import PingTarget
-from clawd.pinger import Pinger
-from clawd.settings import Settings
-from clawd.settings_sections import PingSettings, SshSettings
+from clawd.config.sections import PingSettings, SshSettings
+from clawd.config.settings import Settings
+from clawd.core.observations import Observation, PingResult
+from clawd.sources.ping_peer import PingTarget
+from clawd.sources.pinger import Pinger
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_blocking")]
 

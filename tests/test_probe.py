@@ -24,9 +24,9 @@ import pytest
 import structlog
 from sshpeers import SshFleet, SshPeer
 
-from clawd import cli
-from clawd.detection.indirect import IndirectProber, ProbeVerdict, probe_command_line
-from clawd.probe import ProbeUsageError, check, escape, parse_target
+from clawd.cli import main as cli
+from clawd.sources.indirect import IndirectProber, ProbeVerdict, probe_command_line
+from clawd.sources.probe import ProbeUsageError, check, escape, parse_target
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,10 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from clawd.detection.suspicion import DetectorSettings
-from clawd.fleetview import Decision, FleetView, Thresholds, elect_leader, initial_view
-from clawd.model import EventType, Instance, PeerState, PeerStatus
-from clawd.observations import (
+from clawd.core.model import EventType, Instance, PeerState, PeerStatus
+from clawd.core.observations import (
     MdnsGone,
     MdnsSeen,
     Observation,
@@ -20,7 +18,9 @@ from clawd.observations import (
     Started,
     Tick,
 )
-from clawd.reconciler import Reconciler
+from clawd.decide.reconciler import Reconciler
+from clawd.decide.suspicion import DetectorSettings
+from clawd.decide.view import Decision, FleetView, Thresholds, elect_leader, initial_view
 
 
 def missed(n: int) -> DetectorSettings:

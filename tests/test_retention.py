@@ -16,13 +16,13 @@ from helpers_pg import connect, free_port, make_settings
 from pgserver import PgDatabase
 from structlog.testing import capture_logs
 
-from clawd.lock_ids import MIGRATION_LOCK_ID, PRUNE_LOCK_ID
-from clawd.retention.connect import dedicated_connection
-from clawd.retention.pruner import ConnectionFactory, RetentionPruner
-from clawd.retention.result import PruneResult
-from clawd.settings import Settings
-from clawd.settings_features import HistorySettings
-from clawd.store.migrations import migrate
+from clawd.config.features import HistorySettings
+from clawd.config.settings import Settings
+from clawd.core.lock_ids import MIGRATION_LOCK_ID, PRUNE_LOCK_ID
+from clawd.keep.retention.connect import dedicated_connection
+from clawd.keep.retention.pruner import ConnectionFactory, RetentionPruner
+from clawd.keep.retention.result import PruneResult
+from clawd.keep.store.migrations import migrate
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -9,7 +9,7 @@ from daemonproc import DaemonProcess
 from helpers_pg import connect, settings_data
 from pgserver import PgDatabase
 
-from clawd.store.migrations import migrate
+from clawd.keep.store.migrations import migrate
 
 SEED_ROWS = """
 INSERT INTO ping_history (source_gateway, target_gateway, success, "timestamp", response_ms)

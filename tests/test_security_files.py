@@ -26,12 +26,12 @@ from daemonproc import DaemonProcess, run_cli
 from pgserver import PgDatabase
 from sshpeers import SshFleet, SshPeer
 
-from clawd.control import ControlServer, socket_path
-from clawd.logs import configure_logging
-from clawd.permissions import warn_if_readable_by_others
+from clawd.config.permissions import warn_if_readable_by_others
+from clawd.core.logs import configure_logging
+from clawd.serve.control import ControlServer, socket_path
 
 # Nothing is exempt: since issue 12 item 17 the schema copies under migrations/ are private
-# too (clawd/store/migrations.py install_migration_files).
+# too (clawd/keep/store/migrations.py install_migration_files).
 PUBLIC: set[str] = set()
 
 

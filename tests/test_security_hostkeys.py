@@ -21,10 +21,10 @@ from daemonproc import DaemonProcess
 from fleetops_helpers import make_home
 from sshpeers import SshFleet, SshPeer
 
-from clawd.fleetops.distribution import push_many
-from clawd.fleetops.payload import read_config
-from clawd.fleetops.remote import PeerAddress
-from clawd.ssh_client import Connector
+from clawd.act.fleetops.distribution import push_many
+from clawd.act.fleetops.payload import read_config
+from clawd.act.fleetops.remote import PeerAddress
+from clawd.sources.ssh_client import Connector
 
 INTERVAL = 0.3
 

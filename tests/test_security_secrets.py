@@ -6,7 +6,7 @@ and tests/test_backup_daemon.py (pg_dump's argv holds no password: PGPASSWORD on
 tests/test_cli_db.py (`clawd db migrate` with a wrong password / CLAW_PG_PASS),
 tests/test_daemon_reload.py `test_secrets_are_named_not_shown`, tests/test_logs.py
 (secret-named log fields masked), tests/test_skills_urls.py (credentials in skill repo
-URLs masked by clawd/skills/urls.py), tests/test_cli_config.py (`clawd config check`).
+URLs masked by clawd/act/skills/urls.py), tests/test_cli_config.py (`clawd config check`).
 The JSON backup archive holds config.json — with the password — by design (a restore
 needs it); it is 0600 in a 0700 folder (tests/test_security_files.py).
 """
@@ -207,7 +207,7 @@ async def test_daemon_never_shows_the_password(
 def _cli(home: Path, password: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, CLAW_HOME=str(home), CLAW_PG_PASS=password)
     return subprocess.run(
-        [sys.executable, "-m", "clawd.cli", *args],
+        [sys.executable, "-m", "clawd.cli.main", *args],
         env=env,
         capture_output=True,
         text=True,

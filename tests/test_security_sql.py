@@ -35,27 +35,27 @@ SQL_TEXT = re.compile(
 # (file under clawd/, the interpolated expression) -> why it is a constant, never data.
 ALLOWED: dict[tuple[str, str], str] = {
     # module constant (history/queries.py): the peers CTE, SQL text with $N parameters only
-    ("history/queries.py", "PEERS_CTE"): "module constant",
+    ("keep/history/queries.py", "PEERS_CTE"): "module constant",
     # one of pg_store.TABLES, a fixed tuple of the five table names
-    ("store/pg_store.py", "t"): "loops over TABLES",
+    ("keep/store/pg_store.py", "t"): "loops over TABLES",
     # existing_keys()/gateway_ids() raise ValueError unless table is in a fixed set
-    ("store/pg_store.py", "table"): "checked against a fixed set first",
+    ("keep/store/pg_store.py", "table"): "checked against a fixed set first",
     # module constant "clawd_ping_stage"
-    ("store/pg_store.py", "PING_STAGE"): "module constant",
+    ("keep/store/pg_store.py", "PING_STAGE"): "module constant",
     # module constant "schema_migrations"
-    ("store/migrations.py", "MIGRATIONS_TABLE"): "module constant",
+    ("keep/store/migrations.py", "MIGRATIONS_TABLE"): "module constant",
     # the names of TABLES that to_regclass() found: the fixed tuple filtered
-    ("backup/pgdump.py", "table"): "a member of TABLES",
+    ("act/backup/pgdump.py", "table"): "a member of TABLES",
     # Tally.table: run_batch() raises unless it is in TIMESTAMP_TABLES (fixed)
-    ("retention/batches.py", "tally.table"): "checked against TIMESTAMP_TABLES",
-    ("retention/batches.py", "self.table"): "a Tally built from the fixed table list",
+    ("keep/retention/batches.py", "tally.table"): "checked against TIMESTAMP_TABLES",
+    ("keep/retention/batches.py", "self.table"): "a Tally built from the fixed table list",
     # module constant (history/hourly.py): SQL text of the latency segments, no values
-    ("history/rollup.py", "hourly.SEGMENTS"): "module constant",
+    ("keep/history/rollup.py", "hourly.SEGMENTS"): "module constant",
     # "sum(r.latency_hist[1]), …": integer subscripts from range(BUCKETS), a constant
-    ("history/queries.py", "sums"): "integer subscripts only",
+    ("keep/history/queries.py", "sums"): "integer subscripts only",
     # drop_scratch() refuses any name but claw_clan_verify_<hex> (SCRATCH_DB), clawd's own
-    ("backup/verify.py", "name"): "matches SCRATCH_DB first",
-    ("backup/verify.py", "force"): "one of two literals",
+    ("act/backup/verify.py", "name"): "matches SCRATCH_DB first",
+    ("act/backup/verify.py", "force"): "one of two literals",
 }
 
 

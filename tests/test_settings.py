@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from clawd.errors import ConfigError
-from clawd.settings import RETIRED_KEYS, Settings
-from clawd.settings_load import load_settings, settings_from_data
+from clawd.config.load import load_settings, settings_from_data
+from clawd.config.settings import RETIRED_KEYS, Settings
+from clawd.core.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.json"
 

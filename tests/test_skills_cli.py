@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from gitrepo import GitRemote, isolate_git
 
-from clawd import cli
-from clawd.control import ControlServer, socket_path
-from clawd.incidents import IncidentRecorder
-from clawd.settings_load import load_settings
-from clawd.skills.syncer import SkillSyncer
-from clawd.store.factory import build_repository
+from clawd.act.skills.syncer import SkillSyncer
+from clawd.cli import main as cli
+from clawd.config.load import load_settings
+from clawd.keep.incidents import IncidentRecorder
+from clawd.keep.store.factory import build_repository
+from clawd.serve.control import ControlServer, socket_path
 
 
 @pytest.fixture(autouse=True)

@@ -18,10 +18,10 @@ from helpers_pg import (
 )
 from pgserver import PgDatabase
 
-from clawd import cli
-from clawd.incidents import IncidentRecorder
-from clawd.settings_load import settings_from_data
-from clawd.skills.syncer import SkillSyncer
+from clawd.act.skills.syncer import SkillSyncer
+from clawd.cli import main as cli
+from clawd.config.load import settings_from_data
+from clawd.keep.incidents import IncidentRecorder
 
 
 @pytest.fixture(autouse=True)

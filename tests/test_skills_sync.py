@@ -13,17 +13,17 @@ from typing import Any
 import pytest
 from gitrepo import GitRemote, isolate_git
 
-from clawd.incidents import IncidentRecorder
-from clawd.logs import configure_logging
-from clawd.model import EventType, Incident, SkillAction, SkillAudit
-from clawd.settings import Settings
-from clawd.settings_load import settings_from_data
-from clawd.skills.lock import SkillsLock
-from clawd.skills.results import SyncResult
-from clawd.skills.syncer import SkillSyncer
-from clawd.store.factory import build_repository
-from clawd.store.json_store import JsonStore
-from clawd.store.repository import FleetRepository
+from clawd.act.skills.lock import SkillsLock
+from clawd.act.skills.results import SyncResult
+from clawd.act.skills.syncer import SkillSyncer
+from clawd.config.load import settings_from_data
+from clawd.config.settings import Settings
+from clawd.core.logs import configure_logging
+from clawd.core.model import EventType, Incident, SkillAction, SkillAudit
+from clawd.keep.incidents import IncidentRecorder
+from clawd.keep.store.factory import build_repository
+from clawd.keep.store.json_store import JsonStore
+from clawd.keep.store.repository import FleetRepository
 
 SELF_ID = "gw-self"
 

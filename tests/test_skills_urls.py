@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clawd.skills.git import git_env
-from clawd.skills.urls import mask_text, mask_url
+from clawd.act.skills.git import git_env
+from clawd.act.skills.urls import mask_text, mask_url
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from clawd.model import EventType, Incident, Ping
-from clawd.store.ops import PingBatch, WriteOp
-from clawd.store.spool import Spool
+from clawd.core.model import EventType, Incident, Ping
+from clawd.keep.store.ops import PingBatch, WriteOp
+from clawd.keep.store.spool import Spool
 
 pytestmark = pytest.mark.usefixtures("no_blocking")
 

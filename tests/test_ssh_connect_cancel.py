@@ -12,8 +12,8 @@ import asyncssh
 import pytest
 from sshpeers import SshFleet
 
-from clawd.settings_sections import SshSettings
-from clawd.ssh_client import Attempt, Connector
+from clawd.config.sections import SshSettings
+from clawd.sources.ssh_client import Attempt, Connector
 
 pytestmark = [pytest.mark.timeout(30)]
 

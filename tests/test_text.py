@@ -1,8 +1,8 @@
-"""clawd/text.py: the ways of making peer-supplied text printable."""
+"""clawd/core/text.py: the ways of making peer-supplied text printable."""
 
 from __future__ import annotations
 
-from clawd.text import escape_char, escape_unprintable, printable, replace_unprintable
+from clawd.core.text import escape_char, escape_unprintable, printable, replace_unprintable
 
 EVIL = "näme\x1b[31m\n\\\u202e"
 

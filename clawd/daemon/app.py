@@ -13,13 +13,13 @@ from typing import Any
 
 import structlog
 
+from clawd.act.fleetops.payload import ConfigDocument
+from clawd.config.settings import Settings, default_config_path
+from clawd.core.errors import ClawdError
 from clawd.daemon.build import Parts, assemble
 from clawd.daemon.plan import Entry, Stop
 from clawd.daemon.signals import Request, Signals
-from clawd.errors import ClawdError
-from clawd.fleetops.payload import ConfigDocument
-from clawd.notify import Notifier
-from clawd.settings import Settings, default_config_path
+from clawd.serve.notify import Notifier
 
 log = structlog.get_logger("clawd.daemon")
 

@@ -15,45 +15,45 @@ from typing import Any
 
 import asyncpg
 
-from clawd.backup.manager import BackupManager
-from clawd.component import Component
-from clawd.control import ControlServer, socket_path
+from clawd.act.backup.manager import BackupManager
+from clawd.act.fleetops.distribution import ConfigDistributor
+from clawd.act.fleetops.fence import FenceToken
+from clawd.act.fleetops.leadership import acting_leader
+from clawd.act.fleetops.payload import ConfigDocument
+from clawd.act.fleetops.recovery import Recoverer
+from clawd.act.skills.syncer import SkillSyncer
+from clawd.config.reload import ConfigWatcher, Reloader
+from clawd.config.settings import Settings
+from clawd.core.component import Component
+from clawd.core.model import utcnow
+from clawd.core.observations import EpochSeen, Observation, PeerConfigured, PingResult
 from clawd.daemon.live import Live
 from clawd.daemon.plan import Entry, Stop
 from clawd.daemon.status import StatusAnswer
-from clawd.detection.guard import SelfHealthGuard
-from clawd.detection.indirect import IndirectProber
-from clawd.discovery import Discovery
-from clawd.fleet import FleetKeeper
-from clawd.fleet_settings import guard_settings, static_peers, thresholds
-from clawd.fleetops.distribution import ConfigDistributor
-from clawd.fleetops.fence import FenceToken
-from clawd.fleetops.leadership import acting_leader
-from clawd.fleetops.payload import ConfigDocument
-from clawd.fleetops.recovery import Recoverer
-from clawd.fleetview import FleetView, initial_view
-from clawd.history.rollup import RollupMaintainer
-from clawd.incidents import IncidentRecorder
-from clawd.journal import JournalSender
-from clawd.loopmon import LoopMonitor
-from clawd.metrics.adapter import DaemonSource, backup_state
-from clawd.metrics.registry import FleetMetrics
-from clawd.metrics.server import MetricsEndpoint
-from clawd.model import utcnow
-from clawd.notify import Notifier, Watchdog
-from clawd.observations import EpochSeen, Observation, PeerConfigured, PingResult
-from clawd.ping_peer import PingTarget
-from clawd.pinger import Pinger
-from clawd.reconciler import Reconciler
-from clawd.reload import ConfigWatcher, Reloader
-from clawd.retention.connect import dedicated_connection
-from clawd.retention.pruner import RetentionPruner
-from clawd.settings import Settings
-from clawd.skills.syncer import SkillSyncer
-from clawd.ssh_client import Connector
-from clawd.store.factory import build_repository
-from clawd.store.migrations import install_migration_files
-from clawd.store.repository import FleetRepository
+from clawd.decide.from_settings import guard_settings, static_peers, thresholds
+from clawd.decide.guard import SelfHealthGuard
+from clawd.decide.reconciler import Reconciler
+from clawd.decide.view import FleetView, initial_view
+from clawd.keep.history.rollup import RollupMaintainer
+from clawd.keep.incidents import IncidentRecorder
+from clawd.keep.journal import JournalSender
+from clawd.keep.keeper import FleetKeeper
+from clawd.keep.retention.connect import dedicated_connection
+from clawd.keep.retention.pruner import RetentionPruner
+from clawd.keep.store.factory import build_repository
+from clawd.keep.store.migrations import install_migration_files
+from clawd.keep.store.repository import FleetRepository
+from clawd.serve.control import ControlServer, socket_path
+from clawd.serve.metrics.adapter import DaemonSource, backup_state
+from clawd.serve.metrics.registry import FleetMetrics
+from clawd.serve.metrics.server import MetricsEndpoint
+from clawd.serve.notify import Notifier, Watchdog
+from clawd.sources.discovery import Discovery
+from clawd.sources.indirect import IndirectProber
+from clawd.sources.loopmon import LoopMonitor
+from clawd.sources.ping_peer import PingTarget
+from clawd.sources.pinger import Pinger
+from clawd.sources.ssh_client import Connector
 
 Reload = Callable[[str], Awaitable[dict[str, Any]]]
 

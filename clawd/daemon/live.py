@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from clawd.component import Component, changed_set
-from clawd.logs import configure_logging
-from clawd.settings import Settings
+from clawd.config.settings import Settings
+from clawd.core.component import Component, changed_set
+from clawd.core.logs import configure_logging
 
 
 class Live:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from clawd.backup.manager import BackupManager
-from clawd.explain import explain, find_peer
-from clawd.fleet import FleetKeeper, summary
-from clawd.fleetview import FleetView
-from clawd.loopmon import LoopMonitor
-from clawd.pinger import Pinger
-from clawd.status_view import peer_rows
-from clawd.store.repository import FleetRepository
+from clawd.act.backup.manager import BackupManager
+from clawd.decide.explain import explain, find_peer
+from clawd.decide.view import FleetView
+from clawd.keep.keeper import FleetKeeper, summary
+from clawd.keep.store.repository import FleetRepository
+from clawd.serve.status import peer_rows
+from clawd.sources.loopmon import LoopMonitor
+from clawd.sources.pinger import Pinger
 
 
 class StatusAnswer:

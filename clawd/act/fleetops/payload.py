@@ -1,0 +1,94 @@
+"""What the leader sends: config.json (per-machine keys kept) and the install payload."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clawd.core.errors import ConfigError
+
+# Keys that describe one machine, not the fleet: a peer keeps its own.
+PER_MACHINE_KEYS = ("instance", "peers", "home")
+MAX_PAYLOAD_FILES = 1000
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDocument:
+    """The config.json a running clawd validated and put in force: what it distributes.
+
+    Taken from the very bytes that were validated (see reload.load_in_force), never read
+    again from the file, so an edit clawd rejected is never sent to a peer.
+    """
+
+    data: dict[str, Any]  # the file's JSON object; treat as read-only
+    digest: str  # sha256 of the file's bytes
+
+
+def read_config(path: Path) -> tuple[dict[str, Any], str]:
+    """config.json as a dict and the sha256 of its bytes (blocking: call in a thread).
+
+    Parsed only, not validated: never distribute what this returns (ConfigDocument).
+    """
+    try:
+        data = path.read_bytes()
+        parsed = json.loads(data)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read for distribution: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{path}: must hold a JSON object")
+    return parsed, digest(data)
+
+
+def config_for_peer(ours: dict[str, Any], theirs: bytes | None) -> bytes:
+    """Our fleet-wide settings with the peer's own identity, static peers and home."""
+    merged = {k: v for k, v in ours.items() if k not in PER_MACHINE_KEYS}
+    if theirs is not None:
+        try:
+            remote = json.loads(theirs)
+        except ValueError:
+            remote = None
+        if isinstance(remote, dict):
+            merged.update({k: remote[k] for k in PER_MACHINE_KEYS if k in remote})
+    return (json.dumps(merged, indent=2) + "\n").encode()
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadFile:
+    relative: str  # POSIX path under the claw-clan home
+    data: bytes
+    mode: int
+
+
+def collect_scripts(scripts_dir: Path) -> list[PayloadFile]:
+    """Every regular file under scripts/ (blocking: call in a thread); symlinks are skipped."""
+    if not scripts_dir.is_dir():
+        raise ConfigError(f"{scripts_dir}: no install payload (the scripts/ folder is missing)")
+    files: list[PayloadFile] = []
+    total = 0
+    for root, dirs, names in os.walk(scripts_dir):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(root) / name
+            st = path.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            total += st.st_size
+            if len(files) >= MAX_PAYLOAD_FILES or total > MAX_PAYLOAD_BYTES:
+                raise ConfigError(
+                    f"{scripts_dir}: install payload too large "
+                    f"(limit {MAX_PAYLOAD_FILES} files, {MAX_PAYLOAD_BYTES >> 20} MiB)"
+                )
+            relative = path.relative_to(scripts_dir.parent).as_posix()
+            mode = 0o700 if st.st_mode & stat.S_IXUSR else 0o600
+            files.append(PayloadFile(relative, path.read_bytes(), mode))
+    return files

@@ -1,5 +1,0 @@
-"""Backups: schedule, pg_dump, JSON archive, manifest, rotation, verification, restore.
-
-Import the modules themselves (`clawd.backup.manager`, `clawd.backup.commands`); this
-package file stays empty: a package that re-exports its own modules is an import cycle.
-"""

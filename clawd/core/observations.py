@@ -1,0 +1,124 @@
+"""What the sources report. Each observation is a fact about one peer at one time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from clawd.core.model import Instance
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    """One SSH ping attempt and what it found out."""
+
+    gateway_id: str
+    at: datetime
+    success: bool
+    response_ms: int | None = None
+    # Did the TCP port answer, even if SSH failed? None when not checked.
+    tcp_reachable: bool | None = None
+    # Is claw-clan installed there? None when this round did not check.
+    installed: bool | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MdnsSeen:
+    """The peer announced itself (or refreshed its announcement) over mDNS."""
+
+    instance: Instance
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MdnsGone:
+    """The peer's mDNS record was withdrawn (goodbye) or expired."""
+
+    gateway_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfigured:
+    """A static peer from config.json (networks without multicast)."""
+
+    instance: Instance
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """Other peers probed this one for us (SWIM's ping-req)."""
+
+    gateway_id: str
+    at: datetime
+    asked: tuple[str, ...]
+    reachable_by: tuple[str, ...]
+    unreachable_by: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SelfHealth:
+    """clawd starts or stops doubting itself (its loop stalled; nearly every peer failed)."""
+
+    at: datetime
+    doubting: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EpochSeen:
+    """A peer's fence holds this leadership epoch (from a leader with this lead number)."""
+
+    at: datetime
+    epoch: int
+    gateway_id: str
+    lead_number: int
+
+
+@dataclass(frozen=True, slots=True)
+class SelfChanged:
+    """This instance's own identity changed (a live edit of `instance.*`)."""
+
+    instance: Instance
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The fleet keeper starts: the start-up election waits for the peers' first answers."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; lets time-based rules (probes that never answered) settle."""
+
+    at: datetime
+
+
+Observation = (
+    PingResult
+    | MdnsSeen
+    | MdnsGone
+    | PeerConfigured
+    | ProbeResult
+    | SelfHealth
+    | EpochSeen
+    | SelfChanged
+    | Started
+    | Tick
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRequest:
+    """Ask these helpers to probe the target: the one request the reconciler sends back to a
+    source (the indirect prober runs it; its verdict comes back as a `ProbeResult`)."""
+
+    target: str
+    host: str
+    port: int
+    helpers: tuple[str, ...]

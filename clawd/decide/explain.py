@@ -1,0 +1,89 @@
+"""`clawd status --why PEER`: the evidence about one peer and the rule that decided."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clawd.core.text import printable
+from clawd.decide.rules import RULES, RULES_BY_NAME
+from clawd.decide.view import FleetView, PeerRecord, Thresholds, evidence
+
+
+def find_peer(view: FleetView, wanted: str) -> PeerRecord | None:
+    """By gateway id, else by name (when exactly one peer has it)."""
+    record = view.peers.get(wanted)
+    if record is not None:
+        return record
+    named = [r for r in view.peers.values() if r.instance.name == wanted]
+    return named[0] if len(named) == 1 else None
+
+
+def explain(view: FleetView, record: PeerRecord, t: Thresholds) -> dict[str, Any]:
+    """Everything `--why` prints, as JSON-ready values."""
+    e = evidence(view, record, t)
+    rule = RULES_BY_NAME.get(record.rule)
+    state = record.state
+    return {
+        "gatewayId": record.instance.gateway_id,
+        "name": record.instance.name,
+        "ip": record.instance.ip,
+        "status": state.status.value,
+        "rule": record.rule,
+        "because": rule.explains if rule else "",
+        "detector": t.detector.kind,
+        "phi": round(min(record.phi, 999.0), 2),
+        "phiSuspect": t.detector.phi_suspect,
+        "phiOffline": t.detector.phi_offline,
+        "heartbeats": record.arrivals.learned,
+        "evidence": e.as_dict(),
+        "lastSeen": state.last_seen.isoformat() if state.last_seen else None,
+        "installed": state.claw_clan_installed,
+        "flapPercent": round(record.flap_percent, 1),
+        "flapping": record.flapping,
+        "reachableBy": list(record.reachable_by),
+        "rules": [r.name for r in RULES],
+    }
+
+
+def render(detail: dict[str, Any]) -> str:
+    ev = detail.get("evidence", {})
+    name = printable(str(detail.get("name")))
+    lines = [
+        f"{name} ({printable(str(detail.get('gatewayId')))}, {detail.get('ip') or '-'}): "
+        f"{detail.get('status')}",
+        f"  rule      {detail.get('rule')}: {detail.get('because')}",
+        f"  detector  {detail.get('detector')}: phi {detail.get('phi')} "
+        f"(suspect >= {detail.get('phiSuspect')}, offline >= {detail.get('phiOffline')}; "
+        f"{detail.get('heartbeats')} heartbeat gaps learned) -> {ev.get('suspicion')}",
+        f"  ssh       last ping {_ok(ev.get('last_ping_ok'))}, "
+        f"{ev.get('missed')} missed in a row, {ev.get('ok_streak')} ok in a row",
+        f"  tcp       port {'accepts connections' if ev.get('tcp_reachable') else 'no answer'}",
+        f"  mdns      {_mdns(ev)}",
+        f"  probes    {ev.get('probes')}{_reached(detail)}",
+        f"  fleet     {'partition' if ev.get('partitioned') else 'no partition'}; "
+        f"{'doubting itself' if ev.get('doubting') else 'trusts itself'}",
+        f"  flapping  {'yes' if detail.get('flapping') else 'no'} "
+        f"({detail.get('flapPercent')} % state change over the last 21 pings)",
+        f"  installed {'yes' if detail.get('installed') else 'no'}",
+        f"  rules, in order: {' > '.join(detail.get('rules', []))}",
+    ]
+    return "\n".join(lines)
+
+
+def _reached(detail: dict[str, Any]) -> str:
+    helpers = detail.get("reachableBy") or []
+    return f" (reached by {', '.join(printable(str(h)) for h in helpers)})" if helpers else ""
+
+
+def _ok(value: object) -> str:
+    if value is None:
+        return "not yet sent"
+    return "ok" if value else "failed"
+
+
+def _mdns(ev: dict[str, Any]) -> str:
+    if ev.get("mdns"):
+        return "announced"
+    if ev.get("mdns_withdrawn"):
+        return "withdrawn (goodbye or expired)"
+    return "not announced"

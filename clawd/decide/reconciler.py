@@ -1,0 +1,355 @@
+"""The pure state machine: (fleet view, observation, now) -> (new view, what to record).
+
+No I/O and no clock reads: every rule here is unit-tested with plain values.
+
+Per peer, each observation updates the evidence (ping results, heartbeat history, TCP,
+mDNS, indirect probes) and :func:`clawd.decide.rules.decide` turns it into a status
+through the documented rule table. Around that:
+
+- Incidents mark changes between up and down, once per transition: `offline`, `online`
+  (first seen, or back from unresponsive/unknown), `recovery` (back from offline, after
+  `recover_after` successful pings in a row), `unreachable` (down from here only: other
+  peers reach it).
+- Flapping (Nagios' percent state change over the last 21 results): one `flap_start` and
+  one `flap_stop`; up/down incidents are held meanwhile, and on `flap_stop` one incident
+  if the peer ended somewhere else than it was last reported.
+- Partition: when many peers start failing within one window, one `partition` incident,
+  those peers `unknown` (not N `offline`); `partition_end` when fewer than
+  `partition_min_peers` of them are still down — those are judged one by one from their
+  next ping.
+- Leader: the online instance (self included) with the lowest lead_number; every change
+  raises the epoch (a Lamport clock, also raised past any higher epoch a peer's fence
+  holds) that fences a stale leader's actions off on the peers. At start the election
+  waits for the known peers' first ping results (bounded), then runs once against the
+  stored leader; a live edit of this instance's lead number re-runs it at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+from typing import Any
+
+from clawd.core.model import EventType, Incident, Instance, PeerState, PeerStatus
+from clawd.core.observations import (
+    EpochSeen,
+    MdnsGone,
+    MdnsSeen,
+    Observation,
+    PeerConfigured,
+    PingResult,
+    ProbeRequest,
+    ProbeResult,
+    SelfChanged,
+    SelfHealth,
+    Started,
+    Tick,
+)
+from clawd.decide import partition
+from clawd.decide.accrual import record_heartbeat
+from clawd.decide.election import elect, epoch_seen
+from clawd.decide.flap import flapping_now, percent_state_change, remember
+from clawd.decide.rules import Probes, decide
+from clawd.decide.suspicion import Suspicion, suspicion
+from clawd.decide.transitions import report, transition
+from clawd.decide.view import (
+    Decision,
+    FleetView,
+    PeerRecord,
+    Settle,
+    Thresholds,
+    evidence,
+    partitioned,
+)
+
+
+class Reconciler:
+    """Holds the thresholds; `apply` is a pure function of its arguments."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+
+    def apply(self, view: FleetView, obs: Observation, now: datetime) -> Decision:
+        decision = Decision(view, origin=view.peers)
+        if isinstance(obs, PingResult):
+            self._on_ping(decision, obs, now)
+        elif isinstance(obs, MdnsSeen | PeerConfigured):
+            self._on_announce(decision, obs.instance, isinstance(obs, MdnsSeen), now)
+        elif isinstance(obs, MdnsGone):
+            self._on_mdns_gone(decision, obs, now)
+        elif isinstance(obs, ProbeResult):
+            self._on_probe(decision, obs, now)
+        elif isinstance(obs, SelfHealth):
+            if obs.doubting != view.doubting:
+                decision.view = dataclasses.replace(view, doubting=obs.doubting)
+        elif isinstance(obs, EpochSeen):
+            epoch_seen(decision, obs, now)
+        elif isinstance(obs, SelfChanged):
+            self._on_self(decision, obs)
+        elif isinstance(obs, Started):
+            self._on_start(decision, obs)
+        elif isinstance(obs, Tick):
+            self._on_tick(decision, now)
+            decision.moved = True
+        # While the start-up election waits, every later observation may be the one it
+        # ends on (not Started itself: the static peers are still queued behind it).
+        settling = decision.view.settle is not None and not isinstance(obs, Started)
+        if decision.moved or decision.instances or settling:
+            elect(decision, now)
+        return decision
+
+    # -- observations -----------------------------------------------------
+
+    def _on_ping(self, d: Decision, obs: PingResult, now: datetime) -> None:
+        record = d.view.peers.get(obs.gateway_id)
+        if record is None:
+            return  # a peer we no longer track; its ping is still in ping_history
+        state = record.state
+        if obs.success:
+            state = dataclasses.replace(
+                state,
+                last_seen=obs.at,
+                last_ping_attempt=obs.at,
+                missed_pings=0,
+                ssh_connectivity=True,
+                claw_clan_installed=(
+                    state.claw_clan_installed if obs.installed is None else obs.installed
+                ),
+                updated_at=now,
+            )
+            record = dataclasses.replace(
+                record,
+                state=state,
+                tcp_reachable=True,
+                arrivals=record_heartbeat(
+                    record.arrivals,
+                    obs.at,
+                    window=self.t.detector.window,
+                    learn=_rhythm(d.view, record),
+                ),
+                results=remember(record.results, True),
+                ok_streak=record.ok_streak + 1,
+                failing_since=None,
+                probes=Probes.NONE,
+                probes_at=None,
+                reachable_by=(),
+                unreachable_reported=False,
+            )
+        else:
+            state = dataclasses.replace(
+                state,
+                last_ping_attempt=obs.at,
+                missed_pings=state.missed_pings + 1,
+                ssh_connectivity=False,
+                updated_at=now,
+            )
+            record = dataclasses.replace(
+                record,
+                state=state,
+                tcp_reachable=bool(obs.tcp_reachable),
+                results=remember(record.results, False),
+                ok_streak=0,
+                failing_since=record.failing_since or obs.at,
+            )
+        hold = record.partition_hold_until
+        if hold is not None and (obs.success or obs.at > hold):
+            record = dataclasses.replace(record, partition_hold_until=None)
+        record = self._suspect(record, now)
+        record = self._flap(d, record, now)
+        d.put(record)
+        gid = record.instance.gateway_id
+        settle = d.view.settle
+        if settle is not None and obs.success and gid in settle.unheard:
+            d.view = dataclasses.replace(
+                d.view, settle=dataclasses.replace(settle, unheard=settle.unheard - {gid})
+            )
+            d.moved = True  # perhaps the last one the start-up election waited for
+        if obs.success:
+            partition.leave(d, gid, now, self.t)
+        elif record.suspicion is not Suspicion.NONE and not d.view.doubting:
+            # A partition is judged when a peer would go offline, never on a first miss:
+            # one glitch across the fleet is not a partition.
+            if record.suspicion is Suspicion.OFFLINE:
+                for member in partition.open_or_join(d, gid, now, self.t):
+                    self._redecide(d, member, now)
+            self._maybe_probe(d, gid, now)
+        self._redecide(d, gid, now)
+
+    def _on_announce(self, d: Decision, inst: Instance, via_mdns: bool, now: datetime) -> None:
+        if inst.gateway_id == d.view.me.gateway_id:
+            return
+        record = d.view.peers.get(inst.gateway_id)
+        if record is None:
+            state = PeerState(
+                gateway_id=inst.gateway_id, mdns_broadcasting=via_mdns, updated_at=now
+            )
+            record = PeerRecord(inst, state, since=now)
+            d.instances.append(inst)
+            d.save_state(state)
+            d.put(record)
+            settle = d.view.settle
+            if settle is not None and inst.ip:  # found during the start-up wait: wait for it
+                d.view = dataclasses.replace(
+                    d.view,
+                    settle=dataclasses.replace(settle, unheard=settle.unheard | {inst.gateway_id}),
+                )
+            return
+        merged = _merge_identity(record.instance, inst, now)
+        if merged != record.instance:
+            d.instances.append(merged)
+        state = record.state
+        if via_mdns and not state.mdns_broadcasting:
+            state = dataclasses.replace(state, mdns_broadcasting=True, updated_at=now)
+        record = dataclasses.replace(
+            record,
+            instance=merged,
+            state=state,
+            mdns_withdrawn=record.mdns_withdrawn and not via_mdns,
+        )
+        d.put(record)
+        self._redecide(d, inst.gateway_id, now)
+
+    def _on_mdns_gone(self, d: Decision, obs: MdnsGone, now: datetime) -> None:
+        record = d.view.peers.get(obs.gateway_id)
+        if record is None or not record.state.mdns_broadcasting:
+            return
+        state = dataclasses.replace(record.state, mdns_broadcasting=False, updated_at=now)
+        d.put(dataclasses.replace(record, state=state, mdns_withdrawn=True))
+        self._redecide(d, obs.gateway_id, now)
+
+    def _on_probe(self, d: Decision, obs: ProbeResult, now: datetime) -> None:
+        record = d.view.peers.get(obs.gateway_id)
+        if record is None or record.probes is not Probes.PENDING:
+            return  # answered since (a ping succeeded), or a peer no longer tracked
+        if obs.reachable_by:
+            verdict = Probes.REACHABLE
+        elif obs.unreachable_by:
+            verdict = Probes.UNREACHABLE
+        else:
+            verdict = Probes.FAILED
+        d.put(dataclasses.replace(record, probes=verdict, reachable_by=obs.reachable_by))
+        if verdict is Probes.REACHABLE:
+            partition.reached_by_peers(d, obs.gateway_id)
+        self._redecide(d, obs.gateway_id, now)
+
+    def _on_self(self, d: Decision, obs: SelfChanged) -> None:
+        # Only who we are changes: epoch, self-doubt and partition stay (an epoch that
+        # went back would let a stale leader's actions through the peers' fences).
+        me = obs.instance
+        peers = d.view.peers
+        if me.gateway_id in peers:  # self is never a peer
+            peers = {g: r for g, r in peers.items() if g != me.gateway_id}
+        d.view = dataclasses.replace(d.view, me=me, peers=peers)
+        d.moved = True
+
+    def _on_start(self, d: Decision, obs: Started) -> None:
+        if self.t.settle <= timedelta(0):
+            d.moved = True
+            return
+        # No election now: static peers and mDNS finds are still on their way in.
+        unheard = frozenset(g for g, r in d.view.peers.items() if r.instance.ip)
+        settle = Settle(obs.at + self.t.settle_min, obs.at + self.t.settle, unheard)
+        d.view = dataclasses.replace(d.view, settle=settle)
+
+    def _on_tick(self, d: Decision, now: datetime) -> None:
+        # Probes that never answered must not hold a peer for ever.
+        for gid, record in d.view.peers.items():
+            if (
+                record.probes is Probes.PENDING
+                and record.probes_at is not None
+                and now - record.probes_at > self.t.probe_wait
+            ):
+                d.put(dataclasses.replace(record, probes=Probes.FAILED))
+                self._redecide(d, gid, now)
+
+    # -- evidence ---------------------------------------------------------------
+
+    def _suspect(self, record: PeerRecord, now: datetime) -> PeerRecord:
+        missed = record.state.missed_pings
+        level, phi = suspicion(
+            self.t.detector, record.arrivals, missed, now, self.t.interval_seconds
+        )
+        if level is Suspicion.OFFLINE and missed < min(2, self.t.detector.offline_after_missed):
+            # One lost ping is never proof, however regular the peer was: with a short
+            # interval, phi passes any threshold by the first timeout.
+            level = Suspicion.SUSPECT
+        return dataclasses.replace(record, suspicion=level, phi=phi)
+
+    def _flap(self, d: Decision, record: PeerRecord, now: datetime) -> PeerRecord:
+        percent = percent_state_change(record.results)
+        flapping = flapping_now(record.flapping, percent, self.t.flap_high, self.t.flap_low)
+        record = dataclasses.replace(record, flap_percent=percent)
+        if flapping == record.flapping:
+            return record
+        inst = record.instance
+        details: dict[str, Any] = {
+            "name": inst.name,
+            "ip": inst.ip,
+            "percent_state_change": round(percent, 1),
+            "status": record.state.status.value,
+        }
+        event = EventType.FLAP_START if flapping else EventType.FLAP_STOP
+        d.incidents.append(Incident(inst.gateway_id, event, details, timestamp=now))
+        record = dataclasses.replace(record, flapping=flapping)
+        if not flapping:  # the up/down incident held while it flapped, if it ends elsewhere
+            record = report(d, record, record.state.status, now)
+        return record
+
+    def _maybe_probe(self, d: Decision, gid: str, now: datetime) -> None:
+        record = d.view.peers[gid]
+        if self.t.probes <= 0 or record.probes is not Probes.NONE or not record.instance.ip:
+            return
+        helpers = tuple(
+            sorted(
+                h
+                for h, r in d.view.peers.items()
+                if h != gid
+                and r.state.status is PeerStatus.ONLINE
+                and r.state.claw_clan_installed
+                and r.state.missed_pings == 0
+            )
+        )
+        if not helpers:
+            return
+        d.probes.append(ProbeRequest(gid, record.instance.ip, record.instance.ssh_port, helpers))
+        d.put(dataclasses.replace(record, probes=Probes.PENDING, probes_at=now))
+
+    # -- status ---------------------------------------------------------------------
+
+    def _redecide(self, d: Decision, gid: str, now: datetime) -> None:
+        record = d.view.peers[gid]
+        new, rule = decide(evidence(d.view, record, self.t))
+        if rule.name != record.rule:
+            record = dataclasses.replace(record, rule=rule.name)
+        transition(d, record, new, now)
+
+
+def _rhythm(view: FleetView, record: PeerRecord) -> bool:
+    """Does the gap ending now say how this peer's heartbeats come (learn it)?
+
+    Not when it spans our own stall, a partition, or an outage others confirmed (probes
+    failed too, or claw-clan withdrew its mDNS record): learning those would excuse the
+    next real crash for hours. Lost pings that only we saw are learned: they are the
+    peer's link, and excusing them is what keeps a bursty peer from false offlines.
+    """
+    if view.doubting or partitioned(view, record):
+        return False
+    outage = record.probes is Probes.UNREACHABLE or record.rule == "mdns-gone"
+    return not (record.state.status is PeerStatus.OFFLINE and outage)
+
+
+def _merge_identity(old: Instance, new: Instance, now: datetime) -> Instance:
+    """Take what the announcement says; keep what it leaves out."""
+    merged = dataclasses.replace(
+        old,
+        name=new.name or old.name,
+        ip=new.ip or old.ip,
+        ssh_user=new.ssh_user or old.ssh_user,
+        ssh_port=new.ssh_port or old.ssh_port,
+        lead_number=new.lead_number if new.lead_number is not None else old.lead_number,
+        version=new.version or old.version,
+        github_repo=new.github_repo or old.github_repo,
+    )
+    if merged == old:
+        return old
+    return dataclasses.replace(merged, updated_at=now)

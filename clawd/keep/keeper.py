@@ -1,0 +1,252 @@
+"""The fleet keeper: observations in, reconciler decisions out to the store and journal.
+
+This is where the clock is read (the reconciler itself reads none), where ping
+attempts become `ping_history` rows, and where peer-file writes are coalesced:
+a status change is written at once, a mere "still there" at most every
+`persist_interval` seconds per peer, so 1,000 peers do not mean 100 file writes
+a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from clawd.config.settings import Settings, self_instance
+from clawd.core.model import PeerState, Ping, utcnow
+from clawd.core.observations import (
+    Observation,
+    PeerConfigured,
+    PingResult,
+    ProbeRequest,
+    SelfChanged,
+    SelfHealth,
+    Started,
+    Tick,
+)
+from clawd.decide.from_settings import guard_settings, static_peers, thresholds
+from clawd.decide.guard import SelfHealthGuard
+from clawd.decide.reconciler import Reconciler
+from clawd.decide.view import Decision, FleetView, Note
+from clawd.keep.incidents import IncidentRecorder
+from clawd.keep.store.repository import Repository
+
+log = structlog.get_logger("clawd.keep.keeper")
+
+TICK_SECONDS = 1.0
+MAX_BATCH = 1000
+
+
+def _significant(state: PeerState) -> tuple[object, ...]:
+    return (
+        state.status,
+        state.missed_pings,
+        state.ssh_connectivity,
+        state.claw_clan_installed,
+        state.mdns_broadcasting,
+    )
+
+
+def _observed_facts(state: PeerState) -> tuple[object, ...]:
+    return (
+        state.status,
+        state.ssh_connectivity,
+        state.claw_clan_installed,
+        state.mdns_broadcasting,
+    )
+
+
+def summary(view: FleetView) -> str:
+    """One line for systemd's STATUS=: '5 peers: 4 online, 1 offline; leader gw-a'."""
+    counts = Counter(r.state.status.value for r in view.peers.values())
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    peers = f"{len(view.peers)} peer{'s' if len(view.peers) != 1 else ''}"
+    text = f"{peers}: {parts}" if parts else peers
+    return f"{text}; leader {view.leader or 'none'}"
+
+
+@dataclass(slots=True)
+class _Written:
+    state: PeerState
+    at: float
+
+
+class FleetKeeper:
+    """The only writer of the fleet view: sources hand it observations, a reload its new
+    thresholds (reconfigure); it stops after the sources and drains its queue."""
+
+    name = "fleet"
+
+    def __init__(
+        self,
+        repo: Repository,
+        recorder: IncidentRecorder,
+        reconciler: Reconciler,
+        view: FleetView,
+        *,
+        persist_interval: float = 30.0,
+        on_change: Callable[[FleetView], None] | None = None,
+        guard: SelfHealthGuard | None = None,
+        loop_stall: Callable[[], float] | None = None,
+        on_probe: Callable[[ProbeRequest], None] | None = None,
+        on_doubt: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.recorder = recorder
+        self.reconciler = reconciler
+        self.view = view
+        self.persist_interval = persist_interval
+        self.on_change = on_change
+        self.guard = guard
+        self.loop_stall = loop_stall
+        self.on_probe = on_probe
+        self.on_doubt = on_doubt
+        self.queue: asyncio.Queue[Observation | None] = asyncio.Queue()
+        self._written: dict[str, _Written] = {}
+        self._dirty: dict[str, PeerState] = {}
+        self._pings: list[Ping] = []
+        self.observations = 0
+
+    def emit(self, obs: Observation) -> None:
+        """For sources: hand over an observation (never blocks)."""
+        self.queue.put_nowait(obs)
+
+    def stop(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        """Live reload: new thresholds from the next observation on; configured peers and
+        this instance's details go in as observations (the election re-runs, the epoch is
+        kept)."""
+        if changed & {"ping", "ssh", "detection"}:
+            self.reconciler = Reconciler(thresholds(settings))
+            if self.guard is not None:
+                self.guard.configure(guard_settings(settings))
+        if "storage" in changed:
+            self.persist_interval = settings.storage.peer_file_interval_seconds
+        if "peers" in changed:
+            for instance in static_peers(settings):
+                self.emit(PeerConfigured(instance, utcnow()))
+        if "instance" in changed:
+            # Registered once, when first seen: a reload does not register it again.
+            me = self_instance(settings)
+            me = dataclasses.replace(me, registered_at=self.view.me.registered_at)
+            self.emit(SelfChanged(me, utcnow()))
+
+    async def run(self, ready: asyncio.Event) -> None:
+        # The election waits for the peers' first answers, then checks the stored leader.
+        await self._apply(Started(utcnow()))
+        ready.set()
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: no extra task per wait on this hot path.
+                async with asyncio.timeout(TICK_SECONDS):
+                    first = await self.queue.get()
+            except TimeoutError:
+                first = Tick(utcnow())
+            batch = [first]
+            while len(batch) < MAX_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            stopping = None in batch
+            changed = await self._check_self()
+            for obs in batch:
+                if obs is not None:
+                    changed |= await self._apply(obs)
+            if self._pings:
+                pings, self._pings = self._pings, []
+                await self.repo.record_pings(pings)
+            if changed and self.on_change is not None:
+                self.on_change(self.view)
+            if stopping:
+                await self._write_dirty(force=True)
+                return
+
+    async def _check_self(self) -> bool:
+        """Ask the self-health guard before judging a batch (a stall shows right here)."""
+        guard = self.guard
+        if guard is None:
+            return False
+        now = time.monotonic()
+        if self.loop_stall is not None:
+            guard.loop_lag(self.loop_stall(), now)
+        change = guard.poll(now)
+        if change is None:
+            return False
+        me = self.view.me.gateway_id
+        event = "self_doubt" if change.doubting else "self_trust"
+        self.recorder.note(Note(event, me, change.fields))
+        if self.on_doubt is not None:
+            self.on_doubt(change.doubting)
+        return await self._apply(SelfHealth(utcnow(), change.doubting, change.reason))
+
+    async def _apply(self, obs: Observation) -> bool:
+        now = utcnow()
+        self.observations += 1
+        if isinstance(obs, PingResult) and self.guard is not None:
+            self.guard.ping(obs.gateway_id, obs.success)
+        previous_leader = self.view.leader
+        previous = self.view.peers
+        decision = self.reconciler.apply(self.view, obs, now)
+        self.view = decision.view
+        if isinstance(obs, PingResult):
+            self._pings.append(
+                Ping(
+                    source_gateway=self.view.me.gateway_id,
+                    target_gateway=obs.gateway_id,
+                    success=obs.success,
+                    timestamp=obs.at,
+                    response_ms=obs.response_ms,
+                )
+            )
+        await self._persist(decision)
+        if self.on_probe is not None:
+            for request in decision.probes:
+                self.on_probe(request)
+        if self.view.leader != previous_leader:
+            await self.repo.set_leader(self.view.leader)
+        if isinstance(obs, Tick):
+            await self._write_dirty(force=False)
+        if decision.moved or decision.instances or decision.incidents:
+            return True
+        # Leader work (reinstall, config push) acts on these facts too, not only on moves.
+        return any(
+            (old := previous.get(state.gateway_id)) is None
+            or _observed_facts(old.state) != _observed_facts(state)
+            for state in decision.states
+        )
+
+    async def _persist(self, decision: Decision) -> None:
+        for instance in decision.instances:
+            await self.repo.upsert_instance(instance)
+        for state in decision.states:
+            last = self._written.get(state.gateway_id)
+            if (
+                last is None
+                or _significant(last.state) != _significant(state)
+                or time.monotonic() - last.at >= self.persist_interval
+            ):
+                await self._write(state)
+            else:
+                self._dirty[state.gateway_id] = state
+        for incident in decision.incidents:
+            await self.recorder.record(incident)
+        for note in decision.notes:
+            self.recorder.note(note)
+
+    async def _write(self, state: PeerState) -> None:
+        self._dirty.pop(state.gateway_id, None)
+        await self.repo.save_peer_state(state)
+        self._written[state.gateway_id] = _Written(state, time.monotonic())
+
+    async def _write_dirty(self, *, force: bool) -> None:
+        now = time.monotonic()
+        for gid, state in list(self._dirty.items()):
+            last = self._written.get(gid)
+            if force or last is None or now - last.at >= self.persist_interval:
+                await self._write(state)

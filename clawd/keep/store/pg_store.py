@@ -1,0 +1,247 @@
+"""PostgreSQL side of the repository: pool, idempotent batched writes, reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from itertools import groupby
+from typing import Any
+
+import asyncpg
+import structlog
+
+from clawd.config.sections import PostgresSettings
+from clawd.core.errors import DatabaseError, DatabaseUnavailable
+from clawd.core.model import Incident, Instance, PeerState, Ping, SkillAudit
+from clawd.keep.store.migrations import Conn, migrate
+from clawd.keep.store.ops import PingBatch, WriteOp
+from clawd.keep.store.pg_errors import MIN_SERVER_MAJOR, TRANSIENT, connect_error, too_old_error
+
+log = structlog.get_logger("clawd.keep.store.pg")
+
+TABLES = ("fleet_instances", "peer_status", "ping_history", "incident_log", "skill_audit")
+
+UPSERT_INSTANCE = """
+INSERT INTO fleet_instances
+    (gateway_id, name, lead_number, ip, ssh_user, version, registered_at, github_repo, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (gateway_id) DO UPDATE SET
+    name = EXCLUDED.name, lead_number = EXCLUDED.lead_number, ip = EXCLUDED.ip,
+    ssh_user = EXCLUDED.ssh_user, version = EXCLUDED.version,
+    registered_at = LEAST(fleet_instances.registered_at, EXCLUDED.registered_at),
+    github_repo = EXCLUDED.github_repo, updated_at = EXCLUDED.updated_at
+WHERE fleet_instances.updated_at <= EXCLUDED.updated_at
+"""
+
+# A status may arrive before its instance (e.g. a peer seen only by ping):
+# a placeholder row keeps the foreign key satisfied until the real one lands.
+ENSURE_INSTANCE = """
+INSERT INTO fleet_instances (gateway_id, name, updated_at) VALUES ($1, $1, '-infinity')
+ON CONFLICT (gateway_id) DO NOTHING
+"""
+
+# Replayed or reordered writes never move a peer's status backwards in time.
+UPSERT_PEER = """
+INSERT INTO peer_status
+    (gateway_id, status, last_seen, last_ping_attempt, missed_pings,
+     ssh_connectivity, claw_clan_installed, mdns_broadcasting, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (gateway_id) DO UPDATE SET
+    status = EXCLUDED.status, last_seen = EXCLUDED.last_seen,
+    last_ping_attempt = EXCLUDED.last_ping_attempt, missed_pings = EXCLUDED.missed_pings,
+    ssh_connectivity = EXCLUDED.ssh_connectivity,
+    claw_clan_installed = EXCLUDED.claw_clan_installed,
+    mdns_broadcasting = EXCLUDED.mdns_broadcasting, updated_at = EXCLUDED.updated_at
+WHERE peer_status.updated_at <= EXCLUDED.updated_at
+"""
+
+INSERT_INCIDENT = """
+INSERT INTO incident_log (gateway_id, event_type, details, "timestamp", client_key)
+VALUES ($1, $2, $3::jsonb, $4, $5)
+ON CONFLICT (client_key) DO NOTHING
+"""
+
+INSERT_SKILL_AUDIT = """
+INSERT INTO skill_audit (gateway_id, skill_name, action, source, "timestamp", client_key)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (client_key) DO NOTHING
+"""
+
+PING_COLUMNS = [
+    "source_gateway",
+    "target_gateway",
+    "success",
+    "timestamp",
+    "response_ms",
+    "client_key",
+]
+PING_STAGE = "clawd_ping_stage"
+CREATE_PING_STAGE = f"""
+CREATE TEMP TABLE IF NOT EXISTS {PING_STAGE} (
+    source_gateway TEXT, target_gateway TEXT, success BOOLEAN,
+    "timestamp" TIMESTAMPTZ, response_ms INTEGER, client_key UUID
+) ON COMMIT DELETE ROWS
+"""
+# COPY into a staging table, then insert what is new: COPY alone cannot skip
+# rows a replay already delivered.
+MERGE_PINGS = f"""
+INSERT INTO ping_history (source_gateway, target_gateway, success, "timestamp", response_ms,
+                          client_key)
+SELECT source_gateway, target_gateway, success, "timestamp", response_ms, client_key
+FROM {PING_STAGE}
+ON CONFLICT (client_key) DO NOTHING
+"""  # noqa: S608
+
+
+def _instance_args(i: Instance) -> tuple[Any, ...]:
+    return (
+        i.gateway_id,
+        i.name,
+        i.lead_number,
+        i.ip,
+        i.ssh_user,
+        i.version,
+        i.registered_at,
+        i.github_repo,
+        i.updated_at,
+    )
+
+
+def _peer_args(s: PeerState) -> tuple[Any, ...]:
+    return (
+        s.gateway_id,
+        s.status.value,
+        s.last_seen,
+        s.last_ping_attempt,
+        s.missed_pings,
+        s.ssh_connectivity,
+        s.claw_clan_installed,
+        s.mdns_broadcasting,
+        s.updated_at,
+    )
+
+
+def _ping_record(p: Ping) -> tuple[Any, ...]:
+    return (p.source_gateway, p.target_gateway, p.success, p.timestamp, p.response_ms, p.key)
+
+
+def _incident_args(i: Incident) -> tuple[Any, ...]:
+    return (i.gateway_id, i.event_type.value, json.dumps(i.details), i.timestamp, i.key)
+
+
+def _audit_args(a: SkillAudit) -> tuple[Any, ...]:
+    return (a.gateway_id, a.skill_name, a.action.value, a.source, a.timestamp, a.key)
+
+
+async def _write_group(conn: Conn, kind: type, ops: list[WriteOp]) -> None:
+    if kind is PingBatch:
+        records = [_ping_record(p) for op in ops if isinstance(op, PingBatch) for p in op.pings]
+        await conn.execute(CREATE_PING_STAGE)
+        await conn.copy_records_to_table(PING_STAGE, records=records, columns=PING_COLUMNS)
+        await conn.execute(MERGE_PINGS)
+    elif kind is Instance:
+        await conn.executemany(UPSERT_INSTANCE, [_instance_args(o) for o in ops])  # type: ignore[arg-type]
+    elif kind is PeerState:
+        await conn.executemany(ENSURE_INSTANCE, [(o.gateway_id,) for o in ops])  # type: ignore[union-attr]
+        await conn.executemany(UPSERT_PEER, [_peer_args(o) for o in ops])  # type: ignore[arg-type]
+    elif kind is Incident:
+        await conn.executemany(INSERT_INCIDENT, [_incident_args(o) for o in ops])  # type: ignore[arg-type]
+    elif kind is SkillAudit:
+        await conn.executemany(INSERT_SKILL_AUDIT, [_audit_args(o) for o in ops])  # type: ignore[arg-type]
+    else:  # pragma: no cover - WriteOp is closed
+        raise TypeError(f"unknown write op {kind!r}")
+
+
+class PgStore:
+    """An open asyncpg pool on a migrated database."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: PostgresSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    @classmethod
+    async def open(cls, settings: PostgresSettings, *, run_migrations: bool = True) -> PgStore:
+        """Connect (raising DatabaseError with a one-line cause) and migrate."""
+        try:
+            pool = await asyncpg.create_pool(
+                **settings.connect_kwargs(),
+                min_size=min(settings.pool_min, settings.pool_max),
+                max_size=settings.pool_max,
+                command_timeout=60,
+            )
+        except Exception as exc:
+            raise connect_error(exc, settings) from None
+        store = cls(pool, settings)
+        try:
+            await store._check_server()
+            if run_migrations:
+                async with pool.acquire() as conn:
+                    await migrate(conn)
+        except BaseException as exc:
+            await store.close()
+            if isinstance(exc, DatabaseError):
+                raise
+            if isinstance(exc, TRANSIENT):
+                raise DatabaseUnavailable(
+                    f"lost PostgreSQL at {settings.target()}: {exc or type(exc).__name__}"
+                ) from None
+            if isinstance(exc, asyncpg.PostgresError):
+                raise DatabaseError(f"PostgreSQL at {settings.target()} refused: {exc}") from None
+            raise
+        return store
+
+    async def _check_server(self) -> None:
+        async with self.pool.acquire() as conn:
+            version = conn.get_server_version()
+            if version.major < MIN_SERVER_MAJOR:
+                full = await conn.fetchval("SHOW server_version")
+                raise too_old_error(version.major, str(full), self.settings)
+
+    async def close(self) -> None:
+        try:
+            await self.pool.close()
+        except TRANSIENT:
+            self.pool.terminate()
+
+    async def apply(self, ops: Sequence[WriteOp]) -> None:
+        """Write `ops` in order, in one transaction; every write is idempotent.
+
+        Raises DatabaseUnavailable when the server went away (the caller keeps
+        the ops and retries), DatabaseError when the server rejected the data.
+        """
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for kind, group in groupby(ops, key=type):
+                    await _write_group(conn, kind, list(group))
+        except TRANSIENT as exc:
+            raise DatabaseUnavailable(
+                f"lost PostgreSQL at {self.settings.target()}: {exc or type(exc).__name__}"
+            ) from exc
+        except asyncpg.PostgresError as exc:
+            raise DatabaseError(
+                f"PostgreSQL at {self.settings.target()} rejected a write: {exc}"
+            ) from exc
+
+    async def counts(self) -> dict[str, int]:
+        async with self.pool.acquire() as conn:
+            return {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in TABLES}  # noqa: S608
+
+    async def existing_keys(self, table: str, keys: Sequence[Any]) -> set[Any]:
+        if table not in {"ping_history", "incident_log", "skill_audit"}:
+            raise ValueError(f"no client keys in {table}")
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT client_key FROM {table} WHERE client_key = ANY($1::uuid[])",  # noqa: S608
+                list(keys),
+            )
+        return {r["client_key"] for r in rows}
+
+    async def gateway_ids(self, table: str) -> set[str]:
+        if table not in {"fleet_instances", "peer_status"}:
+            raise ValueError(f"no gateway rows in {table}")
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(f"SELECT gateway_id FROM {table}")  # noqa: S608
+        return {r["gateway_id"] for r in rows}
+
+
+__all__ = ["TABLES", "DatabaseError", "PgStore"]

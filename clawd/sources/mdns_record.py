@@ -1,0 +1,68 @@
+"""This instance's own mDNS record: its DNS-SD name and the TXT entries announcing it."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+
+import structlog
+from zeroconf import BadTypeInNameException, ServiceInfo
+from zeroconf.asyncio import AsyncServiceInfo
+
+from clawd.core.errors import ClawdError
+from clawd.core.model import Instance
+from clawd.core.text import clean_text, truncate_utf8
+
+log = structlog.get_logger("clawd.sources.discovery")  # its warnings are part of announcing
+
+MAX_TXT_ENTRY_BYTES = 255  # one length byte per TXT string
+MAX_LABEL_BYTES = 63  # one DNS label
+
+
+def instance_label(gateway_id: str) -> str:
+    """The DNS-SD instance label for a gateway: the id itself when it fits in one label."""
+    label = clean_text(gateway_id)
+    if label == gateway_id and len(label.encode()) <= MAX_LABEL_BYTES:
+        return label
+    digest = hashlib.sha256(gateway_id.encode()).hexdigest()[:8]
+    return f"{truncate_utf8(label, MAX_LABEL_BYTES - 9)}-{digest}"
+
+
+def own_service_info(me: Instance, service_type: str) -> AsyncServiceInfo:
+    """The service record announcing `me`; ClawdError if `me` cannot be announced."""
+    try:
+        address = ipaddress.ip_address(me.ip or "")
+    except ValueError:
+        raise ClawdError(
+            f"instance.ip {me.ip!r} is not an IP address; mDNS needs one to announce this instance"
+        ) from None
+    txt: dict[str, str] = {"gateway_id": me.gateway_id, "name": me.name}
+    optional = {"lead_number": me.lead_number, "version": me.version, "ssh_user": me.ssh_user}
+    txt |= {key: str(value) for key, value in optional.items() if value is not None}
+    txt["ssh_port"] = str(me.ssh_port)
+    for key, value in txt.items():
+        room = MAX_TXT_ENTRY_BYTES - len(key) - 1
+        if len(value.encode()) <= room:
+            continue
+        if key in {"name", "version"}:
+            txt[key] = truncate_utf8(value, room)
+            log.warning("mdns_txt_truncated", key=key, max_bytes=room)
+        else:
+            raise ClawdError(f"{key} is too long to announce over mDNS (max {room} bytes UTF-8)")
+    name = f"{instance_label(me.gateway_id)}.{service_type}"
+    try:
+        return AsyncServiceInfo(
+            service_type,
+            name,
+            port=me.ssh_port,
+            properties=txt,
+            server=name,
+            addresses=[address.packed],
+        )
+    except BadTypeInNameException as exc:
+        raise ClawdError(f"discovery.serviceType {service_type!r} is not valid: {exc}") from None
+
+
+def record_key(info: ServiceInfo) -> tuple[object, ...]:
+    """What a change must touch for the record to need announcing again."""
+    return (info.key, info.text, info.port, info.addresses)

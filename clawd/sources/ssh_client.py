@@ -1,0 +1,262 @@
+"""Connecting to peers over SSH: bounded handshakes (TCP first, so a refused port is told
+apart from a failed login), the host-key policy applied at the handshake, client keys.
+
+What a connection becomes, a :class:`clawd.sources.ssh_link.Link` with its echo channel, is in
+clawd/sources/ssh_link.py; which host keys are trusted is in clawd/sources/ssh_hostkeys.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncssh
+import structlog
+
+from clawd.config.sections import SshSettings
+from clawd.config.ssh_files import (
+    TOFU_FILE_NAME,
+    known_hosts_path,
+    read_client_keys,
+)
+from clawd.core.errors import ClawdError, ConfigError
+from clawd.sources.ssh_hostkeys import KnownHostsFile, TrustOnFirstUse
+from clawd.sources.ssh_link import ECHO_COMMAND, EchoSession, Link, describe_error
+
+log = structlog.get_logger("clawd.sources.pinger")
+T = TypeVar("T")
+
+
+class SshConnectError(ClawdError):
+    """An SSH connection to a peer could not be made; `tcp_reachable` says how far it got."""
+
+    def __init__(self, error: str, tcp_reachable: bool | None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.tcp_reachable = tcp_reachable
+
+
+class _Client(asyncssh.SSHClient):
+    """Accepts an unknown host key under accept-new (asyncssh asks only for untrusted keys)."""
+
+    def __init__(self, accept_unknown_key: bool) -> None:
+        self._accept_unknown_key = accept_unknown_key
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        # A peer with a recorded key that shows another one is refused, never re-recorded.
+        return self._accept_unknown_key
+
+
+@dataclass
+class Attempt:
+    """Where a connection attempt is, for a ping round that cannot wait for it."""
+
+    stage: str = "queued"  # queued -> tcp -> ssh -> done
+
+
+async def _open_tcp(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses: list[tuple[int, Any]] = [(info[0], info[4]) for info in infos]
+    else:
+        addresses = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
+    error: OSError = OSError(f"no address for {host}")
+    for family, address in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+        else:
+            return sock
+    raise error
+
+
+class Connector:
+    """Opens Links: at most `max_concurrent_handshakes` at once, host keys per policy."""
+
+    def __init__(self, ssh: SshSettings, home: Path) -> None:
+        self.home = home
+        self.ssh = ssh
+        self._handshakes = asyncio.Semaphore(ssh.max_concurrent_handshakes)
+        self._tofu = TrustOnFirstUse(home / TOFU_FILE_NAME)
+        self._known_hosts = self._known_hosts_file(ssh)
+        self._client_keys: list[asyncssh.SSHKeyPair] | None = None
+        self._client_keys_lock = asyncio.Lock()
+
+    @staticmethod
+    def _known_hosts_file(ssh: SshSettings) -> KnownHostsFile:
+        return KnownHostsFile.shared(known_hosts_path(ssh))
+
+    def update(self, ssh: SshSettings) -> None:
+        """New settings apply to the next connection attempt."""
+        old, self.ssh = self.ssh, ssh
+        if ssh.max_concurrent_handshakes != old.max_concurrent_handshakes:
+            self._handshakes = asyncio.Semaphore(ssh.max_concurrent_handshakes)
+        if ssh.known_hosts != old.known_hosts:
+            self._known_hosts = self._known_hosts_file(ssh)
+        if ssh.client_keys != old.client_keys:
+            self._client_keys = None
+
+    @property
+    def tofu_path(self) -> Path:
+        return self._tofu.path
+
+    async def _load_client_keys(self, ssh: SshSettings) -> list[asyncssh.SSHKeyPair] | None:
+        """The configured client keys, read once (None: asyncssh's defaults)."""
+        if not ssh.client_keys:
+            return None
+        async with self._client_keys_lock:
+            if self._client_keys is None:
+                try:
+                    self._client_keys = await asyncio.to_thread(read_client_keys, ssh.client_keys)
+                except ConfigError as exc:
+                    raise SshConnectError(f"cannot load client keys: {exc}", None) from exc
+            return self._client_keys
+
+    async def connect(self, host: str, port: int, user: str, attempt: Attempt) -> Link:
+        """Open a Link, or raise SshConnectError with a short reason."""
+        conn = await self.open_connection(host, port, user, attempt)
+        seconds = self.ssh.connect_timeout_seconds
+        try:
+            echo = EchoSession()
+            async with asyncio.timeout(seconds):
+                chan, _ = await conn.create_session(lambda: echo, ECHO_COMMAND, encoding=None)
+        except TimeoutError:
+            conn.abort()
+            raise SshConnectError(f"echo channel not opened within {seconds:g}s", True) from None
+        except (OSError, asyncssh.Error) as exc:
+            conn.abort()
+            raise SshConnectError(describe_error(exc), True) from exc
+        except BaseException:
+            conn.abort()
+            raise
+        attempt.stage = "done"
+        return Link(conn, chan, echo)
+
+    async def open_connection(
+        self, host: str, port: int, user: str, attempt: Attempt | None = None
+    ) -> asyncssh.SSHClientConnection:
+        """An authenticated connection under the host-key policy, or SshConnectError."""
+        attempt = attempt or Attempt()
+        ssh = self.ssh
+        accept_new = ssh.host_key_policy == "accept-new"
+        client_keys = await self._load_client_keys(ssh)
+        known_hosts: Any
+        recorded: asyncssh.SSHKey | None = None
+        if accept_new:
+            await self._tofu.refresh()
+            recorded = self._tofu.recorded(host, port)
+            if recorded is None and self._tofu.error is not None:
+                raise SshConnectError(f"no new host key is trusted: {self._tofu.error}", None)
+            known_hosts = ([recorded] if recorded else [], [], [])
+        else:
+            known_hosts = await self._known_hosts.load()
+        client = _Client(accept_unknown_key=accept_new and recorded is None)
+        async with self._handshakes:
+            try:
+                async with asyncio.timeout(ssh.connect_timeout_seconds):
+                    conn = await self._handshake(
+                        host, port, user, attempt, known_hosts, client, client_keys
+                    )
+            except TimeoutError:
+                tcp = attempt.stage == "ssh"
+                what = "SSH handshake" if tcp else "TCP connect"
+                raise SshConnectError(
+                    f"{what} timed out after {ssh.connect_timeout_seconds:g}s", tcp
+                ) from None
+            except asyncssh.HostKeyNotVerifiable as exc:
+                error = self._host_key_error(accept_new)
+                raise SshConnectError(error, True) from exc
+        if accept_new and recorded is None:
+            try:
+                await self._remember(host, port, conn)
+            except BaseException:  # cancelled mid-write (peer removed, stopping): not leaked
+                conn.abort()
+                raise
+        return conn
+
+    async def _handshake(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        attempt: Attempt,
+        known_hosts: Any,
+        client: _Client,
+        client_keys: list[asyncssh.SSHKeyPair] | None,
+    ) -> asyncssh.SSHClientConnection:
+        options: dict[str, Any] = {}
+        if client_keys is not None:
+            options["client_keys"] = client_keys
+        attempt.stage = "tcp"
+        try:
+            sock = await _open_tcp(host, port)
+        except OSError as exc:
+            raise SshConnectError(describe_error(exc), False) from exc
+        attempt.stage = "ssh"
+        try:
+            conn = await asyncssh.connect(
+                host,
+                port,
+                sock=sock,
+                username=user,
+                known_hosts=known_hosts,
+                client_factory=lambda: client,
+                config=None,
+                gss_host=None,
+                connect_timeout=None,
+                **options,
+            )
+        except asyncssh.HostKeyNotVerifiable:
+            sock.close()
+            raise
+        except (OSError, asyncssh.Error) as exc:
+            sock.close()
+            raise SshConnectError(describe_error(exc), True) from exc
+        except ValueError as exc:  # asyncssh decoding a garbage banner (UnicodeDecodeError)
+            sock.close()
+            raise SshConnectError(f"not an SSH server: {type(exc).__name__}", True) from exc
+        except BaseException:
+            sock.close()
+            raise
+        return conn
+
+    async def _remember(self, host: str, port: int, conn: asyncssh.SSHClientConnection) -> None:
+        key = conn.get_server_host_key()
+        if key is None:  # GSS key exchange: no host key to record (gss_host=None: never)
+            return
+        try:
+            added = await self._tofu.remember(host, port, key)
+        except OSError as exc:
+            # Trusted for this process's life all the same; the next write retries it.
+            log.error("cannot_record_host_key", file=str(self._tofu.path), error=str(exc))
+            return
+        if added:
+            log.info(
+                "host_key_recorded",
+                host=host,
+                port=port,
+                key_type=key.get_algorithm(),
+                fingerprint=key.get_fingerprint(),
+                file=str(self._tofu.path),
+            )
+
+    def _host_key_error(self, accept_new: bool) -> str:
+        if accept_new:
+            return f"host key changed (differs from the one in {self._tofu.path}); refused"
+        return f"host key not trusted (not in {self._known_hosts.path}); refused"
