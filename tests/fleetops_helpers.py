@@ -12,7 +12,7 @@ from clawd.config.load import settings_from_data
 from clawd.config.settings import Settings
 
 if TYPE_CHECKING:
-    from clawd.act.fleetops.payload import ConfigDocument
+    from clawd.config.document import ConfigDocument
 
 INSTALL_SCRIPT = """#!/bin/sh
 # The test payload's installer: leaves a mark each time it runs.

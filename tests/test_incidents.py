@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from clawd.core.journal import JournalSender, encode_entry
 from clawd.core.logs import configure_logging
 from clawd.core.model import EventType, Incident, Instance
 from clawd.decide.view import Note
 from clawd.keep.incidents import IncidentRecorder
-from clawd.keep.journal import JournalSender, encode_entry
 from clawd.keep.store.json_store import JsonStore
 from clawd.keep.store.repository import FleetRepository
 

@@ -296,9 +296,9 @@ async def test_incident_journal_line_cannot_forge_fields(
 ) -> None:
     """Issue 12 item 16: the incident's MESSAGE in the journal quotes a peer named
     `x event=offline gateway=gw-b`: it parses back with exactly one `event=`."""
+    from clawd.core.journal import JournalSender
     from clawd.core.model import EventType, Incident, Instance
     from clawd.keep.incidents import IncidentRecorder
-    from clawd.keep.journal import JournalSender
     from clawd.keep.store.json_store import JsonStore
     from clawd.keep.store.repository import FleetRepository
 

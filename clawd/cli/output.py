@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import select
 import sys
+
+from clawd.core.logwriter import to_devnull
 
 # What a shell reports for a tool that SIGPIPE ended (128 + 13): `set -o pipefail` sees the
 # same from clawd as from `seq 100000 | head -3`.
@@ -30,16 +31,6 @@ def output_cut(exc: BrokenPipeError) -> int:
         raise exc
     to_devnull(gone)
     return EXIT_OUTPUT_CUT
-
-
-def to_devnull(fds: list[int]) -> None:
-    """Point `fds` (stdout, stderr) at /dev/null: later writes there succeed, unseen."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in fds:
-            os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
 
 
 def flush() -> None:

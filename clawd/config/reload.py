@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
-from clawd.act.fleetops.payload import ConfigDocument, digest
+from clawd.config.document import ConfigDocument, digest
 from clawd.config.load import check_ssh_files, parse_config, read_config_bytes, settings_from_data
 from clawd.config.settings import Settings, default_config_path
 from clawd.core.errors import ConfigError

@@ -18,9 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from clawd.cli.output import to_devnull
 from clawd.core import logfmt
-from clawd.keep.journal import ERROR, JOURNAL_SOCKET, JournalSender
+from clawd.core.journal import ERROR, JOURNAL_SOCKET, JournalSender
 
 FAILURE_FILE = "log-output-failed.log"
 # The reader is gone for good (pipe, terminal, journald stream): stop trying.
@@ -127,3 +126,13 @@ class SafeLoggerFactory:
 
     def __call__(self, *_args: Any) -> SafeLogger:
         return self._logger
+
+
+def to_devnull(fds: list[int]) -> None:
+    """Point `fds` (stdout, stderr) at /dev/null: later writes there succeed, unseen."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

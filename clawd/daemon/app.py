@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from clawd.act.fleetops.payload import ConfigDocument
+from clawd.config.document import ConfigDocument
 from clawd.config.settings import Settings, default_config_path
 from clawd.core.errors import ClawdError
 from clawd.daemon.build import Parts, assemble

@@ -19,14 +19,15 @@ from clawd.act.backup.manager import BackupManager
 from clawd.act.fleetops.distribution import ConfigDistributor
 from clawd.act.fleetops.fence import FenceToken
 from clawd.act.fleetops.leadership import acting_leader
-from clawd.act.fleetops.payload import ConfigDocument
 from clawd.act.fleetops.recovery import Recoverer
 from clawd.act.skills.syncer import SkillSyncer
+from clawd.config.document import ConfigDocument
 from clawd.config.reload import ConfigWatcher, Reloader
 from clawd.config.settings import Settings
-from clawd.core.component import Component
+from clawd.core.journal import JournalSender
 from clawd.core.model import utcnow
 from clawd.core.observations import EpochSeen, Observation, PeerConfigured, PingResult
+from clawd.daemon.component import Component
 from clawd.daemon.live import Live
 from clawd.daemon.plan import Entry, Stop
 from clawd.daemon.status import StatusAnswer
@@ -36,7 +37,6 @@ from clawd.decide.reconciler import Reconciler
 from clawd.decide.view import FleetView, initial_view
 from clawd.keep.history.rollup import RollupMaintainer
 from clawd.keep.incidents import IncidentRecorder
-from clawd.keep.journal import JournalSender
 from clawd.keep.keeper import FleetKeeper
 from clawd.keep.retention.connect import dedicated_connection
 from clawd.keep.retention.pruner import RetentionPruner

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from clawd.config.settings import Settings
-from clawd.core.component import Component, changed_set
 from clawd.core.logs import configure_logging
+from clawd.daemon.component import Component, changed_set
 
 
 class Live:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from clawd.core.component import Component
+from clawd.daemon.component import Component
 
 
 class Stop(enum.Enum):

@@ -8,10 +8,10 @@ from typing import Any
 import structlog
 
 from clawd.core import logfmt
+from clawd.core.journal import ERROR, INFO, NOTICE, WARNING, JournalSender
 from clawd.core.model import EventType, Incident
 from clawd.core.text import printable
 from clawd.decide.view import Note
-from clawd.keep.journal import ERROR, INFO, NOTICE, WARNING, JournalSender
 from clawd.keep.store.repository import Repository
 
 log = structlog.get_logger("clawd.incident")

@@ -1,6 +1,6 @@
 """config.json to every online peer: by the leader after a change, and on demand.
 
-What is sent is the configuration in force (payload.ConfigDocument: validated, the one
+What is sent is the configuration in force (config.document.ConfigDocument: validated, the one
 this clawd runs), never the file as it reads now. A peer is pushed to only when claw-clan
 is installed there (the install check passes); the push never creates the install folder,
 which would make a peer that lost claw-clan look installed and never be reinstalled.
@@ -33,9 +33,10 @@ from clawd.act.fleetops.fence import (
 )
 from clawd.act.fleetops.leadership import acting_leader, addresses
 from clawd.act.fleetops.loop import LeaderLoop, new_backoff
-from clawd.act.fleetops.payload import ConfigDocument, config_for_peer
+from clawd.act.fleetops.payload import config_for_peer
 from clawd.act.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
 from clawd.act.fleetops.retry import REPEAT_SECONDS
+from clawd.config.document import ConfigDocument
 from clawd.config.settings import Settings
 from clawd.core.model import PeerStatus
 from clawd.core.ratelog import LogLimiter

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -10,28 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clawd.config.document import digest
 from clawd.core.errors import ConfigError
 
 # Keys that describe one machine, not the fleet: a peer keeps its own.
 PER_MACHINE_KEYS = ("instance", "peers", "home")
 MAX_PAYLOAD_FILES = 1000
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigDocument:
-    """The config.json a running clawd validated and put in force: what it distributes.
-
-    Taken from the very bytes that were validated (see reload.load_in_force), never read
-    again from the file, so an edit clawd rejected is never sent to a peer.
-    """
-
-    data: dict[str, Any]  # the file's JSON object; treat as read-only
-    digest: str  # sha256 of the file's bytes
 
 
 def read_config(path: Path) -> tuple[dict[str, Any], str]:

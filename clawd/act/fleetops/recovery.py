@@ -31,8 +31,9 @@ from clawd.act.fleetops.fence import (
 )
 from clawd.act.fleetops.leadership import acting_leader, addresses, is_older
 from clawd.act.fleetops.loop import LeaderLoop, new_backoff
-from clawd.act.fleetops.payload import ConfigDocument, collect_scripts, config_for_peer
+from clawd.act.fleetops.payload import collect_scripts, config_for_peer
 from clawd.act.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
+from clawd.config.document import ConfigDocument
 from clawd.config.settings import Settings
 from clawd.core.errors import ClawdError
 from clawd.core.model import EventType, Incident, PeerStatus
