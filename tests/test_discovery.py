@@ -184,6 +184,7 @@ async def test_other_process_sees_our_record_until_stop(settings: DiscoverySetti
     discovery = Discovery(me(), settings, lambda _: None)
     async with MdnsWatcher(settings.service_type) as watcher, running(discovery) as task:
         added = await watcher.wait_for("added", "gw-self.", WAIT)
+        revision = added["txt"].pop("rev")  # changes with every change of the record
         assert added["txt"] == {
             "gateway_id": "gw-self",
             "name": "self",
@@ -192,11 +193,20 @@ async def test_other_process_sees_our_record_until_stop(settings: DiscoverySetti
             "ssh_user": "claw",
             "ssh_port": "2222",
         }
+        assert revision.isdigit()
         assert (added["addresses"], added["port"]) == (["127.0.0.1"], 2222)
 
         await discovery.update_me(me(lead_number=7, name="renamed"))
         updated = await watcher.wait_for("updated", "gw-self.", WAIT)
         assert (updated["txt"]["lead_number"], updated["txt"]["name"]) == ("7", "renamed")
+        assert int(updated["txt"]["rev"]) > int(revision)
+
+        # Issue 12 item 9 (found on a three-machine fleet): back to the values of a moment
+        # ago. The earlier TXT record is still in the other side's cache, and zeroconf
+        # reports no update for a record it has: without `rev` this was never seen.
+        await discovery.update_me(me())
+        back = await watcher.wait_for("updated", "gw-self.", WAIT)
+        assert (back["txt"]["lead_number"], back["txt"]["name"]) == ("1", "self")
 
         discovery.stop()
         async with asyncio.timeout(WAIT):

@@ -229,7 +229,8 @@ async def test_stop_with_a_full_disk_and_postgres_down_reports_what_is_lost(
     try:
         assert await wait_ready(repo, ready, 15)
         await wait_delivered(repo)
-        assert repo.sink is not None
+        sink = repo.sink  # the repository lets go of its sink when it stops
+        assert sink is not None
         await asyncio.to_thread(private_pg.stop)
         await asyncio.to_thread(fill, small_home / "filler")
         await repo.record_pings(make_pings(50))
@@ -246,4 +247,4 @@ async def test_stop_with_a_full_disk_and_postgres_down_reports_what_is_lost(
     assert time.monotonic() - started < 10
     lost = [e for e in logs if e["event"] == "postgres_writes_lost"]
     assert [e["rows"] for e in lost] == [50], logs
-    assert repo.sink is not None and repo.sink.rows_lost == 50
+    assert sink.rows_lost == 50

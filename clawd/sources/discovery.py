@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -65,7 +66,9 @@ class Discovery:
         self._emit = emit
         self._resolve_timeout_ms = resolve_timeout_ms
         self._me = me
-        self._info = own_service_info(me, settings.service_type)
+        # Milliseconds at start: a restarted clawd's record is new to every cache as well.
+        self._revision = time.time_ns() // 1_000_000
+        self._info = own_service_info(me, settings.service_type, self._revision)
         self._wake = asyncio.Event()
         self._failure: Exception | None = None
         self._lock = asyncio.Lock()  # guards our own record: register, update, unregister
@@ -126,14 +129,17 @@ class Discovery:
 
     async def update_me(self, me: Instance) -> None:
         """Announce changed details of this instance (live reload); no-op when unchanged."""
-        info = own_service_info(me, self._settings.service_type)
         async with self._lock:
             old = self._info
+            info = own_service_info(me, self._settings.service_type, self._revision)
+            if record_key(info) != record_key(old):
+                self._revision += 1
+                info = own_service_info(me, self._settings.service_type, self._revision)
             self._me, self._info = me, info
             registered, aiozc = self._registered, self._aiozc
             if registered is None or aiozc is None:
                 return  # run() registers self._info when it gets there
-            if record_key(info) == record_key(old):
+            if record_key(info) == record_key(registered):
                 return
             if info.key == registered.key:
                 await self._await_broadcast(await aiozc.async_update_service(info))

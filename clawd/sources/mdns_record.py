@@ -28,8 +28,15 @@ def instance_label(gateway_id: str) -> str:
     return f"{truncate_utf8(label, MAX_LABEL_BYTES - 9)}-{digest}"
 
 
-def own_service_info(me: Instance, service_type: str) -> AsyncServiceInfo:
-    """The service record announcing `me`; ClawdError if `me` cannot be announced."""
+def own_service_info(me: Instance, service_type: str, revision: int = 0) -> AsyncServiceInfo:
+    """The service record announcing `me`; ClawdError if `me` cannot be announced.
+
+    `revision` goes out as TXT `rev`: it changes with every change of the record, so that
+    going back to earlier values (lead_number 1 -> 9 -> 1 within seconds) is still a new
+    TXT record. Browsers (python-zeroconf) report an update only for a record that is not
+    in their cache yet, and the earlier one stays there until its expiry is purged (every
+    10 s), so without it the second change was never seen by the other peers.
+    """
     try:
         address = ipaddress.ip_address(me.ip or "")
     except ValueError:
@@ -40,6 +47,7 @@ def own_service_info(me: Instance, service_type: str) -> AsyncServiceInfo:
     optional = {"lead_number": me.lead_number, "version": me.version, "ssh_user": me.ssh_user}
     txt |= {key: str(value) for key, value in optional.items() if value is not None}
     txt["ssh_port"] = str(me.ssh_port)
+    txt["rev"] = str(revision)
     for key, value in txt.items():
         room = MAX_TXT_ENTRY_BYTES - len(key) - 1
         if len(value.encode()) <= room:
