@@ -352,6 +352,8 @@ class Fleet:
                 await asyncio.to_thread(self._kill_sshd, machine)
             with contextlib.suppress(Exception):
                 machine.sshd.stop()
+            # What the leader pushed there (config.json, fence files): gone with the fleet.
+            shutil.rmtree(Path(machine.user.pw_dir) / ".openclaw", ignore_errors=True)
         if self.db is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.pg.drop_database, self.db.database)
