@@ -51,7 +51,15 @@ from sshpeers import ClientKey, OpenSshServer, make_client_key
 
 from clawd.control import NoAnswer, request
 
-__all__ = ["Fleet", "FleetTimings", "Machine", "MachineSpec", "StatusSample"]
+__all__ = [
+    "Fleet",
+    "FleetTimings",
+    "Machine",
+    "MachineSpec",
+    "PeerSource",
+    "StatusSample",
+    "kill_machine_processes",
+]
 
 PeerSource = Literal["static", "mdns", "both"]
 
@@ -214,6 +222,7 @@ def kill_machine_processes(listener: int | None, uid: int, timeout: float) -> se
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
+    left: set[int] = set()
     while time.monotonic() < deadline:
         left = {pid for pid in victims if _alive(pid)}
         left |= {pid for pid in _pids_of_uid(uid) if _alive(pid)}
@@ -289,7 +298,9 @@ class Fleet:
         while True:
             for machine in self.machines.values():
                 if machine.daemon is not None:
-                    machine.daemon.read()
+                    # A daemon being stopped in a thread closes its pipe meanwhile.
+                    with contextlib.suppress(OSError, ValueError):
+                        machine.daemon.read()
             await asyncio.sleep(0.2)
 
     async def __aexit__(
@@ -455,21 +466,24 @@ class Fleet:
         for daemon in started:
             await daemon.await_log("event=ready", ready_timeout)
 
-    def stop_daemon(self, gateway_id: str, timeout: float = 15.0) -> int:
-        """SIGTERM, as an operator stops it; the exit code."""
+    def _detach(self, gateway_id: str) -> DaemonProcess:
+        """The machine's daemon, no longer its current one (its log is kept)."""
         machine = self.machines[gateway_id]
-        assert machine.daemon is not None, f"{gateway_id}: no clawd"
         daemon, machine.daemon = machine.daemon, None
+        assert daemon is not None, f"{gateway_id}: no clawd"
         machine.past_daemons.append(daemon)
-        return daemon.stop(signal.SIGTERM, timeout=timeout)
+        return daemon
+
+    async def stop_daemon(self, gateway_id: str, timeout: float = 15.0) -> int:
+        """SIGTERM, as an operator stops it; the exit code."""
+        daemon = self._detach(gateway_id)
+        return await asyncio.to_thread(daemon.stop, signal.SIGTERM, timeout)
 
     async def stop_all(self, timeout: float = 15.0) -> dict[str, int]:
         """SIGTERM to every daemon at once; their exit codes."""
-        running = [m for m in self.machines.values() if m.daemon is not None]
-        codes = await asyncio.gather(
-            *(asyncio.to_thread(self.stop_daemon, m.gateway_id, timeout) for m in running)
-        )
-        return {m.gateway_id: code for m, code in zip(running, codes, strict=True)}
+        running = [m.gateway_id for m in self.machines.values() if m.daemon is not None]
+        codes = await asyncio.gather(*(self.stop_daemon(g, timeout) for g in running))
+        return dict(zip(running, codes, strict=True))
 
     # -- power
 
@@ -485,8 +499,7 @@ class Fleet:
         process of the machine's user; verified in /proc. The sshd pids killed."""
         machine = self.machines[gateway_id]
         if machine.daemon is not None:
-            daemon, machine.daemon = machine.daemon, None
-            machine.past_daemons.append(daemon)
+            daemon = self._detach(gateway_id)
             await asyncio.to_thread(daemon.stop, signal.SIGKILL, 10)
         killed = await asyncio.to_thread(self._kill_sshd, machine)
         machine.sshd.stop()  # reaps the listener, removes its authorized_keys file
