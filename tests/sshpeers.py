@@ -276,8 +276,24 @@ class SshPeer:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a process group of its own: killed as one below
         )
-        out, err = await proc.communicate()
+        output = asyncio.ensure_future(proc.communicate())
+        closed = asyncio.ensure_future(process.channel.wait_closed())
+        try:
+            # As sshd does: the command dies with its session. Without this a hung
+            # helper would outlive the client that gave up on it (and the test).
+            await asyncio.wait({output, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not output.done():
+                raise ConnectionError("the SSH session closed while its command ran")
+            out, err = output.result()
+        finally:
+            closed.cancel()
+            if not output.done():  # the session closed or this handler was cancelled
+                _kill_group(proc.pid)
+                output.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 5)
         process.stdout.write(out)
         process.stderr.write(err)
         return proc.returncode if proc.returncode is not None and proc.returncode >= 0 else 255
@@ -294,6 +310,11 @@ class SshPeer:
                 process.stdout.write(data)
             finally:
                 self.echoes_pending -= 1
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class SshFleet:
