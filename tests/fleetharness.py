@@ -49,7 +49,7 @@ from daemonproc import DaemonProcess
 from pgserver import TEST_DB_PASSWORD, TEST_DB_USER, BasePg, PgDatabase
 from sshpeers import ClientKey, OpenSshServer, make_client_key
 
-from clawd.control import NoAnswer, request
+from clawd.serve.control import NoAnswer, request
 
 __all__ = [
     "Fleet",
@@ -544,7 +544,7 @@ class Fleet:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "clawd.cli",
+            "clawd.cli.main",
             "status",
             "--json",
             "--live",

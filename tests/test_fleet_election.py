@@ -205,13 +205,13 @@ async def test_a_live_lead_number_edit_re_elects_on_every_machine_epochs_never_g
 ) -> None:
     """Issue 12 item 9 on a real fleet: the leader's instance.leadNumber edited 1 -> 9 in
     its config.json while it runs: every daemon sees m2 lead within a bounded wait; edited
-    back below m2's (9 -> 0): m1 leads again everywhere; no daemon's epoch goes backwards.
+    back at once (9 -> 1): m1 leads again everywhere; no daemon's epoch goes backwards.
 
     The others learn a machine's lead number from its mDNS announcement (with static peers
-    only, each machine's config.json holds its peers' numbers: the edit cannot reach them).
-    The edit back goes to 0, not to 1: a return to the number announced a few seconds
-    before is not seen by the other machines (a defect reported with this test; zeroconf
-    reports no update for a TXT record still in its cache)."""
+    only, each machine's config.json holds its peers' numbers: the edit cannot reach them
+    until issue 14 reads each peer's own lead number over SSH). The edit back to the number
+    announced seconds before used to be lost: zeroconf reports no update for a TXT record
+    still in its cache; the TXT `rev` makes it a new record."""
     fleet = announcing_fleet
     await fleet.start_all()
     samples: list[StatusSample] = []
@@ -222,9 +222,9 @@ async def test_a_live_lead_number_edit_re_elects_on_every_machine_epochs_never_g
     print(f"\nleadNumber 1 -> 9: every machine sees m2 lead after {took:.2f} s")
     assert await cli_leaders(fleet) == {g: "m2" for g in IDS}
 
-    fleet.edit_config("m1", set_lead_number(0))
+    fleet.edit_config("m1", set_lead_number(1))
     _, took = await fleet.until(agreed_on("m1"), REELECT_TIMEOUT, samples=samples, poll=0.05)
-    print(f"leadNumber 9 -> 0: every machine sees m1 lead after {took:.2f} s")
+    print(f"leadNumber 9 -> 1: every machine sees m1 lead after {took:.2f} s")
     await settle(fleet, rounds=4)
     samples.extend(await fleet.statuses())
     assert await cli_leaders(fleet) == {g: "m1" for g in IDS}
