@@ -7,6 +7,7 @@ started, reconfigured on a reload and stopped from that list.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from clawd.decide.reconciler import Reconciler
 from clawd.decide.view import FleetView, initial_view
 from clawd.keep.history.rollup import RollupMaintainer
 from clawd.keep.incidents import IncidentRecorder
-from clawd.keep.keeper import FleetKeeper
+from clawd.keep.keeper import FleetKeeper, KeeperHooks
 from clawd.keep.retention.connect import dedicated_connection
 from clawd.keep.retention.pruner import RetentionPruner
 from clawd.keep.store.factory import build_repository
@@ -167,10 +168,9 @@ async def assemble(
         Reconciler(thresholds(s)),
         view,
         persist_interval=s.storage.peer_file_interval_seconds,
-        guard=guard,
-        loop_stall=loop_monitor.current_stall,
-        on_probe=prober.ask,
-        on_doubt=doubt,
+        hooks=KeeperHooks(
+            guard=guard, loop_stall=loop_monitor.current_stall, on_probe=prober.ask, on_doubt=doubt
+        ),
     )
     for instance in static_peers(s):
         keeper.emit(PeerConfigured(instance, utcnow()))
@@ -184,8 +184,12 @@ async def assemble(
     )
     recorder.listeners.append(metrics.count_incident)
     status = StatusAnswer(keeper, backups, repo, pinger, loop_monitor)
-    keeper.on_change = _ViewFollowers(
-        live, notifier, status.text, pinger, guard, (recoverer, distributor)
+    # The followers need the status answer, which needs the keeper: joined in afterwards.
+    keeper.hooks = dataclasses.replace(
+        keeper.hooks,
+        on_change=_ViewFollowers(
+            live, notifier, status.text, pinger, guard, (recoverer, distributor)
+        ),
     )
     skills = SkillSyncer(s, repo, recorder)
 

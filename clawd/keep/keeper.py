@@ -43,23 +43,19 @@ TICK_SECONDS = 1.0
 MAX_BATCH = 1000
 
 
-def _significant(state: PeerState) -> tuple[object, ...]:
-    return (
-        state.status,
-        state.missed_pings,
-        state.ssh_connectivity,
-        state.claw_clan_installed,
-        state.mdns_broadcasting,
-    )
-
-
 def _observed_facts(state: PeerState) -> tuple[object, ...]:
+    """What leader work (reinstall, config push) acts on."""
     return (
         state.status,
         state.ssh_connectivity,
         state.claw_clan_installed,
         state.mdns_broadcasting,
     )
+
+
+def _significant(state: PeerState) -> tuple[object, ...]:
+    """What is written to the peer file at once: the observed facts and the miss count."""
+    return (*_observed_facts(state), state.missed_pings)
 
 
 def summary(view: FleetView) -> str:
@@ -69,6 +65,22 @@ def summary(view: FleetView) -> str:
     peers = f"{len(view.peers)} peer{'s' if len(view.peers) != 1 else ''}"
     text = f"{peers}: {parts}" if parts else peers
     return f"{text}; leader {view.leader or 'none'}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeeperHooks:
+    """Who the keeper tells, and asks, besides the store: each optional."""
+
+    # Hears the new view after every batch that changed it.
+    on_change: Callable[[FleetView], None] | None = None
+    # Judges this daemon's own health (a frozen loop must not declare peers offline).
+    guard: SelfHealthGuard | None = None
+    # How long the event loop has been stalled, for the guard.
+    loop_stall: Callable[[], float] | None = None
+    # Sends the reconciler's indirect-probe requests out.
+    on_probe: Callable[[ProbeRequest], None] | None = None
+    # Hears the guard's verdict flip (True: doubting itself).
+    on_doubt: Callable[[bool], None] | None = None
 
 
 @dataclass(slots=True)
@@ -91,22 +103,14 @@ class FleetKeeper:
         view: FleetView,
         *,
         persist_interval: float = 30.0,
-        on_change: Callable[[FleetView], None] | None = None,
-        guard: SelfHealthGuard | None = None,
-        loop_stall: Callable[[], float] | None = None,
-        on_probe: Callable[[ProbeRequest], None] | None = None,
-        on_doubt: Callable[[bool], None] | None = None,
+        hooks: KeeperHooks,
     ) -> None:
         self.repo = repo
         self.recorder = recorder
         self.reconciler = reconciler
         self.view = view
         self.persist_interval = persist_interval
-        self.on_change = on_change
-        self.guard = guard
-        self.loop_stall = loop_stall
-        self.on_probe = on_probe
-        self.on_doubt = on_doubt
+        self.hooks = hooks
         self.queue: asyncio.Queue[Observation | None] = asyncio.Queue()
         self._written: dict[str, _Written] = {}
         self._dirty: dict[str, PeerState] = {}
@@ -126,8 +130,8 @@ class FleetKeeper:
         kept)."""
         if changed & {"ping", "ssh", "detection"}:
             self.reconciler = Reconciler(thresholds(settings))
-            if self.guard is not None:
-                self.guard.configure(guard_settings(settings))
+            if self.hooks.guard is not None:
+                self.hooks.guard.configure(guard_settings(settings))
         if "storage" in changed:
             self.persist_interval = settings.storage.peer_file_interval_seconds
         if "peers" in changed:
@@ -161,35 +165,35 @@ class FleetKeeper:
             if self._pings:
                 pings, self._pings = self._pings, []
                 await self.repo.record_pings(pings)
-            if changed and self.on_change is not None:
-                self.on_change(self.view)
+            if changed and self.hooks.on_change is not None:
+                self.hooks.on_change(self.view)
             if stopping:
                 await self._write_dirty(force=True)
                 return
 
     async def _check_self(self) -> bool:
         """Ask the self-health guard before judging a batch (a stall shows right here)."""
-        guard = self.guard
+        guard = self.hooks.guard
         if guard is None:
             return False
         now = time.monotonic()
-        if self.loop_stall is not None:
-            guard.loop_lag(self.loop_stall(), now)
+        if self.hooks.loop_stall is not None:
+            guard.loop_lag(self.hooks.loop_stall(), now)
         change = guard.poll(now)
         if change is None:
             return False
         me = self.view.me.gateway_id
         event = "self_doubt" if change.doubting else "self_trust"
         self.recorder.note(Note(event, me, change.fields))
-        if self.on_doubt is not None:
-            self.on_doubt(change.doubting)
+        if self.hooks.on_doubt is not None:
+            self.hooks.on_doubt(change.doubting)
         return await self._apply(SelfHealth(utcnow(), change.doubting, change.reason))
 
     async def _apply(self, obs: Observation) -> bool:
         now = utcnow()
         self.observations += 1
-        if isinstance(obs, PingResult) and self.guard is not None:
-            self.guard.ping(obs.gateway_id, obs.success)
+        if isinstance(obs, PingResult) and self.hooks.guard is not None:
+            self.hooks.guard.ping(obs.gateway_id, obs.success)
         previous_leader = self.view.leader
         previous = self.view.peers
         decision = self.reconciler.apply(self.view, obs, now)
@@ -205,9 +209,9 @@ class FleetKeeper:
                 )
             )
         await self._persist(decision)
-        if self.on_probe is not None:
+        if self.hooks.on_probe is not None:
             for request in decision.probes:
-                self.on_probe(request)
+                self.hooks.on_probe(request)
         if self.view.leader != previous_leader:
             await self.repo.set_leader(self.view.leader)
         if isinstance(obs, Tick):
