@@ -21,7 +21,7 @@ from clawd.keep.history import hourly, latency
 from clawd.keep.history.collect import build_report, cut
 from clawd.keep.history.hourly import HOUR, HourTotals
 from clawd.keep.history.report import Report
-from clawd.keep.history.rollup import GRACE, RollupMaintainer
+from clawd.keep.history.rollup import GRACE, RollupMaintainer, RollupTuning
 from clawd.keep.history.timespec import Window
 from clawd.keep.store.migrations import Conn, load_migrations, migrate
 
@@ -51,7 +51,7 @@ def _maintainer(
     def factory() -> AbstractAsyncContextManager[Conn]:
         return connect(db)
 
-    return RollupMaintainer(factory, lambda: leader, **kw), factory  # type: ignore[arg-type]
+    return RollupMaintainer(factory, lambda: leader, RollupTuning(**kw)), factory  # type: ignore[arg-type]
 
 
 @asynccontextmanager

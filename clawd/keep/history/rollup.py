@@ -94,6 +94,18 @@ class RollupResult:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RollupTuning:
+    """How often and in what bites the roll-up runs (tests shrink them)."""
+
+    interval_seconds: float = 300.0
+    chunk_ids: int = CHUNK_IDS  # ping_history ids per chunk (one transaction each)
+    in_flight_timeout_seconds: float = IN_FLIGHT_TIMEOUT_S  # wait for writers, then skip
+
+
+DEFAULT_TUNING = RollupTuning()
+
+
 class RollupMaintainer:
     """Keeps ping_rollup_hourly up to date every interval_seconds, on the leader only."""
 
@@ -103,24 +115,21 @@ class RollupMaintainer:
         self,
         connect: ConnectionFactory,
         is_leader: Callable[[], bool],
-        interval_seconds: float = 300.0,
+        tuning: RollupTuning = DEFAULT_TUNING,
         *,
-        chunk_ids: int = CHUNK_IDS,
-        in_flight_timeout_seconds: float = IN_FLIGHT_TIMEOUT_S,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._connect = connect
         self._is_leader = is_leader
-        self._interval = interval_seconds
-        self._chunk = chunk_ids
-        self._in_flight_timeout = in_flight_timeout_seconds
+        self._tuning = tuning
         self._clock = clock
         self._failures = FailureLog(log, "history_rollup_failed", "history_rollup_recovered")
         self.last_result: RollupResult | None = None
+        interval = tuning.interval_seconds
         self._ticker = Periodic(
             self._roll_now,
-            interval_seconds,
-            first_delay=min(interval_seconds, FIRST_ROLL_SECONDS),
+            interval,
+            first_delay=min(interval, FIRST_ROLL_SECONDS),
             # Never let one bad run end the rollup for good.
             catch=(Exception,),
             on_error=self._failures.failed,
@@ -202,7 +211,7 @@ class RollupMaintainer:
             if following is None:
                 break
             # Skip what pruning (or failed inserts) left empty below the next row.
-            hi = min(int(following) - 1 + self._chunk, top)
+            hi = min(int(following) - 1 + self._tuning.chunk_ids, top)
             async with conn.transaction():
                 first_open = await conn.fetchval(FIRST_OPEN, mark, hi, open_from)
                 if first_open is not None:
@@ -228,7 +237,7 @@ class RollupMaintainer:
         # A transaction takes its id from the sequence a moment before it gets an xid.
         await asyncio.sleep(SETTLE_S)
         running: list[str] = await conn.fetchval(WRITERS)
-        deadline = time.monotonic() + self._in_flight_timeout
+        deadline = time.monotonic() + self._tuning.in_flight_timeout_seconds
         while running:
             if time.monotonic() >= deadline:
                 return False
