@@ -23,7 +23,7 @@ from clawd.act.fleetops.leadership import acting_leader
 from clawd.act.fleetops.recovery import Recoverer
 from clawd.act.skills.syncer import SkillSyncer
 from clawd.config.document import ConfigDocument
-from clawd.config.reload import ConfigWatcher, Reloader
+from clawd.config.reload import ConfigWatcher, InForce, Reloader
 from clawd.config.settings import Settings
 from clawd.core.journal import JournalSender
 from clawd.core.model import utcnow
@@ -40,6 +40,7 @@ from clawd.keep.history.rollup import RollupMaintainer
 from clawd.keep.incidents import IncidentRecorder
 from clawd.keep.keeper import FleetKeeper, KeeperHooks
 from clawd.keep.retention.connect import dedicated_connection
+from clawd.keep.retention.dbjob import LeaderDb
 from clawd.keep.retention.pruner import RetentionPruner
 from clawd.keep.store.factory import build_repository
 from clawd.keep.store.migrations import install_migration_files
@@ -201,13 +202,14 @@ async def assemble(
     def history_connection() -> AbstractAsyncContextManager[asyncpg.Connection]:
         return dedicated_connection(live.settings.postgres)
 
+    history_db = LeaderDb(history_connection, history_leader)
+
     for leader_work in (recoverer, distributor):
         leader_work.update_view(view)
     reloader = Reloader(
         config_path,
-        s,
+        InForce(s, document),
         live.apply,
-        document,
         on_document=(recoverer.update_document, distributor.update_document),
     )
     control = ControlServer(
@@ -233,8 +235,8 @@ async def assemble(
         recoverer,
         distributor,
         skills,
-        RetentionPruner(s.history, history_connection, history_leader),
-        RollupMaintainer(history_connection, history_leader),
+        RetentionPruner(s.history, history_db),
+        RollupMaintainer(history_db),
         MetricsEndpoint(s.metrics.address(), metrics),
     )
     entries = [

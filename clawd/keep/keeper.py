@@ -103,14 +103,14 @@ class FleetKeeper:
         view: FleetView,
         *,
         persist_interval: float = 30.0,
-        hooks: KeeperHooks,
+        hooks: KeeperHooks | None = None,
     ) -> None:
         self.repo = repo
         self.recorder = recorder
         self.reconciler = reconciler
         self.view = view
         self.persist_interval = persist_interval
-        self.hooks = hooks
+        self.hooks = hooks or KeeperHooks()
         self.queue: asyncio.Queue[Observation | None] = asyncio.Queue()
         self._written: dict[str, _Written] = {}
         self._dirty: dict[str, PeerState] = {}

@@ -32,7 +32,7 @@ from clawd.core.lock_ids import ROLLUP_LOCK_ID
 from clawd.core.model import utcnow
 from clawd.core.periodic import Periodic
 from clawd.keep.history import hourly
-from clawd.keep.retention.dbjob import DB_ERRORS, ConnectionFactory, FailureLog, advisory_lock
+from clawd.keep.retention.dbjob import DB_ERRORS, FailureLog, LeaderDb, advisory_lock
 from clawd.keep.store.migrations import Conn
 from clawd.keep.store.pg_errors import TRANSIENT
 
@@ -113,14 +113,12 @@ class RollupMaintainer:
 
     def __init__(
         self,
-        connect: ConnectionFactory,
-        is_leader: Callable[[], bool],
+        db: LeaderDb,
         tuning: RollupTuning = DEFAULT_TUNING,
         *,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self._connect = connect
-        self._is_leader = is_leader
+        self._db = db
         self._tuning = tuning
         self._clock = clock
         self._failures = FailureLog(log, "history_rollup_failed", "history_rollup_recovered")
@@ -173,10 +171,10 @@ class RollupMaintainer:
         return result
 
     async def _roll_guarded(self, now: datetime) -> RollupResult:
-        if not self._is_leader():
+        if not self._db.is_leader():
             return RollupResult(skipped="not_leader")
         try:
-            async with self._connect() as conn:
+            async with self._db.connect() as conn:
                 present = await conn.fetchval("SELECT to_regclass('ping_rollup_state') IS NOT NULL")
                 if not present:
                     return RollupResult(skipped="not_migrated")
@@ -204,7 +202,7 @@ class RollupMaintainer:
         hours = chunks = 0
         pending = False
         while mark < top:
-            if self._ticker.stopping or not self._is_leader():
+            if self._ticker.stopping or not self._db.is_leader():
                 pending = True
                 break
             following = await conn.fetchval(NEXT_ID, mark)
