@@ -171,7 +171,7 @@ async def test_reconfigure_swaps_thresholds_and_takes_changes_as_observations(
     await k.reconfigure(new, changed)
     await running.settle()
     assert k.reconciler.t.detector.offline_after_missed == 9
-    assert k.persist_interval == 5
+    assert k.peer_files.interval == 5
     assert "gw-c" in k.view.peers
     assert (k.view.me.name, k.view.me.lead_number) == ("renamed", 7)
     assert k.view.me.registered_at == registered  # registered once, not at each reload

@@ -1,10 +1,8 @@
 """The fleet keeper: observations in, reconciler decisions out to the store and journal.
 
 This is where the clock is read (the reconciler itself reads none), where ping
-attempts become `ping_history` rows, and where peer-file writes are coalesced:
-a status change is written at once, a mere "still there" at most every
-`persist_interval` seconds per peer, so 1,000 peers do not mean 100 file writes
-a second.
+attempts become `ping_history` rows, and where peer states go to the peer files,
+coalesced (keep/peer_files.py).
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from clawd.config.settings import Settings, self_instance
-from clawd.core.model import PeerState, Ping, utcnow
+from clawd.core.model import Ping, utcnow
 from clawd.core.observations import (
     Observation,
     PeerConfigured,
@@ -35,27 +33,13 @@ from clawd.decide.guard import SelfHealthGuard
 from clawd.decide.reconciler import Reconciler
 from clawd.decide.view import Decision, FleetView, Note
 from clawd.keep.incidents import IncidentRecorder
+from clawd.keep.peer_files import PeerFileWriter, observed_facts
 from clawd.keep.store.repository import Repository
 
 log = structlog.get_logger("clawd.keep.keeper")
 
 TICK_SECONDS = 1.0
 MAX_BATCH = 1000
-
-
-def _observed_facts(state: PeerState) -> tuple[object, ...]:
-    """What leader work (reinstall, config push) acts on."""
-    return (
-        state.status,
-        state.ssh_connectivity,
-        state.claw_clan_installed,
-        state.mdns_broadcasting,
-    )
-
-
-def _significant(state: PeerState) -> tuple[object, ...]:
-    """What is written to the peer file at once: the observed facts and the miss count."""
-    return (*_observed_facts(state), state.missed_pings)
 
 
 def summary(view: FleetView) -> str:
@@ -83,12 +67,6 @@ class KeeperHooks:
     on_doubt: Callable[[bool], None] | None = None
 
 
-@dataclass(slots=True)
-class _Written:
-    state: PeerState
-    at: float
-
-
 class FleetKeeper:
     """The only writer of the fleet view: sources hand it observations, a reload its new
     thresholds (reconfigure); it stops after the sources and drains its queue."""
@@ -109,11 +87,9 @@ class FleetKeeper:
         self.recorder = recorder
         self.reconciler = reconciler
         self.view = view
-        self.persist_interval = persist_interval
+        self.peer_files = PeerFileWriter(repo, persist_interval)
         self.hooks = hooks or KeeperHooks()
         self.queue: asyncio.Queue[Observation | None] = asyncio.Queue()
-        self._written: dict[str, _Written] = {}
-        self._dirty: dict[str, PeerState] = {}
         self._pings: list[Ping] = []
         self.observations = 0
 
@@ -133,7 +109,7 @@ class FleetKeeper:
             if self.hooks.guard is not None:
                 self.hooks.guard.configure(guard_settings(settings))
         if "storage" in changed:
-            self.persist_interval = settings.storage.peer_file_interval_seconds
+            self.peer_files.interval = settings.storage.peer_file_interval_seconds
         if "peers" in changed:
             for instance in static_peers(settings):
                 self.emit(PeerConfigured(instance, utcnow()))
@@ -168,7 +144,7 @@ class FleetKeeper:
             if changed and self.hooks.on_change is not None:
                 self.hooks.on_change(self.view)
             if stopping:
-                await self._write_dirty(force=True)
+                await self.peer_files.flush(force=True)
                 return
 
     async def _check_self(self) -> bool:
@@ -215,13 +191,13 @@ class FleetKeeper:
         if self.view.leader != previous_leader:
             await self.repo.set_leader(self.view.leader)
         if isinstance(obs, Tick):
-            await self._write_dirty(force=False)
+            await self.peer_files.flush(force=False)
         if decision.moved or decision.instances or decision.incidents:
             return True
         # Leader work (reinstall, config push) acts on these facts too, not only on moves.
         return any(
             (old := previous.get(state.gateway_id)) is None
-            or _observed_facts(old.state) != _observed_facts(state)
+            or observed_facts(old.state) != observed_facts(state)
             for state in decision.states
         )
 
@@ -229,28 +205,8 @@ class FleetKeeper:
         for instance in decision.instances:
             await self.repo.upsert_instance(instance)
         for state in decision.states:
-            last = self._written.get(state.gateway_id)
-            if (
-                last is None
-                or _significant(last.state) != _significant(state)
-                or time.monotonic() - last.at >= self.persist_interval
-            ):
-                await self._write(state)
-            else:
-                self._dirty[state.gateway_id] = state
+            await self.peer_files.offer(state)
         for incident in decision.incidents:
             await self.recorder.record(incident)
         for note in decision.notes:
             self.recorder.note(note)
-
-    async def _write(self, state: PeerState) -> None:
-        self._dirty.pop(state.gateway_id, None)
-        await self.repo.save_peer_state(state)
-        self._written[state.gateway_id] = _Written(state, time.monotonic())
-
-    async def _write_dirty(self, *, force: bool) -> None:
-        now = time.monotonic()
-        for gid, state in list(self._dirty.items()):
-            last = self._written.get(gid)
-            if force or last is None or now - last.at >= self.persist_interval:
-                await self._write(state)
