@@ -44,6 +44,7 @@ from clawd.config.settings import Settings, self_instance
 from clawd.core.logs import configure_logging
 from clawd.core.model import Ping
 from clawd.keep.retention.connect import dedicated_connection
+from clawd.keep.retention.dbjob import LeaderDb
 from clawd.keep.retention.pruner import RetentionPruner
 from clawd.keep.retention.result import PruneResult
 from clawd.keep.store.json_store import JsonStore
@@ -269,8 +270,7 @@ async def measure_rate(server: PgServer, plan: Plan, rate: int, work_dir: Path) 
             recorder.phase = "pruning"
             pruner = RetentionPruner(
                 settings.history,
-                lambda: dedicated_connection(settings.postgres),
-                lambda: True,
+                LeaderDb(lambda: dedicated_connection(settings.postgres), lambda: True),
                 batch_pause_seconds=BATCH_PAUSE_S,
             )
             began = time.perf_counter()

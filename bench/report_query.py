@@ -52,6 +52,7 @@ from clawd.keep.history.db import open_store
 from clawd.keep.history.hourly import HOUR, hour_of
 from clawd.keep.history.rollup import GRACE, RollupMaintainer
 from clawd.keep.history.timespec import Window
+from clawd.keep.retention.dbjob import LeaderDb
 from clawd.keep.store.migrations import load_migrations, migrate
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
@@ -206,7 +207,7 @@ def maintainer(server: PgServer) -> RollupMaintainer:
         finally:
             await conn.close()
 
-    return RollupMaintainer(connect, lambda: True)
+    return RollupMaintainer(LeaderDb(connect, lambda: True))
 
 
 async def roll(server: PgServer, now: datetime) -> tuple[float, int]:

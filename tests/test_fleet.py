@@ -18,7 +18,7 @@ from clawd.decide.reconciler import Reconciler
 from clawd.decide.suspicion import DetectorSettings
 from clawd.decide.view import FleetView, Thresholds, initial_view
 from clawd.keep.incidents import IncidentRecorder
-from clawd.keep.keeper import FleetKeeper, summary
+from clawd.keep.keeper import FleetKeeper, KeeperHooks, summary
 from clawd.keep.store.factory import build_repository
 from clawd.keep.store.json_store import JsonStore
 from clawd.keep.store.repository import FleetRepository
@@ -64,7 +64,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         Reconciler(Thresholds(detector=DetectorSettings(kind="threshold", offline_after_missed=2))),
         view,
         persist_interval=3600,
-        on_change=changes.append,
+        hooks=KeeperHooks(on_change=changes.append),
     )
     ready = asyncio.Event()
     task = asyncio.create_task(keeper.run(ready))
@@ -171,7 +171,7 @@ async def test_reconfigure_swaps_thresholds_and_takes_changes_as_observations(
     await k.reconfigure(new, changed)
     await running.settle()
     assert k.reconciler.t.detector.offline_after_missed == 9
-    assert k.persist_interval == 5
+    assert k.peer_files.interval == 5
     assert "gw-c" in k.view.peers
     assert (k.view.me.name, k.view.me.lead_number) == ("renamed", 7)
     assert k.view.me.registered_at == registered  # registered once, not at each reload

@@ -21,6 +21,7 @@ from clawd.cli.main import main
 from clawd.config.settings import PG_ENV_VARS
 from clawd.keep.history import collect
 from clawd.keep.history.rollup import RollupMaintainer
+from clawd.keep.retention.dbjob import LeaderDb
 from clawd.keep.store.migrations import migrate
 
 T0 = datetime(2024, 5, 1, 0, 0, tzinfo=UTC)
@@ -157,7 +158,7 @@ async def _fill(db: PgDatabase, incidents_at: datetime = T0) -> None:
         )
         # Roll every hour up, as the leader's RollupMaintainer does: reports then take
         # the rollup path (before any roll they take the exact one).
-        rolled = await RollupMaintainer(lambda: connect(db), lambda: True).roll_once(
+        rolled = await RollupMaintainer(LeaderDb(lambda: connect(db), lambda: True)).roll_once(
             T1 + timedelta(days=1)
         )
         assert rolled.skipped is None and rolled.hours > 0

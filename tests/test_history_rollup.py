@@ -21,8 +21,9 @@ from clawd.keep.history import hourly, latency
 from clawd.keep.history.collect import build_report, cut
 from clawd.keep.history.hourly import HOUR, HourTotals
 from clawd.keep.history.report import Report
-from clawd.keep.history.rollup import GRACE, RollupMaintainer
+from clawd.keep.history.rollup import GRACE, RollupMaintainer, RollupTuning
 from clawd.keep.history.timespec import Window
+from clawd.keep.retention.dbjob import LeaderDb
 from clawd.keep.store.migrations import Conn, load_migrations, migrate
 
 T0 = datetime(2024, 5, 1, 0, 0, tzinfo=UTC)
@@ -51,7 +52,7 @@ def _maintainer(
     def factory() -> AbstractAsyncContextManager[Conn]:
         return connect(db)
 
-    return RollupMaintainer(factory, lambda: leader, **kw), factory  # type: ignore[arg-type]
+    return RollupMaintainer(LeaderDb(factory, lambda: leader), RollupTuning(**kw)), factory  # type: ignore[arg-type]
 
 
 @asynccontextmanager

@@ -20,7 +20,8 @@ from clawd.config.features import HistorySettings
 from clawd.config.settings import Settings
 from clawd.core.lock_ids import MIGRATION_LOCK_ID, PRUNE_LOCK_ID
 from clawd.keep.retention.connect import dedicated_connection
-from clawd.keep.retention.pruner import ConnectionFactory, RetentionPruner
+from clawd.keep.retention.dbjob import ConnectionFactory, LeaderDb
+from clawd.keep.retention.pruner import RetentionPruner
 from clawd.keep.retention.result import PruneResult
 from clawd.keep.store.migrations import migrate
 
@@ -55,7 +56,9 @@ def pruner(
     is_leader: Callable[[], bool] = always,
     pause: float = 0.0,
 ) -> RetentionPruner:
-    return RetentionPruner(settings or history(), factory(db), is_leader, batch_pause_seconds=pause)
+    return RetentionPruner(
+        settings or history(), LeaderDb(factory(db), is_leader), batch_pause_seconds=pause
+    )
 
 
 @contextlib.asynccontextmanager
@@ -214,7 +217,7 @@ async def test_non_leader_does_nothing(pg_db: PgDatabase) -> None:
 
     async with migrated(pg_db) as conn:
         await add_pings(conn, spread(NOW - 200 * DAY, NOW, 300))
-        follower = RetentionPruner(history(), no_connection, lambda: False)
+        follower = RetentionPruner(history(), LeaderDb(no_connection, lambda: False))
         result = await follower.prune_once(NOW)
         assert len(await ping_stamps(conn)) == 300
     assert result == PruneResult(skipped="not_leader")
@@ -258,7 +261,7 @@ async def test_two_pruners_at_once_one_skips(pg_db: PgDatabase) -> None:
 
 async def test_postgres_down_logs_once_and_returns(pg_db: PgDatabase, tmp_path: Path) -> None:
     pg = make_settings(pg_db, tmp_path, port=free_port()).postgres
-    down = RetentionPruner(history(), lambda: dedicated_connection(pg), always)
+    down = RetentionPruner(history(), LeaderDb(lambda: dedicated_connection(pg), always))
     with capture_logs() as logs:
         first = await asyncio.wait_for(down.prune_once(NOW), timeout=30)
         second = await asyncio.wait_for(down.prune_once(NOW), timeout=30)
@@ -274,7 +277,7 @@ async def test_dedicated_connection_prunes(pg_db: PgDatabase, tmp_path: Path) ->
     pg = make_settings(pg_db, tmp_path).postgres
     async with migrated(pg_db) as conn:
         await add_pings(conn, spread(NOW - 200 * DAY, NOW, 200))
-        leader = RetentionPruner(history(), lambda: dedicated_connection(pg), always)
+        leader = RetentionPruner(history(), LeaderDb(lambda: dedicated_connection(pg), always))
         with capture_logs() as logs:
             result = await leader.prune_once(NOW)
         assert len(await ping_stamps(conn)) == 200 - 110
@@ -323,7 +326,7 @@ async def test_run_survives_failures_and_prunes_when_leader(
     flaky = FlakyConnect(pg_db, failures=3, error=error)
     async with migrated(pg_db) as conn:
         await add_pings(conn, spread(NOW - 200 * DAY, NOW, 200))
-        loop = RetentionPruner(history(), flaky, lambda: leading, clock=lambda: NOW)
+        loop = RetentionPruner(history(), LeaderDb(flaky, lambda: leading), clock=lambda: NOW)
         ready = asyncio.Event()
         with capture_logs() as logs:
             task = asyncio.create_task(loop.run(ready))
@@ -344,7 +347,7 @@ async def test_run_survives_failures_and_prunes_when_leader(
 
 
 async def test_stop_before_the_first_interval_returns_at_once(pg_db: PgDatabase) -> None:
-    loop = RetentionPruner(history(prune_interval_seconds=3600), factory(pg_db), always)
+    loop = RetentionPruner(history(prune_interval_seconds=3600), LeaderDb(factory(pg_db), always))
     ready = asyncio.Event()
     task = asyncio.create_task(loop.run(ready))
     await asyncio.wait_for(ready.wait(), timeout=1)
@@ -357,7 +360,9 @@ async def test_reconfigure_takes_effect_without_restart(pg_db: PgDatabase) -> No
     async with migrated(pg_db) as conn:
         await add_pings(conn, spread(NOW - 200 * DAY, NOW, 200))
         loop = RetentionPruner(
-            history(prune_interval_seconds=3600), factory(pg_db), always, clock=lambda: NOW
+            history(prune_interval_seconds=3600),
+            LeaderDb(factory(pg_db), always),
+            clock=lambda: NOW,
         )
         task = asyncio.create_task(loop.run(asyncio.Event()))
         await asyncio.sleep(0.1)

@@ -75,6 +75,16 @@ class ReloadResult:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class InForce:
+    """The running Settings and the raw config.json they came from: one value, so the
+    document never moves on without them (it alone changes only when an edit leaves the
+    Settings equal)."""
+
+    settings: Settings
+    document: ConfigDocument
+
+
 Applier = Callable[[Settings, list[str]], Awaitable[None]]
 # Told each document put in force (those whose Settings equal the running ones included).
 DocumentListener = Callable[[ConfigDocument], None]
@@ -83,32 +93,29 @@ DocumentListener = Callable[[ConfigDocument], None]
 class Reloader:
     """Validates config.json and puts it in force, or keeps the running configuration.
 
-    `document` is the raw config.json the running Settings came from; it changes only
-    together with them (or when an edit leaves them equal), never to a rejected file.
+    `in_force` never takes a rejected file.
     """
 
     def __init__(
         self,
         path: Path,
-        current: Settings,
+        in_force: InForce,
         apply: Applier,
-        document: ConfigDocument,
         environ: Mapping[str, str] | None = None,
         *,
         on_document: Sequence[DocumentListener] = (),
     ) -> None:
         self.path = path
-        self.current = current
-        self.document = document
+        self.in_force = in_force
         self._apply = apply
         self._environ = environ
         self._on_document = tuple(on_document)
         self._lock = asyncio.Lock()
 
-    def _put_in_force(self, document: ConfigDocument) -> None:
-        self.document = document
+    def _put_in_force(self, in_force: InForce) -> None:
+        self.in_force = in_force
         for listener in self._on_document:
-            listener(document)
+            listener(in_force.document)
 
     async def reload(self, source: str) -> ReloadResult:
         async with self._lock:
@@ -124,11 +131,11 @@ class Reloader:
                     action="the running configuration stays",
                 )
                 return ReloadResult(False, error=str(exc))
-            changed = changed_keys(self.current, new)
+            changed = changed_keys(self.in_force.settings, new)
             if not changed:
                 # Same Settings; the file may still differ in form (order, defaults spelled
                 # out): it is valid, so peers get it as it now reads.
-                self._put_in_force(document)
+                self._put_in_force(InForce(self.in_force.settings, document))
                 log.info("config_unchanged", source=source)
                 return ReloadResult(True)
             fixed = [k for k in changed if k in RESTART_ONLY]
@@ -142,8 +149,7 @@ class Reloader:
                 )
                 return ReloadResult(False, changed, error)
             await self._apply(new, changed)
-            self.current = new
-            self._put_in_force(document)
+            self._put_in_force(InForce(new, document))
             log.info("config_reloaded", source=source, changed=",".join(changed))
             return ReloadResult(True, changed)
 

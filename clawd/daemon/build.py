@@ -7,6 +7,7 @@ started, reconfigured on a reload and stopped from that list.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from clawd.act.fleetops.leadership import acting_leader
 from clawd.act.fleetops.recovery import Recoverer
 from clawd.act.skills.syncer import SkillSyncer
 from clawd.config.document import ConfigDocument
-from clawd.config.reload import ConfigWatcher, Reloader
+from clawd.config.reload import ConfigWatcher, InForce, Reloader
 from clawd.config.settings import Settings
 from clawd.core.journal import JournalSender
 from clawd.core.model import utcnow
@@ -37,8 +38,9 @@ from clawd.decide.reconciler import Reconciler
 from clawd.decide.view import FleetView, initial_view
 from clawd.keep.history.rollup import RollupMaintainer
 from clawd.keep.incidents import IncidentRecorder
-from clawd.keep.keeper import FleetKeeper
+from clawd.keep.keeper import FleetKeeper, KeeperHooks
 from clawd.keep.retention.connect import dedicated_connection
+from clawd.keep.retention.dbjob import LeaderDb
 from clawd.keep.retention.pruner import RetentionPruner
 from clawd.keep.store.factory import build_repository
 from clawd.keep.store.migrations import install_migration_files
@@ -167,10 +169,9 @@ async def assemble(
         Reconciler(thresholds(s)),
         view,
         persist_interval=s.storage.peer_file_interval_seconds,
-        guard=guard,
-        loop_stall=loop_monitor.current_stall,
-        on_probe=prober.ask,
-        on_doubt=doubt,
+        hooks=KeeperHooks(
+            guard=guard, loop_stall=loop_monitor.current_stall, on_probe=prober.ask, on_doubt=doubt
+        ),
     )
     for instance in static_peers(s):
         keeper.emit(PeerConfigured(instance, utcnow()))
@@ -184,8 +185,12 @@ async def assemble(
     )
     recorder.listeners.append(metrics.count_incident)
     status = StatusAnswer(keeper, backups, repo, pinger, loop_monitor)
-    keeper.on_change = _ViewFollowers(
-        live, notifier, status.text, pinger, guard, (recoverer, distributor)
+    # The followers need the status answer, which needs the keeper: joined in afterwards.
+    keeper.hooks = dataclasses.replace(
+        keeper.hooks,
+        on_change=_ViewFollowers(
+            live, notifier, status.text, pinger, guard, (recoverer, distributor)
+        ),
     )
     skills = SkillSyncer(s, repo, recorder)
 
@@ -197,13 +202,14 @@ async def assemble(
     def history_connection() -> AbstractAsyncContextManager[asyncpg.Connection]:
         return dedicated_connection(live.settings.postgres)
 
+    history_db = LeaderDb(history_connection, history_leader)
+
     for leader_work in (recoverer, distributor):
         leader_work.update_view(view)
     reloader = Reloader(
         config_path,
-        s,
+        InForce(s, document),
         live.apply,
-        document,
         on_document=(recoverer.update_document, distributor.update_document),
     )
     control = ControlServer(
@@ -229,8 +235,8 @@ async def assemble(
         recoverer,
         distributor,
         skills,
-        RetentionPruner(s.history, history_connection, history_leader),
-        RollupMaintainer(history_connection, history_leader),
+        RetentionPruner(s.history, history_db),
+        RollupMaintainer(history_db),
         MetricsEndpoint(s.metrics.address(), metrics),
     )
     entries = [

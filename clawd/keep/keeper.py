@@ -1,10 +1,8 @@
 """The fleet keeper: observations in, reconciler decisions out to the store and journal.
 
 This is where the clock is read (the reconciler itself reads none), where ping
-attempts become `ping_history` rows, and where peer-file writes are coalesced:
-a status change is written at once, a mere "still there" at most every
-`persist_interval` seconds per peer, so 1,000 peers do not mean 100 file writes
-a second.
+attempts become `ping_history` rows, and where peer states go to the peer files,
+coalesced (keep/peer_files.py).
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from clawd.config.settings import Settings, self_instance
-from clawd.core.model import PeerState, Ping, utcnow
+from clawd.core.model import Ping, utcnow
 from clawd.core.observations import (
     Observation,
     PeerConfigured,
@@ -35,31 +33,13 @@ from clawd.decide.guard import SelfHealthGuard
 from clawd.decide.reconciler import Reconciler
 from clawd.decide.view import Decision, FleetView, Note
 from clawd.keep.incidents import IncidentRecorder
+from clawd.keep.peer_files import PeerFileWriter, observed_facts
 from clawd.keep.store.repository import Repository
 
 log = structlog.get_logger("clawd.keep.keeper")
 
 TICK_SECONDS = 1.0
 MAX_BATCH = 1000
-
-
-def _significant(state: PeerState) -> tuple[object, ...]:
-    return (
-        state.status,
-        state.missed_pings,
-        state.ssh_connectivity,
-        state.claw_clan_installed,
-        state.mdns_broadcasting,
-    )
-
-
-def _observed_facts(state: PeerState) -> tuple[object, ...]:
-    return (
-        state.status,
-        state.ssh_connectivity,
-        state.claw_clan_installed,
-        state.mdns_broadcasting,
-    )
 
 
 def summary(view: FleetView) -> str:
@@ -71,10 +51,20 @@ def summary(view: FleetView) -> str:
     return f"{text}; leader {view.leader or 'none'}"
 
 
-@dataclass(slots=True)
-class _Written:
-    state: PeerState
-    at: float
+@dataclass(frozen=True, slots=True)
+class KeeperHooks:
+    """Who the keeper tells, and asks, besides the store: each optional."""
+
+    # Hears the new view after every batch that changed it.
+    on_change: Callable[[FleetView], None] | None = None
+    # Judges this daemon's own health (a frozen loop must not declare peers offline).
+    guard: SelfHealthGuard | None = None
+    # How long the event loop has been stalled, for the guard.
+    loop_stall: Callable[[], float] | None = None
+    # Sends the reconciler's indirect-probe requests out.
+    on_probe: Callable[[ProbeRequest], None] | None = None
+    # Hears the guard's verdict flip (True: doubting itself).
+    on_doubt: Callable[[bool], None] | None = None
 
 
 class FleetKeeper:
@@ -91,25 +81,15 @@ class FleetKeeper:
         view: FleetView,
         *,
         persist_interval: float = 30.0,
-        on_change: Callable[[FleetView], None] | None = None,
-        guard: SelfHealthGuard | None = None,
-        loop_stall: Callable[[], float] | None = None,
-        on_probe: Callable[[ProbeRequest], None] | None = None,
-        on_doubt: Callable[[bool], None] | None = None,
+        hooks: KeeperHooks | None = None,
     ) -> None:
         self.repo = repo
         self.recorder = recorder
         self.reconciler = reconciler
         self.view = view
-        self.persist_interval = persist_interval
-        self.on_change = on_change
-        self.guard = guard
-        self.loop_stall = loop_stall
-        self.on_probe = on_probe
-        self.on_doubt = on_doubt
+        self.peer_files = PeerFileWriter(repo, persist_interval)
+        self.hooks = hooks or KeeperHooks()
         self.queue: asyncio.Queue[Observation | None] = asyncio.Queue()
-        self._written: dict[str, _Written] = {}
-        self._dirty: dict[str, PeerState] = {}
         self._pings: list[Ping] = []
         self.observations = 0
 
@@ -126,10 +106,10 @@ class FleetKeeper:
         kept)."""
         if changed & {"ping", "ssh", "detection"}:
             self.reconciler = Reconciler(thresholds(settings))
-            if self.guard is not None:
-                self.guard.configure(guard_settings(settings))
+            if self.hooks.guard is not None:
+                self.hooks.guard.configure(guard_settings(settings))
         if "storage" in changed:
-            self.persist_interval = settings.storage.peer_file_interval_seconds
+            self.peer_files.interval = settings.storage.peer_file_interval_seconds
         if "peers" in changed:
             for instance in static_peers(settings):
                 self.emit(PeerConfigured(instance, utcnow()))
@@ -161,35 +141,35 @@ class FleetKeeper:
             if self._pings:
                 pings, self._pings = self._pings, []
                 await self.repo.record_pings(pings)
-            if changed and self.on_change is not None:
-                self.on_change(self.view)
+            if changed and self.hooks.on_change is not None:
+                self.hooks.on_change(self.view)
             if stopping:
-                await self._write_dirty(force=True)
+                await self.peer_files.flush(force=True)
                 return
 
     async def _check_self(self) -> bool:
         """Ask the self-health guard before judging a batch (a stall shows right here)."""
-        guard = self.guard
+        guard = self.hooks.guard
         if guard is None:
             return False
         now = time.monotonic()
-        if self.loop_stall is not None:
-            guard.loop_lag(self.loop_stall(), now)
+        if self.hooks.loop_stall is not None:
+            guard.loop_lag(self.hooks.loop_stall(), now)
         change = guard.poll(now)
         if change is None:
             return False
         me = self.view.me.gateway_id
         event = "self_doubt" if change.doubting else "self_trust"
         self.recorder.note(Note(event, me, change.fields))
-        if self.on_doubt is not None:
-            self.on_doubt(change.doubting)
+        if self.hooks.on_doubt is not None:
+            self.hooks.on_doubt(change.doubting)
         return await self._apply(SelfHealth(utcnow(), change.doubting, change.reason))
 
     async def _apply(self, obs: Observation) -> bool:
         now = utcnow()
         self.observations += 1
-        if isinstance(obs, PingResult) and self.guard is not None:
-            self.guard.ping(obs.gateway_id, obs.success)
+        if isinstance(obs, PingResult) and self.hooks.guard is not None:
+            self.hooks.guard.ping(obs.gateway_id, obs.success)
         previous_leader = self.view.leader
         previous = self.view.peers
         decision = self.reconciler.apply(self.view, obs, now)
@@ -205,19 +185,19 @@ class FleetKeeper:
                 )
             )
         await self._persist(decision)
-        if self.on_probe is not None:
+        if self.hooks.on_probe is not None:
             for request in decision.probes:
-                self.on_probe(request)
+                self.hooks.on_probe(request)
         if self.view.leader != previous_leader:
             await self.repo.set_leader(self.view.leader)
         if isinstance(obs, Tick):
-            await self._write_dirty(force=False)
+            await self.peer_files.flush(force=False)
         if decision.moved or decision.instances or decision.incidents:
             return True
         # Leader work (reinstall, config push) acts on these facts too, not only on moves.
         return any(
             (old := previous.get(state.gateway_id)) is None
-            or _observed_facts(old.state) != _observed_facts(state)
+            or observed_facts(old.state) != observed_facts(state)
             for state in decision.states
         )
 
@@ -225,28 +205,8 @@ class FleetKeeper:
         for instance in decision.instances:
             await self.repo.upsert_instance(instance)
         for state in decision.states:
-            last = self._written.get(state.gateway_id)
-            if (
-                last is None
-                or _significant(last.state) != _significant(state)
-                or time.monotonic() - last.at >= self.persist_interval
-            ):
-                await self._write(state)
-            else:
-                self._dirty[state.gateway_id] = state
+            await self.peer_files.offer(state)
         for incident in decision.incidents:
             await self.recorder.record(incident)
         for note in decision.notes:
             self.recorder.note(note)
-
-    async def _write(self, state: PeerState) -> None:
-        self._dirty.pop(state.gateway_id, None)
-        await self.repo.save_peer_state(state)
-        self._written[state.gateway_id] = _Written(state, time.monotonic())
-
-    async def _write_dirty(self, *, force: bool) -> None:
-        now = time.monotonic()
-        for gid, state in list(self._dirty.items()):
-            last = self._written.get(gid)
-            if force or last is None or now - last.at >= self.persist_interval:
-                await self._write(state)

@@ -32,7 +32,7 @@ from clawd.core.lock_ids import ROLLUP_LOCK_ID
 from clawd.core.model import utcnow
 from clawd.core.periodic import Periodic
 from clawd.keep.history import hourly
-from clawd.keep.retention.dbjob import DB_ERRORS, ConnectionFactory, FailureLog, advisory_lock
+from clawd.keep.retention.dbjob import DB_ERRORS, FailureLog, LeaderDb, advisory_lock
 from clawd.keep.store.migrations import Conn
 from clawd.keep.store.pg_errors import TRANSIENT
 
@@ -94,6 +94,18 @@ class RollupResult:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RollupTuning:
+    """How often and in what bites the roll-up runs (tests shrink them)."""
+
+    interval_seconds: float = 300.0
+    chunk_ids: int = CHUNK_IDS  # ping_history ids per chunk (one transaction each)
+    in_flight_timeout_seconds: float = IN_FLIGHT_TIMEOUT_S  # wait for writers, then skip
+
+
+DEFAULT_TUNING = RollupTuning()
+
+
 class RollupMaintainer:
     """Keeps ping_rollup_hourly up to date every interval_seconds, on the leader only."""
 
@@ -101,26 +113,21 @@ class RollupMaintainer:
 
     def __init__(
         self,
-        connect: ConnectionFactory,
-        is_leader: Callable[[], bool],
-        interval_seconds: float = 300.0,
+        db: LeaderDb,
+        tuning: RollupTuning = DEFAULT_TUNING,
         *,
-        chunk_ids: int = CHUNK_IDS,
-        in_flight_timeout_seconds: float = IN_FLIGHT_TIMEOUT_S,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self._connect = connect
-        self._is_leader = is_leader
-        self._interval = interval_seconds
-        self._chunk = chunk_ids
-        self._in_flight_timeout = in_flight_timeout_seconds
+        self._db = db
+        self._tuning = tuning
         self._clock = clock
         self._failures = FailureLog(log, "history_rollup_failed", "history_rollup_recovered")
         self.last_result: RollupResult | None = None
+        interval = tuning.interval_seconds
         self._ticker = Periodic(
             self._roll_now,
-            interval_seconds,
-            first_delay=min(interval_seconds, FIRST_ROLL_SECONDS),
+            interval,
+            first_delay=min(interval, FIRST_ROLL_SECONDS),
             # Never let one bad run end the rollup for good.
             catch=(Exception,),
             on_error=self._failures.failed,
@@ -164,10 +171,10 @@ class RollupMaintainer:
         return result
 
     async def _roll_guarded(self, now: datetime) -> RollupResult:
-        if not self._is_leader():
+        if not self._db.is_leader():
             return RollupResult(skipped="not_leader")
         try:
-            async with self._connect() as conn:
+            async with self._db.connect() as conn:
                 present = await conn.fetchval("SELECT to_regclass('ping_rollup_state') IS NOT NULL")
                 if not present:
                     return RollupResult(skipped="not_migrated")
@@ -195,14 +202,14 @@ class RollupMaintainer:
         hours = chunks = 0
         pending = False
         while mark < top:
-            if self._ticker.stopping or not self._is_leader():
+            if self._ticker.stopping or not self._db.is_leader():
                 pending = True
                 break
             following = await conn.fetchval(NEXT_ID, mark)
             if following is None:
                 break
             # Skip what pruning (or failed inserts) left empty below the next row.
-            hi = min(int(following) - 1 + self._chunk, top)
+            hi = min(int(following) - 1 + self._tuning.chunk_ids, top)
             async with conn.transaction():
                 first_open = await conn.fetchval(FIRST_OPEN, mark, hi, open_from)
                 if first_open is not None:
@@ -228,7 +235,7 @@ class RollupMaintainer:
         # A transaction takes its id from the sequence a moment before it gets an xid.
         await asyncio.sleep(SETTLE_S)
         running: list[str] = await conn.fetchval(WRITERS)
-        deadline = time.monotonic() + self._in_flight_timeout
+        deadline = time.monotonic() + self._tuning.in_flight_timeout_seconds
         while running:
             if time.monotonic() >= deadline:
                 return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,15 @@ from clawd.keep.store.pg_errors import TRANSIENT
 ConnectionFactory = Callable[[], AbstractAsyncContextManager[Conn]]
 
 DB_ERRORS = (DatabaseError, asyncpg.PostgresError, *TRANSIENT)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderDb:
+    """How a job reaches the database: a connection of its own per run, used only while
+    `is_leader()` (asked again between batches: leadership can be lost mid-run)."""
+
+    connect: ConnectionFactory
+    is_leader: Callable[[], bool]
 
 
 @contextlib.asynccontextmanager

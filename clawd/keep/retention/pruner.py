@@ -21,7 +21,7 @@ from clawd.keep.retention.batches import (
     prune_by_timestamp,
     prune_ping_history,
 )
-from clawd.keep.retention.dbjob import DB_ERRORS, ConnectionFactory, FailureLog, advisory_lock
+from clawd.keep.retention.dbjob import DB_ERRORS, FailureLog, LeaderDb, advisory_lock
 from clawd.keep.retention.result import PruneResult, TablePrune
 from clawd.keep.store.migrations import Conn
 from clawd.keep.store.pg_errors import TRANSIENT
@@ -51,15 +51,13 @@ class RetentionPruner:
     def __init__(
         self,
         settings: HistorySettings,
-        connect: ConnectionFactory,
-        is_leader: Callable[[], bool],
+        db: LeaderDb,
         *,
         batch_pause_seconds: float = DEFAULT_BATCH_PAUSE_S,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._settings = settings
-        self._connect = connect
-        self._is_leader = is_leader
+        self._db = db
         self._pause = batch_pause_seconds
         self._clock = clock
         self._failures = FailureLog(log, "history_prune_failed", "history_prune_recovered")
@@ -101,7 +99,7 @@ class RetentionPruner:
 
     async def prune_once(self, now: datetime) -> PruneResult:
         """Prune if leader and no other clawd is pruning; database errors are logged, not raised."""
-        if not self._is_leader():
+        if not self._db.is_leader():
             log.debug("history_prune_skipped", reason="not_leader")
             return PruneResult(skipped="not_leader")
         plan = _plan(self._settings, now)
@@ -110,7 +108,7 @@ class RetentionPruner:
         began = time.perf_counter()
         tallies: list[Tally] = []
         try:
-            async with self._connect() as conn, advisory_lock(conn, PRUNE_LOCK_ID) as ours:
+            async with self._db.connect() as conn, advisory_lock(conn, PRUNE_LOCK_ID) as ours:
                 if not ours:
                     log.info("history_prune_skipped", reason="another clawd is pruning")
                     return PruneResult(skipped="locked")
@@ -150,7 +148,7 @@ class RetentionPruner:
         return False
 
     def _keep_going(self) -> bool:
-        return not self._ticker.stopping and self._is_leader()
+        return not self._ticker.stopping and self._db.is_leader()
 
     def _log(self, done: TablePrune) -> None:
         log.info(

@@ -6,7 +6,7 @@ from clawd.config.settings import Settings, self_instance
 from clawd.keep.store.json_store import JsonStore
 from clawd.keep.store.pg_sink import PgSink
 from clawd.keep.store.pg_store import PgStore
-from clawd.keep.store.repository import FleetRepository
+from clawd.keep.store.repository import FleetRepository, Rebuilders
 from clawd.keep.store.spool import Spool
 
 
@@ -25,6 +25,5 @@ def build_repository(settings: Settings) -> FleetRepository:
         JsonStore(settings.home),
         self_instance(settings),
         sink,
-        sink_for=build_sink,
-        instance_for=self_instance,
+        rebuild=Rebuilders(sink_for=build_sink, instance_for=self_instance),
     )

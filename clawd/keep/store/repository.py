@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -47,8 +48,14 @@ class Repository(Protocol):
 
 SHUTDOWN_FLUSH_SECONDS = 2.5
 
-SinkFor = Callable[[Settings], PgSink]
-InstanceFor = Callable[[Settings], Instance]
+
+@dataclass(frozen=True, slots=True)
+class Rebuilders:
+    """What a reload rebuilds from the new Settings: without them a repository keeps the
+    sink and instance it was built with."""
+
+    sink_for: Callable[[Settings], PgSink]
+    instance_for: Callable[[Settings], Instance]
 
 
 class FleetRepository:
@@ -66,14 +73,12 @@ class FleetRepository:
         me: Instance,
         sink: PgSink | None = None,
         *,
-        sink_for: SinkFor | None = None,
-        instance_for: InstanceFor | None = None,
+        rebuild: Rebuilders | None = None,
     ) -> None:
         self.json = json_store
         self.me = me
         self.sink = sink
-        self._sink_for = sink_for
-        self._instance_for = instance_for
+        self._rebuild = rebuild
         self._backend = "json" if sink is None else "postgres"
         self._snapshot = FleetSnapshot()
         self._stopped = asyncio.Event()
@@ -160,9 +165,9 @@ class FleetRepository:
     async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
         """This instance's new details go to state.json and the fleet; a changed backend
         (or new PostgreSQL settings) swaps the sink."""
-        if "instance" in changed and self._instance_for is not None:
+        if "instance" in changed and self._rebuild is not None:
             # Registered once, when first seen: a reload does not register it again.
-            me = self._instance_for(settings)
+            me = self._rebuild.instance_for(settings)
             self.me = dataclasses.replace(me, registered_at=self.me.registered_at)
             await self._json("state", self.json.write_state(self.me))
             await self.upsert_instance(self.me)
@@ -175,9 +180,9 @@ class FleetRepository:
         await self._stop_sink()
         self._backend = settings.backend
         if settings.backend == "postgres":
-            if self._sink_for is None or self._tg is None:
+            if self._rebuild is None or self._tg is None:
                 raise RuntimeError("this repository cannot start a PostgreSQL sink")
-            sink = self._sink_for(settings)
+            sink = self._rebuild.sink_for(settings)
             await self.attach_sink(sink)
             ready = asyncio.Event()
             self._sink_task = self._tg.create_task(sink.run(ready), name="postgres")
