@@ -28,7 +28,7 @@ from clawd.act.fleetops.fence import (
 )
 from clawd.act.fleetops.payload import read_config
 from clawd.act.fleetops.recovery import Recoverer
-from clawd.act.fleetops.remote import PeerAddress, RemoteHost
+from clawd.act.fleetops.remote import PeerAddress, Reach, RemoteHost
 from clawd.config.settings import Settings
 from clawd.core.model import Instance, PeerState, PeerStatus
 from clawd.decide.view import FleetView, PeerRecord
@@ -374,14 +374,14 @@ async def test_push_to_a_peer_fenced_by_another_leader(peer: Peer) -> None:
     ours, _ = read_config(peer.config_path)
     target = peer.address
     # A user's push without a daemon claims at epoch 0 with our lead number (1).
-    [first] = await push_many(peer.connector, [target], ours, peer.settings)
+    [first] = await push_many(Reach(peer.connector), [target], ours, peer.settings)
     assert first.result == "pushed"
     config = peer.root / ".openclaw" / "claw-clan" / "config.json"
     delivered = config.read_bytes()
     await peer.claim(_t(1, 5, "gw-new"))  # a later epoch's leader took over
     ours["ping"] = {"intervalSeconds": 30}
     peer.config_path.write_text(json.dumps(ours))  # for the distributor below
-    [second] = await push_many(peer.connector, [target], ours, peer.settings)
+    [second] = await push_many(Reach(peer.connector), [target], ours, peer.settings)
     assert second.result == "fenced" and second.fenced_by == _t(1, 5, "gw-new")
     assert "another leader" in second.detail and "gw-new" in second.detail
     assert config.read_bytes() == delivered  # nothing written
@@ -409,5 +409,5 @@ async def test_push_to_a_peer_fenced_by_another_leader(peer: Peer) -> None:
     # `clawd config push` without a daemon (epoch 0) after our own daemon claimed the
     # peer at a later epoch: that leader is us, so the push goes through in its epoch.
     await peer.claim(_t(2, 1, "gw-a"))
-    [own] = await push_many(peer.connector, [target], ours, peer.settings)
+    [own] = await push_many(Reach(peer.connector), [target], ours, peer.settings)
     assert own.result in ("pushed", "unchanged"), own

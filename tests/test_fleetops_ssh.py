@@ -17,7 +17,7 @@ from sshpeers import OpenSshServer, SshFleet, sshd_path
 from clawd.act.fleetops.distribution import push_many, render_outcomes
 from clawd.act.fleetops.payload import read_config
 from clawd.act.fleetops.recovery import Recoverer, reinstall
-from clawd.act.fleetops.remote import PeerAddress
+from clawd.act.fleetops.remote import PeerAddress, Reach
 from clawd.core.model import Instance, PeerState, PeerStatus
 from clawd.decide.view import FleetView, PeerRecord
 from clawd.keep.incidents import IncidentRecorder
@@ -64,7 +64,7 @@ async def test_push_reports_each_peer_and_keeps_their_identity(
     ours, _ = read_config(config_path)
     targets = [_address(gid, p.address, p.port) for gid, p in peers.items()]
 
-    first = await push_many(connector, targets, ours, settings)
+    first = await push_many(Reach(connector), targets, ours, settings)
 
     by_gid = {o.gateway_id: o for o in first}
     assert [by_gid[g].result for g in ("gw-b", "gw-c", "gw-d")] == ["pushed", "pushed", "failed"]
@@ -81,7 +81,9 @@ async def test_push_reports_each_peer_and_keeps_their_identity(
 
     # The peer comes back; a second round delivers to it and leaves the others alone.
     await peers["gw-d"].start()
-    second = {o.gateway_id: o.result for o in await push_many(connector, targets, ours, settings)}
+    second = {
+        o.gateway_id: o.result for o in await push_many(Reach(connector), targets, ours, settings)
+    }
     assert second == {"gw-b": "unchanged", "gw-c": "unchanged", "gw-d": "pushed"}
 
 
@@ -205,7 +207,7 @@ async def test_reinstall_skips_a_peer_that_turns_out_installed(
     home.mkdir()
     settings, config_path = make_home(home, fleet)
     outcome = await reinstall(
-        Connector(settings.ssh, home),
+        Reach(Connector(settings.ssh, home)),
         _address("gw-t", peer.address, peer.port),
         settings,
         document(config_path).data,
@@ -245,7 +247,7 @@ async def test_push_and_reinstall_through_openssh(tmp_path: Path, fleet: SshFlee
         peer = PeerAddress("gw-o", "openssh", "127.0.4.20", server.port, server.user)
         connector = Connector(settings.ssh, home)
         outcome = await reinstall(
-            connector, peer, settings, document(config_path).data, "claw-clan not installed"
+            Reach(connector), peer, settings, document(config_path).data, "claw-clan not installed"
         )
         assert outcome.ok and not outcome.already_installed, outcome.error
         installed = user_home / remote_home
@@ -254,11 +256,11 @@ async def test_push_and_reinstall_through_openssh(tmp_path: Path, fleet: SshFlee
         assert stat.S_IMODE(config.stat().st_mode) == 0o600
         assert config.stat().st_uid == server.account.pw_uid
         ours, _ = read_config(config_path)
-        [pushed] = await push_many(connector, [peer], ours, settings)
+        [pushed] = await push_many(Reach(connector), [peer], ours, settings)
         assert pushed.result == "unchanged"  # the reinstall already delivered this config
         ours["ping"] = {"intervalSeconds": 30}
         config_path.write_text(json.dumps(ours))
-        [pushed] = await push_many(connector, [peer], ours, settings)
+        [pushed] = await push_many(Reach(connector), [peer], ours, settings)
         assert pushed.result == "pushed"
         assert json.loads(config.read_text())["ping"] == {"intervalSeconds": 30}
     finally:
@@ -275,7 +277,7 @@ async def test_older_version_is_reinstalled_even_though_installed(
     home.mkdir()
     settings, config_path = make_home(home, fleet)
     outcome = await reinstall(
-        Connector(settings.ssh, home),
+        Reach(Connector(settings.ssh, home)),
         _address("gw-t", peer.address, peer.port),
         settings,
         document(config_path).data,
@@ -334,16 +336,15 @@ async def test_push_and_reinstall_borrow_an_open_connection(
     address = _address("gw-t", peer.address, peer.port)
     try:
         outcome = await reinstall(
-            connector,
+            Reach(connector, {"gw-t": lent}.get),
             address,
             settings,
             document(config_path).data,
             "claw-clan not installed",
-            {"gw-t": lent}.get,
         )
         assert outcome.ok, outcome.error
         ours, _ = read_config(config_path)
-        [pushed] = await push_many(connector, [address], ours, settings, {"gw-t": lent}.get)
+        [pushed] = await push_many(Reach(connector, {"gw-t": lent}.get), [address], ours, settings)
         assert pushed.result == "unchanged"
         assert peer.authenticated == 1  # only the lent connection ever logged in
         result = await lent.run("true", check=False)

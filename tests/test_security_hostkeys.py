@@ -23,7 +23,7 @@ from sshpeers import SshFleet, SshPeer
 
 from clawd.act.fleetops.distribution import push_many
 from clawd.act.fleetops.payload import read_config
-from clawd.act.fleetops.remote import PeerAddress
+from clawd.act.fleetops.remote import PeerAddress, Reach
 from clawd.sources.ssh_client import Connector
 
 INTERVAL = 0.3
@@ -141,7 +141,7 @@ async def test_config_push_to_a_changed_host_key_fails_and_writes_nothing(
     connector = Connector(settings.ssh, settings.home)
     target = PeerAddress("gw-b", "beta", peer.address, peer.port, "claw")
     ours, _ = read_config(config_path)
-    [first] = await push_many(connector, [target], ours, settings)
+    [first] = await push_many(Reach(connector), [target], ours, settings)
     assert first.result == "pushed", first.detail
     remote = root / ".openclaw" / "claw-clan" / "config.json"
     delivered = remote.read_bytes()
@@ -149,7 +149,7 @@ async def test_config_push_to_a_changed_host_key_fails_and_writes_nothing(
 
     await peer.change_host_key()
     ours["ping"] = {"intervalSeconds": 30}  # something new to push
-    [second] = await push_many(connector, [target], ours, settings)
+    [second] = await push_many(Reach(connector), [target], ours, settings)
     assert second.result == "failed"
     assert "host key changed" in second.detail
     assert remote.read_bytes() == delivered  # nothing written
@@ -172,7 +172,7 @@ async def test_config_push_to_an_untrusted_host_key_fails_and_writes_nothing(
     connector = Connector(settings.ssh, settings.home)
     ours, _ = read_config(config_path)
     target = PeerAddress("gw-b", "beta", peer.address, peer.port, "claw")
-    [outcome] = await push_many(connector, [target], ours, settings)
+    [outcome] = await push_many(Reach(connector), [target], ours, settings)
     assert outcome.result == "failed"
     assert "host key not trusted" in outcome.detail
     assert not any(root.rglob("*"))  # nothing at all on the peer

@@ -89,6 +89,7 @@ def cmd_config_push(args: argparse.Namespace) -> int:
 async def _push_directly(settings: Settings, ours: dict[str, Any]) -> list[Any]:
     from clawd.act.fleetops.distribution import push_many
     from clawd.act.fleetops.leadership import addresses
+    from clawd.act.fleetops.remote import Reach
     from clawd.config.settings import self_instance
     from clawd.decide.view import initial_view
     from clawd.keep.store.json_store import JsonStore
@@ -97,7 +98,7 @@ async def _push_directly(settings: Settings, ours: dict[str, Any]) -> list[Any]:
     snap = (await JsonStore(settings.home).load(read_only=True)).snapshot
     view = initial_view(self_instance(settings), snap.instances, snap.peers, snap.leader)
     peers = [p for _, p in sorted(addresses(view, settings.instance.ssh_user).items())]
-    return await push_many(Connector(settings.ssh, settings.home), peers, ours, settings)
+    return await push_many(Reach(Connector(settings.ssh, settings.home)), peers, ours, settings)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -21,20 +21,12 @@ from typing import Any, Literal
 
 import structlog
 
-from clawd.act.fleetops.fence import (
-    FenceKind,
-    FenceToken,
-    claim,
-    fence_dir,
-    notify_fenced,
-    settings_token,
-    stored_fields,
-    token_for,
-)
+from clawd.act.fleetops import fence
+from clawd.act.fleetops.fence import FenceKind, FenceToken
 from clawd.act.fleetops.leadership import acting_leader, addresses
 from clawd.act.fleetops.loop import LeaderLoop, new_backoff
 from clawd.act.fleetops.payload import config_for_peer
-from clawd.act.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
+from clawd.act.fleetops.remote import Borrow, PeerAddress, Reach, RemoteError
 from clawd.act.fleetops.retry import REPEAT_SECONDS
 from clawd.config.document import ConfigDocument
 from clawd.config.settings import Settings
@@ -76,11 +68,10 @@ def remote_config_path(settings: Settings) -> str:
 
 
 async def push_one(
-    connector: Connector,
+    reach: Reach,
     peer: PeerAddress,
     ours: dict[str, Any],
     settings: Settings,
-    borrow: Borrow | None = None,
     *,
     token: FenceToken | None = None,
 ) -> PushOutcome:
@@ -92,28 +83,30 @@ async def push_one(
     path = remote_config_path(settings)
     seconds = settings.distribution.timeout_seconds
     if token is None:
-        token = settings_token(settings)
+        token = fence.settings_token(settings)
     try:
-        async with asyncio.timeout(seconds), RemoteHost(connector, peer, borrow) as host:
+        async with asyncio.timeout(seconds), reach.host(peer) as host:
             check = await host.run(settings.ssh.install_check_command, seconds)
             if check.exit_status is None:
                 raise RemoteError(f"install check: {check.stderr_tail}")
             if not check.ok:
                 return PushOutcome(peer.gateway_id, peer.name, "skipped", NOT_INSTALLED)
-            directory = fence_dir(settings.recovery.remote_home)
-            fence = await claim(host, directory, token, reinstall=False, seconds=seconds)
-            stored = fence.stored
+            directory = fence.fence_dir(settings.recovery.remote_home)
+            claimed = await fence.claim(host, directory, token, reinstall=False, seconds=seconds)
+            stored = claimed.stored
             if (
-                fence.kind is FenceKind.STALE
+                claimed.kind is FenceKind.STALE
                 and stored is not None
                 and stored.gateway_id == (token.gateway_id)
             ):
                 # Our own later claim (`clawd config push` at epoch 0 after our daemon led
                 # in epoch N): we are that leader, so push in its epoch.
                 token = dataclasses.replace(token, epoch=stored.epoch)
-                fence = await claim(host, directory, token, reinstall=False, seconds=seconds)
-            if fence.kind is FenceKind.STALE and fence.stored is not None:
-                return _fenced(peer, token, fence.stored)
+                claimed = await fence.claim(
+                    host, directory, token, reinstall=False, seconds=seconds
+                )
+            if claimed.kind is FenceKind.STALE and claimed.stored is not None:
+                return _fenced(peer, token, claimed.stored)
             current = await host.read(path)
             wanted = config_for_peer(ours, current)
             if current == wanted:
@@ -138,22 +131,21 @@ def _fenced(peer: PeerAddress, ours: FenceToken, stored: FenceToken) -> PushOutc
 
 
 async def push_many(
-    connector: Connector,
+    reach: Reach,
     peers: Iterable[PeerAddress],
     ours: dict[str, Any],
     settings: Settings,
-    borrow: Borrow | None = None,
     *,
     token: FenceToken | None = None,
 ) -> list[PushOutcome]:
     """push_one for every peer, `distribution.concurrency` at a time, in input order."""
     gate = asyncio.Semaphore(settings.distribution.concurrency)
     if token is None:
-        token = settings_token(settings)
+        token = fence.settings_token(settings)
 
     async def one(peer: PeerAddress) -> PushOutcome:
         async with gate:
-            return await push_one(connector, peer, ours, settings, borrow, token=token)
+            return await push_one(reach, peer, ours, settings, token=token)
 
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(one(p)) for p in peers]
@@ -194,8 +186,7 @@ class ConfigDistributor(LeaderLoop):
     ) -> None:
         super().__init__(settings)
         self.document = document  # the configuration in force: the only one sent
-        self.connector = connector
-        self.borrow = borrow
+        self.reach = Reach(connector, borrow)
         # Told the token of a leader that outranks us, as a peer's fence reported it.
         self.on_fenced = on_fenced
         # Asked to check a peer's install again (the pinger): one found without claw-clan
@@ -243,12 +234,7 @@ class ConfigDistributor(LeaderLoop):
         pending = self._pending(view, ours.digest)
         if pending:
             outcomes = await push_many(
-                self.connector,
-                pending,
-                ours.data,
-                self.settings,
-                self.borrow,
-                token=token_for(view),
+                self.reach, pending, ours.data, self.settings, token=fence.token_for(view)
             )
             self._note(outcomes, ours.digest)
 
@@ -293,16 +279,16 @@ class ConfigDistributor(LeaderLoop):
                 "config_push_fenced",
                 gateway=o.gateway_id,
                 name=o.name,
-                **stored_fields(stored),
+                **fence.stored_fields(stored),
             )
-        notify_fenced(self.on_fenced, stored)
+        fence.notify_fenced(self.on_fenced, stored)
 
     async def push_now(self, view: FleetView) -> list[PushOutcome]:
         """Every known peer with an address, leader or not (a person asked for it)."""
         ours = self.document
         peers = addresses(view, self.settings.instance.ssh_user).values()
         outcomes = await push_many(
-            self.connector, peers, ours.data, self.settings, self.borrow, token=token_for(view)
+            self.reach, peers, ours.data, self.settings, token=fence.token_for(view)
         )
         self._note(outcomes, ours.digest)
         return outcomes

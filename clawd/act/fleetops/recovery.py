@@ -32,7 +32,7 @@ from clawd.act.fleetops.fence import (
 from clawd.act.fleetops.leadership import acting_leader, addresses, is_older
 from clawd.act.fleetops.loop import LeaderLoop, new_backoff
 from clawd.act.fleetops.payload import collect_scripts, config_for_peer
-from clawd.act.fleetops.remote import Borrow, PeerAddress, RemoteError, RemoteHost
+from clawd.act.fleetops.remote import Borrow, PeerAddress, Reach, RemoteError
 from clawd.config.document import ConfigDocument
 from clawd.config.settings import Settings
 from clawd.core.errors import ClawdError
@@ -89,12 +89,11 @@ def needs_reinstall(view: FleetView, ours: str | None) -> dict[str, str]:
 
 
 async def reinstall(
-    connector: Connector,
+    reach: Reach,
     peer: PeerAddress,
     settings: Settings,
     ours: dict[str, Any],
     reason: str,
-    borrow: Borrow | None = None,
     *,
     token: FenceToken | None = None,
 ) -> ReinstallOutcome:
@@ -112,7 +111,7 @@ async def reinstall(
         token = settings_token(settings)
     try:
         files = await asyncio.to_thread(collect_scripts, settings.scripts_dir)
-        async with asyncio.timeout(r.timeout_seconds), RemoteHost(connector, peer, borrow) as host:
+        async with asyncio.timeout(r.timeout_seconds), reach.host(peer) as host:
             if not reason.startswith("version"):
                 check = await host.run(ssh.install_check_command, CHECK_SECONDS)
                 if check.ok:
@@ -231,12 +230,11 @@ class Recoverer(LeaderLoop):
         try:
             log.info("reinstall_started", gateway=gid, name=peer.name, reason=reason)
             outcome = await reinstall(
-                self.connector,
+                Reach(self.connector, self.borrow),
                 peer,
                 self.settings,
                 self.document.data,
                 reason,
-                self.borrow,
                 token=token,
             )
         finally:
@@ -277,26 +275,19 @@ class Recoverer(LeaderLoop):
             self._fenced_by.pop(gid, None)
             self.recheck(gid)
             self._hold(gid, reason, now)
-            log.info(
-                "reinstall_fenced",
-                gateway=gid,
-                name=peer.name,
-                reason="already_done_this_epoch",
-                epoch=token.epoch,
-                owner=fence.owner,
-            )
+            fields = _fenced_fields(peer, "already_done_this_epoch", token)
+            log.info("reinstall_fenced", **fields, owner=fence.owner)
             return
         stored = fence.stored
         assert stored is not None  # parse_answer guarantees one for STALE
         self._backoff.failed(gid, f"fenced by {stored}", now)
         if self._fenced_by.get(gid) != stored:
             self._fenced_by[gid] = stored
-            log.warning(
-                "reinstall_fenced",
-                gateway=gid,
-                name=peer.name,
-                reason="stale_leader",
-                epoch=token.epoch,
-                **stored_fields(stored),
-            )
+            fields = _fenced_fields(peer, "stale_leader", token)
+            log.warning("reinstall_fenced", **fields, **stored_fields(stored))
         notify_fenced(self.on_fenced, stored)
+
+
+def _fenced_fields(peer: PeerAddress, reason: str, token: FenceToken) -> dict[str, object]:
+    """What every `reinstall_fenced` line says, whichever way the fence turned us away."""
+    return {"gateway": peer.gateway_id, "name": peer.name, "reason": reason, "epoch": token.epoch}

@@ -57,6 +57,18 @@ def _reason(exc: BaseException) -> str:
 Borrow = Callable[[str], "asyncssh.SSHClientConnection | None"]
 
 
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """How this clawd reaches peers for leader work: over the pinger's open connection to
+    a peer when `borrow` lends one (no handshake per action), else with its own."""
+
+    connector: Connector
+    borrow: Borrow | None = None
+
+    def host(self, peer: PeerAddress) -> RemoteHost:
+        return RemoteHost(self.connector, peer, self.borrow)
+
+
 class RemoteHost:
     """An SSH connection + SFTP session; paths are relative to the login's home.
 
