@@ -213,7 +213,7 @@ async def measure(plan: Plan, work: Path) -> list[Row]:
         tools = await probe(None)
         read_s, read = await timed(read_dump(tools, dump))
         restore_s, (restored, _) = await timed(
-            restore_scratch(verifying.postgres, tools, dump, None)
+            restore_scratch(verifying.postgres, tools, dump, None, ledger=backup_dir(home))
         )
         assert read == "ok" and restored == "ok"
         task.cancel()

@@ -282,7 +282,10 @@ async def pinger_run(
     addresses = list(server.ports)[: plan.peers]
     interval = len(addresses) / PINGS_PER_SECOND
     emitted: list[Observation] = []
-    ping = PingSettings(interval_seconds=interval, timeout_seconds=5.0, jitter_fraction=0.1)
+    # clawd's own default timeout (min(5 s, half the interval)): a timeout must be shorter
+    # than the interval since issue 12; no ping times out here either way.
+    timeout = min(5.0, interval / 2)
+    ping = PingSettings(interval_seconds=interval, timeout_seconds=timeout, jitter_fraction=0.1)
     ssh = ssh_settings(server, install_check_command="true", install_check_every_rounds=check_every)
     pinger = Pinger(ping, ssh, home, emitted.append)
     saved_tick = clawd.sources.ping_schedule.TICK_MAX_SECONDS
