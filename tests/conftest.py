@@ -120,9 +120,9 @@ def _no_blocking_on_the_loop(request: pytest.FixtureRequest) -> Iterator[None]:
     if not _blockbuster_applies(request.node):
         yield
         return
-    from blockbuster import blockbuster_ctx
+    from blocking import clawd_blockbuster
 
-    with blockbuster_ctx("clawd"):
+    with clawd_blockbuster():
         request.node.stash[_BLOCKBUSTER_ON] = True
         yield
 
@@ -134,9 +134,9 @@ def no_blocking(request: pytest.FixtureRequest) -> Iterator[None]:
     if request.node.stash.get(_BLOCKBUSTER_ON, False):
         yield
         return
-    from blockbuster import blockbuster_ctx
+    from blocking import clawd_blockbuster
 
-    with blockbuster_ctx("clawd"):
+    with clawd_blockbuster():
         yield
 
 
