@@ -3,9 +3,12 @@ lab (see ``tests/netns.py``)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from netns import Lab, netns_available
@@ -21,6 +24,9 @@ from pgserver import (
     find_pg_bin,
     start_pg,
 )
+
+if TYPE_CHECKING:
+    from inprocess import InProcessDaemons
 
 __all__ = ["TEST_DB_PASSWORD", "TEST_DB_USER", "PgDatabase"]
 
@@ -87,16 +93,71 @@ def private_pg() -> Iterator[PgServer]:
         server.cleanup()
 
 
-@pytest.fixture
-def no_blocking() -> Iterator[None]:
-    """Fail the test if clawd's code makes a blocking call on the event loop thread.
+_BLOCKBUSTER_ON = pytest.StashKey[bool]()
 
-    A stalled loop stalls every ping, so disk and socket work must run off-loop.
+
+def _blockbuster_applies(item: pytest.Item) -> bool:
+    """Async tests, unless marked `blocking_allowed("why")`.
+
+    Only coroutine tests: sync tests call clawd's blocking helpers legitimately (no loop
+    runs), and blockbuster only ever trips on the loop's thread while a loop runs.
     """
-    from blockbuster import blockbuster_ctx
+    function = getattr(item, "function", None)
+    return (
+        inspect.iscoroutinefunction(function)
+        and item.get_closest_marker("blocking_allowed") is None
+    )
 
-    with blockbuster_ctx("clawd"):
+
+@pytest.fixture(autouse=True)
+def _no_blocking_on_the_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail an async test if clawd's code makes a blocking call on the event loop thread.
+
+    A stalled loop stalls every ping, so disk and socket work must run off-loop. Scoped to
+    clawd's modules: a test's own set-up may block (it is not the daemon's loop).
+    Autouse and set up before the test's other fixtures: async fixtures are covered too.
+    """
+    if not _blockbuster_applies(request.node):
         yield
+        return
+    from blocking import clawd_blockbuster
+
+    with clawd_blockbuster():
+        request.node.stash[_BLOCKBUSTER_ON] = True
+        yield
+
+
+@pytest.fixture
+def no_blocking(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Blockbuster for this test even where the default leaves it off (a sync test that
+    runs a loop of its own); a no-op where it is on already."""
+    if request.node.stash.get(_BLOCKBUSTER_ON, False):
+        yield
+        return
+    from blocking import clawd_blockbuster
+
+    with clawd_blockbuster():
+        yield
+
+
+@pytest.fixture
+async def inprocess_daemons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[InProcessDaemons]:
+    """Starts the real daemon in this test's loop (see tests/inprocess.py); every daemon
+    still running at teardown is stopped, and fails the test if it takes over 5 s."""
+    from inprocess import InProcessDaemons
+
+    # Each daemon's home is its config.json's folder; no systemd or journald here.
+    for name in ("CLAW_HOME", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
+        monkeypatch.delenv(name, raising=False)
+    daemons = InProcessDaemons(tmp_path / "daemons")
+    try:
+        yield daemons
+    finally:
+        problems = await daemons.close()
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from blocking import setup_may_block
 from sshpeers import SshFleet, SshPeer
 
 from clawd.config.load import settings_from_data
@@ -50,6 +51,7 @@ def make_home(
     return settings_from_data(config, {}, config_dir=home), path
 
 
+@setup_may_block
 def document(config_path: Path) -> ConfigDocument:
     """The home's config.json as a daemon puts it in force (validated)."""
     from clawd.config.reload import load_in_force

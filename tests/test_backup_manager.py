@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from blocking import setup_may_block
 from helpers_backup import (
     FakeBin,
     backup_settings,
@@ -30,6 +31,12 @@ from clawd.config.settings import Settings
 from clawd.core.model import utcnow
 
 __all__ = ["cdb_db"]
+
+
+@setup_may_block
+def read_manifests(directory: Path) -> tuple[list[Manifest], list[str]]:
+    """The manifests in `directory`, read as a test checks them (blocking)."""
+    return manifests.read_all(directory)
 
 
 @contextlib.asynccontextmanager
@@ -74,7 +81,7 @@ async def test_requests_during_a_backup_coalesce_into_one_follow_up(
     assert text.count("event=backup_request_queued") == 1
     assert text.count("event=backup_request_coalesced") == 2
     assert text.count("event=backup_done") == 2
-    found, _ = manifests.read_all(backup_dir(settings.home))
+    found, _ = read_manifests(backup_dir(settings.home))
     assert [m.status for m in found] == ["ok", "ok"]
     assert len({m.stamp for m in found}) == 2  # never the same name twice
 
@@ -161,6 +168,7 @@ async def test_failure_shows_in_status_until_a_backup_succeeds(
         assert again.status_line() == "last backup 0s ago"
 
 
+@setup_may_block
 def _old_manifest(settings: Settings, days: float) -> None:
     created = utcnow() - timedelta(days=days)
     m = Manifest(
@@ -237,7 +245,7 @@ async def test_verify_restore_on_its_own_schedule(tmp_path: Path, cdb_db: PgData
         assert result.verification.level == "read-only"
 
         def restored() -> bool:
-            (m,) = manifests.read_all(backup_dir(settings.home))[0]
+            (m,) = read_manifests(backup_dir(settings.home))[0]
             return m.verification is not None and m.verification.restore == "ok"
 
         await until(restored, timeout=10)

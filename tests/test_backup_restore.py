@@ -48,7 +48,7 @@ async def test_round_trip_puts_the_rows_back(tmp_path: Path, pg_db: PgDatabase) 
         assert again == ids
         # The schema is whole: the migrations runner's record and the unique keys.
         recorded = await conn.fetchval("SELECT count(*) FROM clawd_schema_migrations")
-        assert recorded == len(load_migrations())
+        assert recorded == len(await asyncio.to_thread(load_migrations))
         assert (
             await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'ping_history'")
             >= 3

@@ -3,9 +3,11 @@ files clawd did not write are never touched, and failed runs never cost a good b
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from blocking import setup_may_block
 from helpers_backup import backup_settings, write_json_store
 from pgserver import PgDatabase
 
@@ -23,6 +25,7 @@ FOREIGN = (
 )
 
 
+@setup_may_block
 def fake_run(
     directory: Path, days_old: float, *, verified: bool | None = True, status: str = "ok"
 ) -> Manifest:
@@ -134,7 +137,7 @@ async def test_failed_runs_never_cost_a_good_backup_and_success_rotates(
         result = await run_backup(failing, "test")
         assert not result.ok and result.rotated == ()
     assert before <= on_disk(directory)
-    found, _ = manifests.read_all(directory)
+    found, _ = await asyncio.to_thread(manifests.read_all, directory)
     assert sum(m.status == "failed" for m in found) == 5
 
     # A success (JSON backend) rotates: the newest two verified runs stay (the new one

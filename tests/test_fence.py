@@ -371,7 +371,7 @@ async def test_stale_or_second_leader_does_not_reinstall(peer: Peer, tmp_path: P
 
 async def test_push_to_a_peer_fenced_by_another_leader(peer: Peer) -> None:
     (peer.root / ".openclaw" / "claw-clan").mkdir(parents=True)  # claw-clan is installed
-    ours, _ = read_config(peer.config_path)
+    ours, _ = await asyncio.to_thread(read_config, peer.config_path)
     target = peer.address
     # A user's push without a daemon claims at epoch 0 with our lead number (1).
     [first] = await push_many(Reach(peer.connector), [target], ours, peer.settings)

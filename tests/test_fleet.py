@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from blocking import setup_may_block
 
 from clawd.config.load import settings_from_data
 from clawd.config.settings import Settings
@@ -47,6 +48,7 @@ class Running:
         data: dict[str, object] = json.loads((self.home / "peers" / f"{gid}.json").read_text())
         return data
 
+    @setup_may_block
     def incidents(self) -> list[tuple[str, EventType]]:
         return [(i.gateway_id, i.event_type) for _, i in JsonStore(self.home).read_incidents()]
 

@@ -61,7 +61,7 @@ async def test_push_reports_each_peer_and_keeps_their_identity(
     settings, config_path = make_home(home, fleet, backend="json")
     await peers["gw-d"].stop()  # one peer is down
     connector = Connector(settings.ssh, settings.home)
-    ours, _ = read_config(config_path)
+    ours, _ = await asyncio.to_thread(read_config, config_path)
     targets = [_address(gid, p.address, p.port) for gid, p in peers.items()]
 
     first = await push_many(Reach(connector), targets, ours, settings)
@@ -255,7 +255,7 @@ async def test_push_and_reinstall_through_openssh(tmp_path: Path, fleet: SshFlee
         config = installed / "config.json"
         assert stat.S_IMODE(config.stat().st_mode) == 0o600
         assert config.stat().st_uid == server.account.pw_uid
-        ours, _ = read_config(config_path)
+        ours, _ = await asyncio.to_thread(read_config, config_path)
         [pushed] = await push_many(Reach(connector), [peer], ours, settings)
         assert pushed.result == "unchanged"  # the reinstall already delivered this config
         ours["ping"] = {"intervalSeconds": 30}
@@ -343,7 +343,7 @@ async def test_push_and_reinstall_borrow_an_open_connection(
             "claw-clan not installed",
         )
         assert outcome.ok, outcome.error
-        ours, _ = read_config(config_path)
+        ours, _ = await asyncio.to_thread(read_config, config_path)
         [pushed] = await push_many(Reach(connector, {"gw-t": lent}.get), [address], ours, settings)
         assert pushed.result == "unchanged"
         assert peer.authenticated == 1  # only the lent connection ever logged in

@@ -383,7 +383,8 @@ def test_percentile_from_buckets_is_never_low_and_at_most_max_relative_error_hig
 
 
 async def test_migration_004_runs_twice(pg_db: PgDatabase) -> None:
-    sql = next(m.sql for m in load_migrations() if m.name == "004-ping-rollup.sql")
+    migrations = await asyncio.to_thread(load_migrations)
+    sql = next(m.sql for m in migrations if m.name == "004-ping-rollup.sql")
     async with connect(pg_db) as conn:
         await migrate(conn)
         await _insert(conn, HAND)

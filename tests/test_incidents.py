@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 import struct
@@ -71,7 +72,8 @@ async def test_incident_goes_to_store_and_journal_with_fields(
     assert entry["CLAW_EVENT"] == "offline"
     assert entry["CLAW_GATEWAY"] == "gw-b"
     assert entry["CLAW_MISSED_PINGS"] == "3"
-    stored = [i for _, i in JsonStore(tmp_path).read_incidents()]
+    rows = await asyncio.to_thread(lambda: list(JsonStore(tmp_path).read_incidents()))
+    stored = [i for _, i in rows]
     assert [i.key for i in stored] == [incident.key]
 
 

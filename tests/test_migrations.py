@@ -108,7 +108,7 @@ async def _recorded(conn: asyncpg.Connection) -> list[str]:
 async def test_initial_schema_runs_twice_with_psql_then_runner_records_both(
     pg_db: PgDatabase,
 ) -> None:
-    initial = migrations_dir() / INITIAL
+    initial = await asyncio.to_thread(migrations_dir) / INITIAL
     for attempt in (1, 2):
         proc = await asyncio.to_thread(_psql_file, pg_db, initial)
         assert proc.returncode == 0, f"psql run {attempt}: {proc.stderr}"

@@ -140,7 +140,7 @@ async def test_config_push_to_a_changed_host_key_fails_and_writes_nothing(
     settings, config_path = make_home(home, fleet, ssh={"hostKeyPolicy": "accept-new"})
     connector = Connector(settings.ssh, settings.home)
     target = PeerAddress("gw-b", "beta", peer.address, peer.port, "claw")
-    ours, _ = read_config(config_path)
+    ours, _ = await asyncio.to_thread(read_config, config_path)
     [first] = await push_many(Reach(connector), [target], ours, settings)
     assert first.result == "pushed", first.detail
     remote = root / ".openclaw" / "claw-clan" / "config.json"
@@ -170,7 +170,7 @@ async def test_config_push_to_an_untrusted_host_key_fails_and_writes_nothing(
     settings, config_path = make_home(home, fleet)  # policy known_hosts (the default)
     assert settings.ssh.host_key_policy == "known_hosts"
     connector = Connector(settings.ssh, settings.home)
-    ours, _ = read_config(config_path)
+    ours, _ = await asyncio.to_thread(read_config, config_path)
     target = PeerAddress("gw-b", "beta", peer.address, peer.port, "claw")
     [outcome] = await push_many(Reach(connector), [target], ours, settings)
     assert outcome.result == "failed"

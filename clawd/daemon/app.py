@@ -61,6 +61,16 @@ class Daemon:
         self.signals = Signals()
         self._parts: Parts | None = None
         self._reloads: set[asyncio.Task[object]] = set()
+        # Set once every component is up (when `ready` is logged): what an in-process
+        # caller (the tests' daemon fixture) waits for instead of reading the log.
+        self.ready = asyncio.Event()
+
+    @property
+    def parts(self) -> Parts:
+        """The built components; only while run() runs (after assemble)."""
+        if self._parts is None:
+            raise RuntimeError("the daemon is not running")
+        return self._parts
 
     async def run(self) -> int:
         """0 after a graceful stop; 1 after a forced one (a second SIGTERM/SIGINT)."""
@@ -111,6 +121,7 @@ class Daemon:
                         postgres=parts.repo.sink_state(),
                     )
                     self.notifier.send("READY=1", f"STATUS={parts.status.text()}")
+                    self.ready.set()
                 await self.signals.stopping.wait()
                 self.notifier.send("STOPPING=1")
                 await self._shutdown(parts.entries, tasks)

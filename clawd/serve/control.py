@@ -63,6 +63,11 @@ def _private_socket(path: Path) -> socket.socket:
     return sock
 
 
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 class _Client:
     """One accepted connection; `evicted` when a newer client took its slot."""
 
@@ -99,8 +104,9 @@ class ControlServer:
         self._warn = RateLimitedLog(log, log_interval)
 
     async def run(self, ready: asyncio.Event) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # a stale socket from a crashed run
+        # Off the loop, as every file operation of the daemon's (blocking: a slow disk
+        # would stall every ping).
+        await asyncio.to_thread(_remove, self.path)  # a stale socket from a crashed run
         self._server = await asyncio.start_unix_server(
             self._serve, sock=_private_socket(self.path), limit=MAX_REQUEST
         )
@@ -112,8 +118,7 @@ class ControlServer:
             for client in list(self._waiting):
                 client.writer.close()
             await self._server.wait_closed()
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            await asyncio.to_thread(_remove, self.path)
 
     def stop(self) -> None:
         self._stopped.set()

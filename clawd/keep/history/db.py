@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -53,7 +54,7 @@ async def _note_pending_migrations(conn: Conn) -> None:
         applied = await applied_migrations(conn)
     except asyncpg.InsufficientPrivilegeError:
         return  # a role that may not read the migrations table: no hint, no failure
-    pending = [m.name for m in load_migrations() if m.name not in applied]
+    pending = [m.name for m in await asyncio.to_thread(load_migrations) if m.name not in applied]
     if INDEX_MIGRATION in pending:
         print(
             f"note: migration {INDEX_MIGRATION} is not applied, so reports read the table "

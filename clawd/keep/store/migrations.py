@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -86,7 +87,8 @@ async def migrate(conn: Conn, directory: Path | None = None) -> list[str]:
     Safe to run from several machines at once: an advisory lock makes the
     second runner wait, then find nothing left to do.
     """
-    migrations = load_migrations(directory)
+    # Reading the files is blocking (and a slow disk would stall every ping): off the loop.
+    migrations = await asyncio.to_thread(load_migrations, directory)
     done = await applied_migrations(conn)
     if all(m.name in done for m in migrations):
         return []  # nothing to create: works with DML-only rights
