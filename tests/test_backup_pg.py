@@ -60,7 +60,7 @@ async def test_backup_writes_dump_archive_and_manifest_then_verifies(
     assert not list(directory.glob("*.partial"))
     assert dump.read_bytes()[:5] == b"PGDMP"  # custom format
 
-    m = manifests.read(manifest_path)
+    m = await asyncio.to_thread(manifests.read, manifest_path)
     assert m.status == "ok" and m.backend == "postgres"
     assert m.row_counts == expected
     assert m.pg_dump_version and m.pg_dump_version.startswith("15")
@@ -129,7 +129,9 @@ async def test_dump_truncated_to_60_percent_fails_verification(
     alone = await run_verify(settings, str(truncated))
     assert not alone.ok and alone.verification.checksum == "no manifest"
     assert alone.verification.readable.startswith("failed: pg_restore")
-    m = manifests.read(tmp_path / "home" / "backups" / names.manifest_name(result.stamp))
+    m = await asyncio.to_thread(
+        manifests.read, tmp_path / "home" / "backups" / names.manifest_name(result.stamp)
+    )
     assert m.verification is not None and not m.verification.ok
     assert "level=error event=backup_verify_failed" in logs.getvalue()
 
@@ -159,7 +161,7 @@ async def test_pg_dump_killed_mid_run_leaves_no_final_file(
     assert result.error is not None and "pg_dump was killed by SIGKILL" in result.error
     assert not list(directory.glob("*.dump"))
     assert not list(directory.glob("*.partial"))
-    failed = manifests.read_all(directory)[0]
+    failed = (await asyncio.to_thread(manifests.read_all, directory))[0]
     assert [m.status for m in failed] == ["failed"]
     line = next(ln for ln in logs.getvalue().splitlines() if "event=backup_failed" in ln)
     assert "level=error" in line and "SIGKILL" in line
@@ -286,7 +288,7 @@ async def test_failure_names_the_cause_in_one_error_line(tmp_path: Path, pg_db: 
     errors = [ln for ln in logs.getvalue().splitlines() if "level=error" in ln]
     assert len(errors) == 1 and "event=backup_failed" in errors[0]
     # The JSON archive of the same run was still taken; the failure is on record.
-    (m,) = manifests.read_all(tmp_path / "home" / "backups")[0]
+    (m,) = (await asyncio.to_thread(manifests.read_all, tmp_path / "home" / "backups"))[0]
     assert m.status == "failed" and [f.kind for f in m.files] == ["json"]
 
 

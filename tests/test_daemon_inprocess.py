@@ -126,13 +126,13 @@ async def test_edit_reaches_the_pinger_and_a_broken_one_is_rejected(
     assert await _pings_in(daemon, 1.5) >= 3
 
     # A broken edit: rejected, the running settings and document stay, pings go on.
-    document = daemon.parts.reloader.document
+    document = daemon.parts.reloader.in_force.document
     await daemon.write_config(config | {"backend": "mysql"})
     answer = await daemon.request("reload")
     assert answer["ok"] is False
     assert "backend: 'mysql' is not one of json, postgres" in answer["error"]
     assert live.settings.ping.interval_seconds == 0.3 and live.settings.backend == "json"
-    assert daemon.parts.reloader.document is document
+    assert daemon.parts.reloader.in_force.document is document
     assert await _pings_in(daemon, 1.5) >= 3
     assert all_online(daemon)
 
