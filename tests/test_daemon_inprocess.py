@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faulthelpers import three_peers
 from inprocess import STOP_SECONDS, InProcessDaemons, RunningDaemon, peers_config
 from sshpeers import SshFleet, SshPeer
 
@@ -26,15 +27,8 @@ CLAWD_DIR = str(Path(clawd.__file__).parent)
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[tuple[SshFleet, dict[str, SshPeer]]]:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    async with SshFleet(keys) as ssh_fleet:
-        peers = {
-            "gw-b": await ssh_fleet.add_peer("127.0.0.2"),
-            "gw-c": await ssh_fleet.add_peer("127.0.0.3"),
-            "gw-d": await ssh_fleet.add_peer("127.0.0.4"),
-        }
-        yield ssh_fleet, peers
+    async with three_peers(tmp_path, "gw-i", 40) as fleet:
+        yield fleet
 
 
 async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -105,10 +99,10 @@ async def test_edit_reaches_the_pinger_and_a_broken_one_is_rejected(
     inprocess_daemons: InProcessDaemons, fleet: tuple[SshFleet, dict[str, SshPeer]]
 ) -> None:
     ssh_fleet, peers = fleet
-    one = {"gw-b": peers["gw-b"]}
+    one = {"gw-i0": peers["gw-i0"]}
     config = peers_config(ssh_fleet, one, interval=0.3)
     daemon = await inprocess_daemons.start(config)
-    await until(lambda: all_online(daemon), 10, "gw-b online")
+    await until(lambda: all_online(daemon), 10, "gw-i0 online")
     live = daemon.parts.live
 
     # Slower: the config watcher sees the edit, the pinger reschedules its peer.
@@ -145,9 +139,9 @@ async def test_stop_with_a_ping_in_flight_ends_in_time_and_leaves_no_task(
     config["ping"] |= {"intervalSeconds": 1.0, "timeoutSeconds": 0.9}
     daemon = await inprocess_daemons.start(config)
     await until(lambda: all_online(daemon), 10, "every peer online")
-    slow = peers["gw-c"]
+    slow = peers["gw-i1"]
     slow.echo_delay = 30.0  # its next echo is held far beyond the ping timeout
-    await until(lambda: slow.echoes_pending > 0, 5, "a ping to gw-c in flight")
+    await until(lambda: slow.echoes_pending > 0, 5, "a ping to gw-i1 in flight")
 
     started = time.monotonic()
     assert await daemon.stop(timeout=STOP_SECONDS) == 0
