@@ -19,7 +19,7 @@ import asyncpg
 from clawd.act.backup.manager import BackupManager
 from clawd.act.fleetops.distribution import ConfigDistributor
 from clawd.act.fleetops.fence import FenceToken
-from clawd.act.fleetops.leadership import acting_leader
+from clawd.act.fleetops.leadership import acting_leader, addresses
 from clawd.act.fleetops.recovery import Recoverer
 from clawd.act.skills.syncer import SkillSyncer
 from clawd.config.document import ConfigDocument
@@ -61,12 +61,10 @@ Reload = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 def ping_targets(view: FleetView, default_user: str) -> dict[str, PingTarget]:
+    """The peers to ping: the same addresses leader work uses (one reading of the view)."""
     return {
-        gid: PingTarget(
-            gid, r.instance.ip, r.instance.ssh_port, r.instance.ssh_user or default_user
-        )
-        for gid, r in view.peers.items()
-        if r.instance.ip
+        gid: PingTarget(a.gateway_id, a.host, a.port, a.user)
+        for gid, a in addresses(view, default_user).items()
     }
 
 
