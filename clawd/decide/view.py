@@ -12,6 +12,7 @@ from typing import Any
 
 from clawd.core.model import Incident, Instance, PeerState, PeerStatus
 from clawd.core.observations import ProbeRequest
+from clawd.core.trust import Trust
 from clawd.decide.accrual import ArrivalHistory
 from clawd.decide.rules import Evidence, Probes
 from clawd.decide.suspicion import DetectorSettings, Suspicion
@@ -75,6 +76,10 @@ class PeerRecord:
     # partition's (a link that was cut may need a reconnect backoff to come back).
     partition_hold_until: datetime | None = None
     outage: Outage | None = None
+    # Proven over SSH in this run: a trusted host key, and the peer's own state.json
+    # names this gateway id. Only verified peers count for the election.
+    verified: bool = False
+    trust: Trust = Trust.NONE
 
 
 @dataclass(frozen=True, slots=True)

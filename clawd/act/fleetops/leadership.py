@@ -53,6 +53,7 @@ def addresses(view: FleetView, default_user: str) -> dict[str, PeerAddress]:
             r.instance.ip,
             r.instance.ssh_port,
             r.instance.ssh_user or default_user,
+            r.trust,
         )
         for gid, r in view.peers.items()
         if r.instance.ip

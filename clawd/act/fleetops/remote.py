@@ -12,6 +12,7 @@ from types import TracebackType
 import asyncssh
 
 from clawd.core.errors import ClawdError
+from clawd.core.trust import Trust
 from clawd.sources.ssh_client import Connector, SshConnectError
 
 STDERR_TAIL = 300
@@ -33,6 +34,8 @@ class PeerAddress:
     host: str
     port: int
     user: str
+    # How its host key is trusted: only known-hosts/operator peers receive secrets.
+    trust: Trust = Trust.NONE
 
 
 @dataclass(frozen=True, slots=True)
