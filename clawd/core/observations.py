@@ -6,6 +6,21 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from clawd.core.model import Instance
+from clawd.core.trust import Trust
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProof:
+    """What an SSH connection proved about the far end: how its host key is trusted, and
+    who it says it is in its own state.json (None: the file could not be read or parsed)."""
+
+    trust: Trust
+    fingerprint: str
+    gateway_id: str | None
+    lead_number: int | None
+
+    def proves(self, gateway_id: str) -> bool:
+        return self.trust is not Trust.NONE and self.gateway_id == gateway_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +36,8 @@ class PingResult:
     # Is claw-clan installed there? None when this round did not check.
     installed: bool | None = None
     error: str | None = None
+    # Who answered, when this round read the peer's identity (None: not read this round).
+    proof: PeerProof | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +46,9 @@ class MdnsSeen:
 
     instance: Instance
     at: datetime
+    # Set by membership once the announced address proved the gateway id over SSH; an
+    # announcement without it is a hint: it never creates a peer nor moves one.
+    proof: PeerProof | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +119,14 @@ class Tick:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class PeerForgotten:
+    """The operator removed this peer (`clawd peer forget`): no file, no pings, no pin."""
+
+    gateway_id: str
+    at: datetime
+
+
 Observation = (
     PingResult
     | MdnsSeen
@@ -110,6 +138,7 @@ Observation = (
     | SelfChanged
     | Started
     | Tick
+    | PeerForgotten
 )
 
 
