@@ -263,6 +263,9 @@ class SshSettings(Section):
     max_concurrent_handshakes: int = Field(default=8, ge=1, le=1000)
     install_check_every_rounds: int = Field(default=10, ge=1, le=100_000)
     install_check_command: str = "test -d ~/.openclaw/claw-clan"
+    # The peer's own state.json, relative to its home: read over SSH (with the install
+    # check) to prove which gateway id answers there and what lead number it holds.
+    identity_file: str = Field(default=".openclaw/claw-clan/state.json", min_length=1)
     reconnect_initial_seconds: float = Field(default=1.0, gt=0, le=600)
     reconnect_max_seconds: float = Field(default=60.0, gt=0, le=3600)
 

@@ -168,7 +168,11 @@ async def assemble(
         view,
         persist_interval=s.storage.peer_file_interval_seconds,
         hooks=KeeperHooks(
-            guard=guard, loop_stall=loop_monitor.current_stall, on_probe=prober.ask, on_doubt=doubt
+            guard=guard,
+            loop_stall=loop_monitor.current_stall,
+            on_probe=prober.ask,
+            on_doubt=doubt,
+            on_recheck=pinger.recheck_install,
         ),
     )
     for instance in static_peers(s):

@@ -37,6 +37,7 @@ from clawd.core.observations import (
     MdnsSeen,
     Observation,
     PeerConfigured,
+    PeerProof,
     PingResult,
     ProbeRequest,
     ProbeResult,
@@ -49,6 +50,7 @@ from clawd.decide import partition
 from clawd.decide.accrual import record_heartbeat
 from clawd.decide.election import elect, epoch_seen
 from clawd.decide.flap import flapping_now, percent_state_change, remember
+from clawd.decide.proof import apply_proof, hint_lead_differs
 from clawd.decide.rules import Probes, decide
 from clawd.decide.suspicion import Suspicion, suspicion
 from clawd.decide.transitions import report, transition
@@ -73,8 +75,10 @@ class Reconciler:
         decision = Decision(view, origin=view.peers)
         if isinstance(obs, PingResult):
             self._on_ping(decision, obs, now)
-        elif isinstance(obs, MdnsSeen | PeerConfigured):
-            self._on_announce(decision, obs.instance, isinstance(obs, MdnsSeen), now)
+        elif isinstance(obs, MdnsSeen):
+            self._on_mdns(decision, obs, now)
+        elif isinstance(obs, PeerConfigured):
+            self._on_announce(decision, obs.instance, False, now)
         elif isinstance(obs, MdnsGone):
             self._on_mdns_gone(decision, obs, now)
         elif isinstance(obs, ProbeResult):
@@ -151,6 +155,8 @@ class Reconciler:
                 ok_streak=0,
                 failing_since=record.failing_since or obs.at,
             )
+        if obs.success:
+            record = apply_proof(d, record, obs.proof)
         hold = record.partition_hold_until
         if hold is not None and (obs.success or obs.at > hold):
             record = dataclasses.replace(record, partition_hold_until=None)
@@ -175,15 +181,48 @@ class Reconciler:
             self._maybe_probe(d, gid, now)
         self._redecide(d, gid, now)
 
-    def _on_announce(self, d: Decision, inst: Instance, via_mdns: bool, now: datetime) -> None:
+    def _on_mdns(self, d: Decision, obs: MdnsSeen, now: datetime) -> None:
+        """An announcement with a proof (membership verified it) is taken whole; one without
+        is a hint: never a new peer, never a new address, user or lead number."""
+        inst, proof = obs.instance, obs.proof
+        record = d.view.peers.get(inst.gateway_id)
+        if proof is not None and proof.proves(inst.gateway_id):
+            self._on_announce(d, inst, True, now, proof)
+            return
+        if record is None or inst.gateway_id == d.view.me.gateway_id:
+            return
+        if hint_lead_differs(record, inst.lead_number):
+            d.rechecks.append(inst.gateway_id)
+        old = record.instance
+        hint = dataclasses.replace(
+            inst,
+            ip=old.ip,
+            ssh_user=old.ssh_user,
+            ssh_port=old.ssh_port,
+            lead_number=old.lead_number,
+        )
+        self._on_announce(d, hint, True, now)
+
+    def _on_announce(
+        self,
+        d: Decision,
+        inst: Instance,
+        via_mdns: bool,
+        now: datetime,
+        proof: PeerProof | None = None,
+    ) -> None:
         if inst.gateway_id == d.view.me.gateway_id:
             return
+        if proof is not None and proof.lead_number is not None:
+            inst = dataclasses.replace(inst, lead_number=proof.lead_number)
         record = d.view.peers.get(inst.gateway_id)
         if record is None:
             state = PeerState(
                 gateway_id=inst.gateway_id, mdns_broadcasting=via_mdns, updated_at=now
             )
             record = PeerRecord(inst, state, since=now)
+            if proof is not None:
+                record = dataclasses.replace(record, verified=True, trust=proof.trust)
             d.instances.append(inst)
             d.save_state(state)
             d.put(record)
@@ -206,6 +245,9 @@ class Reconciler:
             state=state,
             mdns_withdrawn=record.mdns_withdrawn and not via_mdns,
         )
+        if proof is not None and not (record.verified and record.trust is proof.trust):
+            record = dataclasses.replace(record, verified=True, trust=proof.trust)
+            d.moved = True
         d.put(record)
         self._redecide(d, inst.gateway_id, now)
 

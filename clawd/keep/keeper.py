@@ -63,6 +63,8 @@ class KeeperHooks:
     loop_stall: Callable[[], float] | None = None
     # Sends the reconciler's indirect-probe requests out.
     on_probe: Callable[[ProbeRequest], None] | None = None
+    # Asks the pinger to read these peers' identity (state.json) at their next round.
+    on_recheck: Callable[[str], None] | None = None
     # Hears the guard's verdict flip (True: doubting itself).
     on_doubt: Callable[[bool], None] | None = None
 
@@ -188,6 +190,9 @@ class FleetKeeper:
         if self.hooks.on_probe is not None:
             for request in decision.probes:
                 self.hooks.on_probe(request)
+        if self.hooks.on_recheck is not None:
+            for gid in decision.rechecks:
+                self.hooks.on_recheck(gid)
         if self.view.leader != previous_leader:
             await self.repo.set_leader(self.view.leader)
         if isinstance(obs, Tick):

@@ -212,11 +212,11 @@ class ConfigDistributor(LeaderLoop):
     def _pending(self, view: FleetView, config_hash: str) -> list[PeerAddress]:
         now = time.monotonic()
         # A peer without claw-clan gets config.json with its reinstall, not before: a
-        # pushed file would make it look installed.
+        # pushed file would make it look installed. Only to peers that proved who they are.
         online = {
             gid
             for gid, r in view.peers.items()
-            if r.state.status is PeerStatus.ONLINE and r.state.claw_clan_installed
+            if r.state.status is PeerStatus.ONLINE and r.state.claw_clan_installed and r.verified
         }
         return [
             peer

@@ -75,11 +75,14 @@ class ReinstallOutcome:
 
 
 def needs_reinstall(view: FleetView, ours: str | None) -> dict[str, str]:
-    """Peers reachable over SSH that lack claw-clan or run an older one: id -> reason."""
+    """Verified peers reachable over SSH that lack claw-clan or run an older one: id ->
+    reason. (A peer lost claw-clan's state.json with it is still proven by its pinned key.)"""
     wanted: dict[str, str] = {}
     for gid, record in view.peers.items():
         state = record.state
         if state.status is not PeerStatus.ONLINE or not state.ssh_connectivity:
+            continue
+        if not record.verified:
             continue
         if not state.claw_clan_installed:
             wanted[gid] = "claw-clan not installed"
