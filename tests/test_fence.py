@@ -388,7 +388,8 @@ async def test_push_to_a_peer_fenced_by_another_leader(peer: Peer) -> None:
     table = render_outcomes([first, second])
     assert "fenced" in table and "1 pushed, 0 unchanged, 0 failed, 1 fenced" in table
     assert "fenced" not in render_outcomes([first])  # the count only when it happened
-    assert set(second.to_dict()) == {"gateway_id", "name", "result", "detail"}
+    # The fence token stays in the daemon (withheld: only key names, never values).
+    assert set(second.to_dict()) == {"gateway_id", "name", "result", "detail", "withheld"}
 
     # The leader loop: told once per push round, backs off, delivers nothing.
     fenced: list[FenceToken] = []

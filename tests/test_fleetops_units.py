@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 from clawd.act.fleetops.leadership import acting_leader, is_older
-from clawd.act.fleetops.payload import config_for_peer
+from clawd.act.fleetops.peer_config import config_for_peer
 from clawd.act.fleetops.recovery import needs_reinstall
 from clawd.act.fleetops.retry import PeerBackoff
 from clawd.core.model import Instance, PeerState, PeerStatus
+from clawd.core.trust import Trust
 from clawd.decide.view import FleetView, PeerRecord
 
 
@@ -35,7 +36,7 @@ def test_pushed_config_keeps_the_peers_identity_and_static_peers() -> None:
         "peers": [{"name": "x", "ip": "10.0.0.1"}],
     }
     theirs = json.dumps({"backend": "json", "instance": {"gatewayId": "gw-b"}}).encode()
-    merged = json.loads(config_for_peer(ours, theirs))
+    merged = json.loads(config_for_peer(ours, theirs, Trust.KNOWN_HOSTS).data)
     assert merged == {
         "backend": "postgres",
         "postgres": {"host": "db"},
@@ -43,10 +44,10 @@ def test_pushed_config_keeps_the_peers_identity_and_static_peers() -> None:
     }
     # A peer without a (valid) config gets the fleet-wide part only, never our identity.
     for missing in (None, b"{not json", b"[1]"):
-        assert "instance" not in json.loads(config_for_peer(ours, missing))
+        assert "instance" not in json.loads(config_for_peer(ours, missing, Trust.KNOWN_HOSTS).data)
     # Pushing twice gives the same bytes: the second push is "unchanged".
-    once = config_for_peer(ours, theirs)
-    assert config_for_peer(ours, once) == once
+    once = config_for_peer(ours, theirs, Trust.KNOWN_HOSTS).data
+    assert config_for_peer(ours, once, Trust.KNOWN_HOSTS).data == once
 
 
 def test_only_a_leader_no_unknown_peer_can_outrank_acts() -> None:

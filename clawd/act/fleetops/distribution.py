@@ -25,7 +25,7 @@ from clawd.act.fleetops import fence
 from clawd.act.fleetops.fence import FenceKind, FenceToken
 from clawd.act.fleetops.leadership import acting_leader, addresses
 from clawd.act.fleetops.loop import LeaderLoop, new_backoff
-from clawd.act.fleetops.payload import config_for_peer
+from clawd.act.fleetops.peer_config import config_for_peer
 from clawd.act.fleetops.remote import Borrow, PeerAddress, Reach, RemoteError
 from clawd.act.fleetops.retry import REPEAT_SECONDS
 from clawd.config.document import ConfigDocument
@@ -33,6 +33,7 @@ from clawd.config.settings import Settings
 from clawd.core.model import PeerStatus
 from clawd.core.ratelog import LogLimiter
 from clawd.core.text import printable
+from clawd.core.trust import Trust
 from clawd.decide.view import FleetView
 from clawd.sources.ssh_client import Connector
 
@@ -53,14 +54,32 @@ class PushOutcome:
     detail: str = ""
     # "fenced": the token the peer holds (not sent over the control socket).
     fenced_by: FenceToken | None = field(default=None, compare=False)
+    # Our keys left out of the peer's copy (secrets, a loopback postgres.host); the
+    # reason is in `detail`.
+    withheld: tuple[str, ...] = ()
+    # The trust the document was shaped for (not sent over the control socket).
+    trust: Trust = field(default=Trust.NONE, compare=False)
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "gateway_id": self.gateway_id,
             "name": self.name,
             "result": self.result,
             "detail": self.detail,
+            "withheld": list(self.withheld),
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PushOutcome:
+        """What to_dict made (a daemon's answer); an older daemon's lacks `withheld`."""
+        result = d.get("result")
+        return cls(
+            str(d.get("gateway_id", "")),
+            str(d.get("name", "")),
+            result if result in RESULTS else "failed",
+            str(d.get("detail", "")),
+            withheld=tuple(str(k) for k in d.get("withheld") or ()),
+        )
 
 
 def remote_config_path(settings: Settings) -> str:
@@ -75,7 +94,8 @@ async def push_one(
     *,
     token: FenceToken | None = None,
 ) -> PushOutcome:
-    """Write our config.json to one peer unless it already has the same content.
+    """Write our config.json, shaped for the peer's trust (peer_config.py), to one peer
+    unless it already has the same content.
 
     Only where claw-clan is installed ("skipped" otherwise). The peer's fence is claimed
     first with `token` (default: `settings_token`).
@@ -108,16 +128,20 @@ async def push_one(
             if claimed.kind is FenceKind.STALE and claimed.stored is not None:
                 return _fenced(peer, token, claimed.stored)
             current = await host.read(path)
-            wanted = config_for_peer(ours, current)
-            if current == wanted:
-                return PushOutcome(peer.gateway_id, peer.name, "unchanged")
-            # Into the install folder as it is: creating it would fake an install.
-            await host.write_atomic(path, wanted, 0o600, make_parents=False)
+            wanted = config_for_peer(ours, current, peer.trust)
+            result: Result = "unchanged" if current == wanted.data else "pushed"
+            if result == "pushed":
+                # Into the install folder as it is: creating it would fake an install.
+                await host.write_atomic(path, wanted.data, 0o600, make_parents=False)
     except TimeoutError:
         return PushOutcome(peer.gateway_id, peer.name, "failed", f"timed out after {seconds:g}s")
     except RemoteError as exc:  # FenceError included
         return PushOutcome(peer.gateway_id, peer.name, "failed", str(exc))
-    return PushOutcome(peer.gateway_id, peer.name, "pushed")
+    withheld = tuple(w.key for w in wanted.withheld)
+    note = wanted.note(peer.gateway_id)
+    return PushOutcome(
+        peer.gateway_id, peer.name, result, note, withheld=withheld, trust=peer.trust
+    )
 
 
 def _fenced(peer: PeerAddress, ours: FenceToken, stored: FenceToken) -> PushOutcome:
@@ -193,7 +217,9 @@ class ConfigDistributor(LeaderLoop):
         # is then reinstalled by the recoverer.
         self.recheck = recheck
         self._fenced_by: dict[str, FenceToken] = {}  # gateway id -> last logged token
-        self._delivered: dict[str, str] = {}  # gateway id -> hash of our config it has
+        # gateway id -> (hash of our config, trust it was shaped for) the peer has: a peer
+        # trusted further later (`clawd peer trust`) is due again, for the secrets.
+        self._delivered: dict[str, tuple[str, Trust]] = {}
         self._problems = LogLimiter(REPEAT_SECONDS)  # (gateway id, reason) logged lately
         self.pushes = 0
 
@@ -222,7 +248,7 @@ class ConfigDistributor(LeaderLoop):
             peer
             for gid, peer in addresses(view, self.settings.instance.ssh_user).items()
             if gid in online
-            and self._delivered.get(gid) != config_hash
+            and self._delivered.get(gid) != (config_hash, peer.trust)
             and self._backoff.due(gid, now)
         ]
 
@@ -255,10 +281,12 @@ class ConfigDistributor(LeaderLoop):
                 self._skipped(o, now)
                 continue
             self._backoff.forget(o.gateway_id)
-            self._delivered[o.gateway_id] = config_hash
+            self._delivered[o.gateway_id] = (config_hash, o.trust)
             if o.result == "pushed":
                 self.pushes += 1
-                log.info("config_pushed", gateway=o.gateway_id, name=o.name)
+                log.info(
+                    "config_pushed", gateway=o.gateway_id, name=o.name, withheld=list(o.withheld)
+                )
 
     def _skipped(self, o: PushOutcome, now: float) -> None:
         """No claw-clan there: have the pinger look again, so the recoverer reinstalls it."""

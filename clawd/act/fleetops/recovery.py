@@ -4,8 +4,8 @@ Only the acting leader reinstalls, so peers never race each other. Each attempt:
 again on the peer, claim the peer's fence (see fence.py: two leaders that cannot see each
 other reinstall a peer at most once per epoch, and a stale leader is refused by the peer),
 copy `<home>/scripts/` and the config.json in force (validated, never the file as it
-reads now) over SFTP, run the install command, check the
-result; one `reinstall` incident per success and per new failure.
+reads now; shaped for the peer's trust, see peer_config.py) over SFTP, run the install
+command, check the result; one `reinstall` incident per success and per new failure.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from clawd.act.fleetops.fence import (
 )
 from clawd.act.fleetops.leadership import acting_leader, addresses, is_older
 from clawd.act.fleetops.loop import LeaderLoop, new_backoff
-from clawd.act.fleetops.payload import collect_scripts, config_for_peer
+from clawd.act.fleetops.payload import collect_scripts
+from clawd.act.fleetops.peer_config import config_for_peer
 from clawd.act.fleetops.remote import Borrow, PeerAddress, Reach, RemoteError
 from clawd.config.document import ConfigDocument
 from clawd.config.settings import Settings
@@ -58,6 +59,8 @@ class ReinstallOutcome:
     already_installed: bool = False
     # Set when the peer's fence turned us away (ALREADY or STALE): nothing was copied.
     fenced: FenceResult | None = None
+    # Our config.json keys left out of the peer's copy (peer_config.py).
+    withheld: list[str] = field(default_factory=list)
 
     def details(self, peer: PeerAddress) -> dict[str, object]:
         out: dict[str, object] = {
@@ -69,6 +72,8 @@ class ReinstallOutcome:
             "bytes": self.bytes,
             "duration_s": round(self.seconds, 3),
         }
+        if self.withheld:
+            out["withheld"] = self.withheld
         if self.error:
             out["error"] = self.error
         return out
@@ -135,10 +140,12 @@ async def reinstall(
                 outcome.files.append(f.relative)
                 outcome.bytes += len(f.data)
             current = await host.read(f"{base}/config.json")
-            config = config_for_peer(ours, current)
-            await host.write_atomic(f"{base}/config.json", config, 0o600)
+            # Shaped for the peer's trust: a peer trusted on first use gets no secrets.
+            config = config_for_peer(ours, current, peer.trust)
+            await host.write_atomic(f"{base}/config.json", config.data, 0o600)
             outcome.files.append("config.json")
-            outcome.bytes += len(config)
+            outcome.bytes += len(config.data)
+            outcome.withheld = [w.key for w in config.withheld]
             done = await host.run(r.install_command, r.timeout_seconds)
             if not done.ok:
                 status = "timed out" if done.exit_status is None else f"exit {done.exit_status}"
