@@ -106,8 +106,9 @@ async def probe_via(
         if conn.is_closed():
             raise ProbeError("connection lost") from None
         if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+            why = "sshd's AllowTcpForwarding or PermitOpen"
             raise ForwardingRefused(
-                _one_line(f"helper forbids TCP forwarding ({exc.reason})")
+                _one_line(f"helper forbids TCP forwarding ({why}): {exc.reason}")
             ) from None
         if exc.code == asyncssh.OPEN_CONNECT_FAILED:
             return False  # the helper's connect failed: refused, no route to host
