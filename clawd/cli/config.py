@@ -11,7 +11,7 @@ from typing import Any
 from clawd.cli.codes import EXIT_USER_ERROR
 from clawd.config.load import load_settings
 from clawd.config.permissions import warn_if_readable_by_others
-from clawd.config.settings import Settings, default_config_path
+from clawd.config.settings import RETIRED_KEYS, Settings, default_config_path
 from clawd.core.logs import configure_logging
 
 
@@ -30,9 +30,7 @@ def warn_retired(settings: Settings) -> None:
 
     for key in settings.retired_keys():
         structlog.get_logger("clawd.config").warning(
-            "config_key_unused",
-            key=key,
-            fix="remove it: flapping is now detection.flapHighPercent / flapLowPercent",
+            "config_key_unused", key=key, fix=RETIRED_KEYS[key]
         )
 
 

@@ -208,9 +208,12 @@ class DetectionSettings(Section):
     # Nagios-style flapping: percent state change over the last 21 ping results.
     flap_high_percent: float = Field(default=50.0, gt=0, le=100)
     flap_low_percent: float = Field(default=25.0, ge=0, le=100)
-    # Indirect probes: this many other online peers run `probeCommand HOST:PORT`; 0 = off.
+    # Indirect probes: this many other online, verified peers reach a suspect's SSH port
+    # through a direct-tcpip channel on clawd's connection to them; 0 = off.
     indirect_probes: int = Field(default=3, ge=0, le=32)
-    probe_command: str = Field(default="clawd probe", min_length=1)
+    # Retired (see RETIRED_KEYS): helpers run no command any more; accepted (and reported
+    # as unused) so that an older config.json still starts the daemon.
+    probe_command: str | None = Field(default=None, min_length=1)
     probe_timeout_seconds: float = Field(default=3.0, gt=0, le=120)
     # Partition: at least this many peers, and this share of them, failing within the window.
     partition_min_peers: int = Field(default=3, ge=2, le=100_000)

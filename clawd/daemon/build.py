@@ -146,7 +146,6 @@ async def assemble(
     d = s.detection
     prober = IndirectProber(
         pinger.connection,
-        command=d.probe_command,
         timeout=d.probe_timeout_seconds,
         k=d.indirect_probes,
         on_verdict=lambda result: keeper.emit(result),

@@ -263,7 +263,7 @@ class Reconciler:
         record = d.view.peers.get(obs.gateway_id)
         if record is None or record.probes is not Probes.PENDING:
             return  # answered since (a ping succeeded), or a peer no longer tracked
-        if obs.reachable_by:
+        if obs.reached_by_majority:  # one helper (perhaps a liar) is not enough
             verdict = Probes.REACHABLE
         elif obs.unreachable_by:
             verdict = Probes.UNREACHABLE
@@ -341,11 +341,14 @@ class Reconciler:
         record = d.view.peers[gid]
         if self.t.probes <= 0 or record.probes is not Probes.NONE or not record.instance.ip:
             return
+        if not record.verified:
+            return  # its address may be only an announcement's: never send helpers there
         helpers = tuple(
             sorted(
                 h
                 for h, r in d.view.peers.items()
                 if h != gid
+                and r.verified  # an unverified peer's answer proves nothing
                 and r.state.status is PeerStatus.ONLINE
                 and r.state.claw_clan_installed
                 and r.state.missed_pings == 0
