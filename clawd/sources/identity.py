@@ -13,11 +13,14 @@ import dataclasses
 import json
 import shlex
 
+import asyncssh
 import structlog
 
 from clawd.config.sections import SshSettings
+from clawd.core.model import Instance
 from clawd.core.observations import PeerProof
-from clawd.sources.ssh_link import HostKeyTrust, Link, LinkDown
+from clawd.sources.ssh_client import Attempt, Connector, SshConnectError
+from clawd.sources.ssh_link import HostKeyTrust, Link, LinkDown, run_command
 
 log = structlog.get_logger("clawd.sources.pinger")
 
@@ -86,3 +89,36 @@ async def check_peer(
     if installed is None:
         log.warning("install_check_failed", gateway=gateway_id, error=error)
     return installed, proof
+
+
+async def verify_at(
+    connector: Connector, inst: Instance, default_user: str, ssh: SshSettings
+) -> PeerProof | None:
+    """Who answers at the address an announcement gave: a connection of its own (the pin
+    for the announced gateway id enforced), one exec, closed. None if it could not be told;
+    a proof that proves the id is pinned at once."""
+    if not inst.ip:
+        return None
+    user = inst.ssh_user or default_user
+    attempt = Attempt()
+    try:
+        conn = await connector.open_connection(
+            inst.ip, inst.ssh_port, user, attempt, inst.gateway_id
+        )
+    except SshConnectError as exc:
+        log.debug("identity_unreachable", gateway=inst.gateway_id, host=inst.ip, error=exc.error)
+        return None
+    try:
+        command = identity_command(ssh.install_check_command, ssh.identity_file)
+        status, output = await run_command(conn, command, ssh.connect_timeout_seconds)
+    except (OSError, asyncssh.Error) as exc:
+        log.debug("identity_unread", gateway=inst.gateway_id, host=inst.ip, error=str(exc))
+        return None
+    finally:
+        conn.close()
+    if status is None:
+        return None
+    proof = proof_of(attempt.key, output)
+    if proof.proves(inst.gateway_id):
+        await connector.remember_identity(inst.gateway_id, inst.ip, inst.ssh_port, attempt.key)
+    return proof

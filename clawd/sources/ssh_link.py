@@ -150,26 +150,33 @@ class Link:
         return status
 
     async def run(self, command: str, seconds: float) -> tuple[int | None, bytes]:
-        """Run `command` on a second channel: (exit status or None on a signal or timeout,
-        the first OUTPUT_LIMIT bytes of its stdout)."""
-        chan: asyncssh.SSHClientChannel[bytes] | None = None
-        session = ExitStatusSession()
-        try:
-            async with asyncio.timeout(seconds):
-                chan, _ = await self.conn.create_session(lambda: session, command, encoding=None)
-                chan.write_eof()
-                return await session.done, bytes(session.output)
-        except TimeoutError:
-            return None, bytes(session.output)
-        finally:
-            if chan is not None and not session.done.done():
-                chan.close()
+        """Run `command` on a second channel: see :func:`run_command`."""
+        return await run_command(self.conn, command, seconds)
 
     def close(self) -> None:
         self.conn.close()
 
     async def wait_closed(self) -> None:
         await self.conn.wait_closed()
+
+
+async def run_command(
+    conn: asyncssh.SSHClientConnection, command: str, seconds: float
+) -> tuple[int | None, bytes]:
+    """Run `command` on a channel of `conn`: (exit status or None on a signal or timeout,
+    the first OUTPUT_LIMIT bytes of its stdout)."""
+    chan: asyncssh.SSHClientChannel[bytes] | None = None
+    session = ExitStatusSession()
+    try:
+        async with asyncio.timeout(seconds):
+            chan, _ = await conn.create_session(lambda: session, command, encoding=None)
+            chan.write_eof()
+            return await session.done, bytes(session.output)
+    except TimeoutError:
+        return None, bytes(session.output)
+    finally:
+        if chan is not None and not session.done.done():
+            chan.close()
 
 
 def describe_error(exc: BaseException) -> str:
