@@ -48,6 +48,8 @@ class StatusAnswer:
             record = view.peers[row["gatewayId"]]
             row["phi"] = round(min(record.phi, 999.0), 2)
             row["rule"] = record.rule
+            row["verified"] = record.verified
+            row["trust"] = record.trust.value
         return {
             "ok": True,
             "summary": summary(view),

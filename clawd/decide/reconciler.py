@@ -37,6 +37,7 @@ from clawd.core.observations import (
     MdnsSeen,
     Observation,
     PeerConfigured,
+    PeerForgotten,
     PingResult,
     ProbeRequest,
     ProbeResult,
@@ -49,6 +50,7 @@ from clawd.decide import partition
 from clawd.decide.accrual import record_heartbeat
 from clawd.decide.election import elect, epoch_seen
 from clawd.decide.flap import flapping_now, percent_state_change, remember
+from clawd.decide.forget import forget
 from clawd.decide.rules import Probes, decide
 from clawd.decide.suspicion import Suspicion, suspicion
 from clawd.decide.transitions import report, transition
@@ -91,6 +93,8 @@ class Reconciler:
         elif isinstance(obs, Tick):
             self._on_tick(decision, now)
             decision.moved = True
+        elif isinstance(obs, PeerForgotten):
+            forget(decision, obs)
         # While the start-up election waits, every later observation may be the one it
         # ends on (not Started itself: the static peers are still queued behind it).
         settling = decision.view.settle is not None and not isinstance(obs, Started)
