@@ -237,3 +237,44 @@ async def test_list_live_and_from_files(
     assert set(by_gid) == set(peers), out
     assert pin.fingerprint in by_gid["gw-p0"] and " static " in by_gid["gw-p0"]
     assert " mdns " in by_gid["gw-p2"]
+
+
+async def clawd_on_tty(config: Path, answer: str, *args: str) -> tuple[int, str]:
+    """`clawd ARGS` with a terminal on stdin, typing `answer` at the prompt."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "clawd.cli.main",
+            *args,
+            "--config",
+            str(config),
+            stdin=slave,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        )
+        await asyncio.to_thread(os.write, master, answer.encode() + b"\n")
+        async with asyncio.timeout(CLI_SECONDS):
+            out, _ = await proc.communicate()
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_trust_asks_on_a_tty(fleet: Fleet, tmp_path: Path) -> None:
+    _, peers = fleet
+    home = tmp_path / "home"
+    config = await asyncio.to_thread(write_config, home, found_config(fleet, ["gw-p1"]))
+    code, out = await clawd_on_tty(config, "n", "peer", "trust", "gw-p1")
+    assert code == 1 and "Trust this key for gw-p1? [y/N]" in out, (code, out)
+    assert not (home / PINS_FILE_NAME).exists()
+    code, out = await clawd_on_tty(config, "y", "peer", "trust", "gw-p1")
+    assert code == 0, out
+    pins = await asyncio.to_thread(read_pins, home / PINS_FILE_NAME)
+    assert pins["gw-p1"].fingerprint == peers["gw-p1"].host_key.get_fingerprint()
