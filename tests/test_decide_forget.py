@@ -55,10 +55,13 @@ def test_unknown_or_own_id_changes_nothing() -> None:
 
 
 def test_start_up_wait_stops_waiting_for_it() -> None:
-    thresholds = Thresholds(settle=at(10) - at(0), settle_min=at(1) - at(0))
+    thresholds = Thresholds(settle=at(10) - at(0), settle_min=at(5) - at(0))
     fleet = configured("gw-b", "gw-c")
     fleet.reconciler = Reconciler(thresholds)
     fleet.feed(Started(at(0)))
     assert fleet.view.settle is not None and fleet.view.settle.unheard == {"gw-b", "gw-c"}
     fleet.feed(PeerForgotten("gw-c", at(1)))
-    assert fleet.view.settle is None or fleet.view.settle.unheard <= {"gw-b"}
+    assert fleet.view.settle is not None and fleet.view.settle.unheard == {"gw-b"}
+    # The one it still waits for answers: the wait ends, gw-c is not waited for.
+    fleet.ping("gw-b", 6, True)
+    assert fleet.view.settle is None
