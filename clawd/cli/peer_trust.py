@@ -17,6 +17,7 @@ import asyncssh
 from clawd.cli.codes import EXIT_USER_ERROR
 from clawd.cli.peer_known import known_peers
 from clawd.config.load import load_settings
+from clawd.config.settings import Settings
 from clawd.core.logs import configure_logging
 from clawd.core.trust import Trust
 from clawd.sources.pins import PINS_FILE_NAME, Pin, key_text, read_pins, write_pins
@@ -33,10 +34,9 @@ async def _host_key(host: str, port: int, seconds: float) -> asyncssh.SSHKey:
     return key
 
 
-def _address(args: argparse.Namespace, gid: str) -> tuple[str, int] | str:
+def _address(settings: Settings, args: argparse.Namespace, gid: str) -> tuple[str, int] | str:
     """Where to read GATEWAY's key: --host/--port, else the peer's address on record;
     or, as a string, why there is none."""
-    settings = load_settings(args.config)
     known = known_peers(settings)
     inst = known.instance(gid)
     pin = known.pins.get(gid)
@@ -69,7 +69,7 @@ def cmd_peer_trust(args: argparse.Namespace) -> int:
     if gid == settings.instance.gateway_id:
         print(f"error: {gid} is this instance's own gateway id", file=sys.stderr)
         return EXIT_USER_ERROR
-    where = _address(args, gid)
+    where = _address(settings, args, gid)
     if isinstance(where, str):
         print(f"error: {where}", file=sys.stderr)
         return EXIT_USER_ERROR
