@@ -29,6 +29,7 @@ from clawd.core.journal import JournalSender
 from clawd.core.model import utcnow
 from clawd.core.observations import EpochSeen, Observation, PeerConfigured, PingResult
 from clawd.daemon.component import Component
+from clawd.daemon.forget import ForgetAnswer
 from clawd.daemon.live import Live
 from clawd.daemon.plan import Entry, Stop
 from clawd.daemon.status import StatusAnswer
@@ -221,6 +222,7 @@ async def assemble(
             "backup": backups.handle_control,
             "config-push": distributor.handle_control,
             "skills-sync": skills.handle_control,
+            "peer-forget": ForgetAnswer(keeper, lambda: live.settings).request,
         },
     )
     discovery = [Discovery(me, s.discovery, keeper.emit)] if s.discovery.enabled else []

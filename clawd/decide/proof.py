@@ -8,7 +8,9 @@ there is the one the election uses, never an announcement's. Pure, like the reco
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 
+from clawd.core.model import Instance
 from clawd.core.observations import PeerProof
 from clawd.core.trust import Trust
 from clawd.decide.view import Decision, Note, PeerRecord
@@ -48,3 +50,20 @@ def hint_lead_differs(record: PeerRecord, announced: int | None) -> bool:
     """Does an announcement say a verified peer's lead number changed? (Then its state.json
     is read again at its next round: the announcement itself decides nothing.)"""
     return record.verified and announced is not None and announced != record.instance.lead_number
+
+
+def merge_identity(old: Instance, new: Instance, now: datetime) -> Instance:
+    """Take what the announcement says; keep what it leaves out."""
+    merged = dataclasses.replace(
+        old,
+        name=new.name or old.name,
+        ip=new.ip or old.ip,
+        ssh_user=new.ssh_user or old.ssh_user,
+        ssh_port=new.ssh_port or old.ssh_port,
+        lead_number=new.lead_number if new.lead_number is not None else old.lead_number,
+        version=new.version or old.version,
+        github_repo=new.github_repo or old.github_repo,
+    )
+    if merged == old:
+        return old
+    return dataclasses.replace(merged, updated_at=now)

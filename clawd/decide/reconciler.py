@@ -37,6 +37,7 @@ from clawd.core.observations import (
     MdnsSeen,
     Observation,
     PeerConfigured,
+    PeerForgotten,
     PeerProof,
     PingResult,
     ProbeRequest,
@@ -50,7 +51,8 @@ from clawd.decide import partition
 from clawd.decide.accrual import record_heartbeat
 from clawd.decide.election import elect, epoch_seen
 from clawd.decide.flap import flapping_now, percent_state_change, remember
-from clawd.decide.proof import apply_proof, hint_lead_differs
+from clawd.decide.forget import forget
+from clawd.decide.proof import apply_proof, hint_lead_differs, merge_identity
 from clawd.decide.rules import Probes, decide
 from clawd.decide.suspicion import Suspicion, suspicion
 from clawd.decide.transitions import report, transition
@@ -95,6 +97,8 @@ class Reconciler:
         elif isinstance(obs, Tick):
             self._on_tick(decision, now)
             decision.moved = True
+        elif isinstance(obs, PeerForgotten):
+            forget(decision, obs)
         # While the start-up election waits, every later observation may be the one it
         # ends on (not Started itself: the static peers are still queued behind it).
         settling = decision.view.settle is not None and not isinstance(obs, Started)
@@ -233,7 +237,7 @@ class Reconciler:
                     settle=dataclasses.replace(settle, unheard=settle.unheard | {inst.gateway_id}),
                 )
             return
-        merged = _merge_identity(record.instance, inst, now)
+        merged = merge_identity(record.instance, inst, now)
         if merged != record.instance:
             d.instances.append(merged)
         state = record.state
@@ -381,20 +385,3 @@ def _rhythm(view: FleetView, record: PeerRecord) -> bool:
         return False
     outage = record.probes is Probes.UNREACHABLE or record.rule == "mdns-gone"
     return not (record.state.status is PeerStatus.OFFLINE and outage)
-
-
-def _merge_identity(old: Instance, new: Instance, now: datetime) -> Instance:
-    """Take what the announcement says; keep what it leaves out."""
-    merged = dataclasses.replace(
-        old,
-        name=new.name or old.name,
-        ip=new.ip or old.ip,
-        ssh_user=new.ssh_user or old.ssh_user,
-        ssh_port=new.ssh_port or old.ssh_port,
-        lead_number=new.lead_number if new.lead_number is not None else old.lead_number,
-        version=new.version or old.version,
-        github_repo=new.github_repo or old.github_repo,
-    )
-    if merged == old:
-        return old
-    return dataclasses.replace(merged, updated_at=now)

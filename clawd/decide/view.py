@@ -133,6 +133,8 @@ class Decision:
     probes: list[ProbeRequest] = field(default_factory=list)
     # Peers whose identity (state.json) should be read again at their next round.
     rechecks: list[str] = field(default_factory=list)
+    # Peers the operator forgot (`clawd peer forget`): the keeper deletes their files.
+    forgotten: list[str] = field(default_factory=list)
     # Did anything that leadership depends on change? (Saves an O(peers) election.)
     moved: bool = False
     # This decision's own copy of the peers map, made at its first change (one copy
