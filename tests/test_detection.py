@@ -15,11 +15,13 @@ from clawd.core.observations import (
     MdnsSeen,
     Observation,
     PeerConfigured,
+    PeerProof,
     PingResult,
     ProbeResult,
     SelfHealth,
     Tick,
 )
+from clawd.core.trust import Trust
 from clawd.decide.explain import explain, find_peer, render
 from clawd.decide.flap import percent_state_change
 from clawd.decide.from_settings import guard_settings
@@ -111,9 +113,15 @@ def test_recovery_needs_m_successes_in_a_row() -> None:
     assert fleet.events("gw-00") == [EventType.ONLINE, EventType.OFFLINE, EventType.RECOVERY]
 
 
+def verified_seen(inst: Instance, when: datetime) -> MdnsSeen:
+    """An announcement membership verified over SSH (it may create a peer)."""
+    proof = PeerProof(Trust.KNOWN_HOSTS, "SHA256:test", inst.gateway_id, inst.lead_number)
+    return MdnsSeen(inst, when, proof=proof)
+
+
 def test_mdns_withdrawn_while_ssh_fails_is_offline_at_once() -> None:
     fleet = Fleet(threshold(10))
-    fleet.feed(MdnsSeen(Instance("gw-b", "b", 10, "127.0.9.9"), at(0)))
+    fleet.feed(verified_seen(Instance("gw-b", "b", 10, "127.0.9.9"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     fleet.ping("gw-b", 2, ok=False)
     assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE  # still announced
@@ -124,7 +132,7 @@ def test_mdns_withdrawn_while_ssh_fails_is_offline_at_once() -> None:
 
 def test_mdns_withdrawn_while_ssh_answers_stays_online() -> None:
     fleet = Fleet(threshold(3))
-    fleet.feed(MdnsSeen(Instance("gw-b", "b", 10, "127.0.9.9"), at(0)))
+    fleet.feed(verified_seen(Instance("gw-b", "b", 10, "127.0.9.9"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     fleet.feed(MdnsGone("gw-b", at(2)))
     assert fleet.status("gw-b") is PeerStatus.ONLINE  # the machine answers; only the announcer left
