@@ -341,7 +341,7 @@ async def test_stale_or_second_leader_does_not_reinstall(peer: Peer, tmp_path: P
         peer.connector,
         IncidentRecorder(repo),
         rechecked.append,
-        on_fenced=fenced.append,
+        on_fenced=lambda stored, _by: fenced.append(stored),
     )
     me = Instance("gw-b", "beta", lead_number=2)
     # A leader of a later epoch has claimed the peer: we are stale.
@@ -394,7 +394,10 @@ async def test_push_to_a_peer_fenced_by_another_leader(peer: Peer) -> None:
     # The leader loop: told once per push round, backs off, delivers nothing.
     fenced: list[FenceToken] = []
     distributor = ConfigDistributor(
-        peer.settings, document(peer.config_path), peer.connector, on_fenced=fenced.append
+        peer.settings,
+        document(peer.config_path),
+        peer.connector,
+        on_fenced=lambda t, _by: fenced.append(t),
     )
     me = Instance("gw-a", "alpha", lead_number=1)
     distributor.update_view(_view(me, peer, epoch=0, installed=True))

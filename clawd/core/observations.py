@@ -106,6 +106,9 @@ class EpochSeen:
     epoch: int
     gateway_id: str
     lead_number: int
+    # The peer whose fence answered with it (the writer is `gateway_id`): a report is
+    # adopted only from a verified peer (decide.fencing).
+    reported_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,8 +137,10 @@ async def assemble(
             metrics.observe_ping(observation)
         keeper.emit(observation)
 
-    def fenced(holder: FenceToken) -> None:
-        keeper.emit(EpochSeen(utcnow(), holder.epoch, holder.gateway_id, holder.lead_number))
+    def fenced(holder: FenceToken, reported_by: str) -> None:
+        keeper.emit(
+            EpochSeen(utcnow(), holder.epoch, holder.gateway_id, holder.lead_number, reported_by)
+        )
 
     def doubt(doubting: bool) -> None:
         pinger.stretch(guard.stretch if doubting else 1.0)

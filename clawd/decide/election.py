@@ -9,6 +9,7 @@ from datetime import datetime
 
 from clawd.core.model import EventType, Incident
 from clawd.core.observations import EpochSeen
+from clawd.decide.fencing import fence_refusal
 from clawd.decide.view import Decision, elect_leader, settled
 
 
@@ -35,6 +36,10 @@ def elect(d: Decision, now: datetime) -> None:
 def epoch_seen(d: Decision, obs: EpochSeen, now: datetime) -> None:
     view = d.view
     if obs.epoch < view.epoch:
+        return
+    # The leader loops refuse (and log) such reports before they get here; this keeps a
+    # poisoned epoch out of the election whatever reports it.
+    if fence_refusal(view, obs.epoch, obs.gateway_id, obs.reported_by) is not None:
         return
     me = view.me
     if view.leader == me.gateway_id:

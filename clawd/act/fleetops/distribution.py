@@ -22,7 +22,8 @@ from typing import Any, Literal
 import structlog
 
 from clawd.act.fleetops import fence
-from clawd.act.fleetops.fence import FenceKind, FenceToken
+from clawd.act.fleetops.fence import FenceKind, FenceToken, OnFenced
+from clawd.act.fleetops.fenceguard import FenceGuard
 from clawd.act.fleetops.leadership import acting_leader, addresses
 from clawd.act.fleetops.loop import LeaderLoop, new_backoff
 from clawd.act.fleetops.peer_config import config_for_peer
@@ -34,6 +35,7 @@ from clawd.core.model import PeerStatus
 from clawd.core.ratelog import LogLimiter
 from clawd.core.text import printable
 from clawd.core.trust import Trust
+from clawd.decide.fencing import MAX_EPOCH_STEP
 from clawd.decide.view import FleetView
 from clawd.sources.ssh_client import Connector
 
@@ -118,6 +120,8 @@ async def push_one(
                 claimed.kind is FenceKind.STALE
                 and stored is not None
                 and stored.gateway_id == (token.gateway_id)
+                # Not an epoch we could have reached: a lie, not our own later claim.
+                and stored.epoch <= token.epoch + MAX_EPOCH_STEP
             ):
                 # Our own later claim (`clawd config push` at epoch 0 after our daemon led
                 # in epoch N): we are that leader, so push in its epoch.
@@ -205,7 +209,7 @@ class ConfigDistributor(LeaderLoop):
         connector: Connector,
         borrow: Borrow | None = None,
         *,
-        on_fenced: Callable[[FenceToken], None] | None = None,
+        on_fenced: OnFenced | None = None,
         recheck: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(settings)
@@ -217,6 +221,7 @@ class ConfigDistributor(LeaderLoop):
         # is then reinstalled by the recoverer.
         self.recheck = recheck
         self._fenced_by: dict[str, FenceToken] = {}  # gateway id -> last logged token
+        self._guard = FenceGuard(self.name)  # refuses poisoned tokens peers report
         # gateway id -> (hash of our config, trust it was shaped for) the peer has: a peer
         # trusted further later (`clawd peer trust`) is due again, for the secrets.
         self._delivered: dict[str, tuple[str, Trust]] = {}
@@ -262,15 +267,22 @@ class ConfigDistributor(LeaderLoop):
             outcomes = await push_many(
                 self.reach, pending, ours.data, self.settings, token=fence.token_for(view)
             )
-            self._note(outcomes, ours.digest)
+            self._note(view, outcomes, ours.digest)
 
-    def _note(self, outcomes: Sequence[PushOutcome], config_hash: str) -> None:
+    def _note(
+        self, view: FleetView, outcomes: Sequence[PushOutcome], config_hash: str
+    ) -> list[PushOutcome]:
+        """Record what happened; the outcomes as they stand (a refused fence: failed)."""
         now = time.monotonic()
+        noted: list[PushOutcome] = []
         for o in outcomes:
             if o.result == "fenced" and o.fenced_by is not None:
-                self._fenced(o, o.fenced_by, now)
+                o = self._screened(view, o, o.fenced_by, now)
+                noted.append(o)
                 continue
+            noted.append(o)
             self._fenced_by.pop(o.gateway_id, None)
+            self._guard.forget(o.gateway_id)
             if o.result == "failed":
                 self._backoff.failed(o.gateway_id, o.detail, now)
                 # Retries of a peer that stays down fail alike: one line per reason.
@@ -287,6 +299,22 @@ class ConfigDistributor(LeaderLoop):
                 log.info(
                     "config_pushed", gateway=o.gateway_id, name=o.name, withheld=list(o.withheld)
                 )
+        return noted
+
+    def _screened(
+        self, view: FleetView, o: PushOutcome, stored: FenceToken, now: float
+    ) -> PushOutcome:
+        """A peer says a stronger leader claimed it: believe it, or refuse the report."""
+        refused = self._guard.screen(view, o.gateway_id, stored)
+        if refused is None:
+            self._fenced(o, stored, now)
+            return o
+        # Not delivered, and not adopted: the token goes nowhere, the daemon never sees it.
+        if not refused.soon:
+            self._backoff.failed(o.gateway_id, refused.reason, now)
+        return dataclasses.replace(
+            o, result="failed", detail=refused.detail(stored), fenced_by=None
+        )
 
     def _skipped(self, o: PushOutcome, now: float) -> None:
         """No claw-clan there: have the pinger look again, so the recoverer reinstalls it."""
@@ -309,7 +337,7 @@ class ConfigDistributor(LeaderLoop):
                 name=o.name,
                 **fence.stored_fields(stored),
             )
-        fence.notify_fenced(self.on_fenced, stored)
+        fence.notify_fenced(self.on_fenced, stored, o.gateway_id)
 
     async def push_now(self, view: FleetView) -> list[PushOutcome]:
         """Every known peer with an address, leader or not (a person asked for it)."""
@@ -318,8 +346,7 @@ class ConfigDistributor(LeaderLoop):
         outcomes = await push_many(
             self.reach, peers, ours.data, self.settings, token=fence.token_for(view)
         )
-        self._note(outcomes, ours.digest)
-        return outcomes
+        return self._note(view, outcomes, ours.digest)
 
     async def handle_control(self, _request: Mapping[str, Any]) -> dict[str, Any]:
         if self._view is None:

@@ -22,6 +22,7 @@ from clawd.act.fleetops.fence import (
     FenceKind,
     FenceResult,
     FenceToken,
+    OnFenced,
     claim,
     fence_dir,
     notify_fenced,
@@ -29,6 +30,7 @@ from clawd.act.fleetops.fence import (
     stored_fields,
     token_for,
 )
+from clawd.act.fleetops.fenceguard import FenceGuard
 from clawd.act.fleetops.leadership import acting_leader, addresses, is_older
 from clawd.act.fleetops.loop import LeaderLoop, new_backoff
 from clawd.act.fleetops.payload import collect_scripts
@@ -181,7 +183,7 @@ class Recoverer(LeaderLoop):
         recheck: Callable[[str], None],
         borrow: Borrow | None = None,
         *,
-        on_fenced: Callable[[FenceToken], None] | None = None,
+        on_fenced: OnFenced | None = None,
     ) -> None:
         super().__init__(settings)
         self.document = document  # the configuration in force: the one installed
@@ -193,6 +195,7 @@ class Recoverer(LeaderLoop):
         self.on_fenced = on_fenced
         self._busy: set[str] = set()
         self._fenced_by: dict[str, FenceToken] = {}  # gateway id -> last logged token
+        self._guard = FenceGuard(self.name)  # refuses poisoned tokens peers report
         self.reinstalls = 0
 
     async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
@@ -228,13 +231,15 @@ class Recoverer(LeaderLoop):
 
         async def one(peer: PeerAddress, reason: str) -> None:
             async with gate:
-                await self._attempt(peer, reason, token)
+                await self._attempt(peer, reason, token, view)
 
         async with asyncio.TaskGroup() as tg:
             for peer, reason in todo:
                 tg.create_task(one(peer, reason))
 
-    async def _attempt(self, peer: PeerAddress, reason: str, token: FenceToken) -> None:
+    async def _attempt(
+        self, peer: PeerAddress, reason: str, token: FenceToken, view: FleetView
+    ) -> None:
         gid = peer.gateway_id
         self._busy.add(gid)
         try:
@@ -251,9 +256,10 @@ class Recoverer(LeaderLoop):
             self._busy.discard(gid)
         now = time.monotonic()
         if outcome.fenced is not None:
-            self._fenced(peer, reason, outcome.fenced, token, now)
+            self._fenced(peer, reason, outcome.fenced, token, view, now)
             return
         self._fenced_by.pop(gid, None)
+        self._guard.forget(gid)
         if outcome.ok:
             self.recheck(gid)
             # The pinger confirms the install within a ping round or two; until then the
@@ -275,7 +281,13 @@ class Recoverer(LeaderLoop):
         self._backoff.hold(gid, now + hold)
 
     def _fenced(
-        self, peer: PeerAddress, reason: str, fence: FenceResult, token: FenceToken, now: float
+        self,
+        peer: PeerAddress,
+        reason: str,
+        fence: FenceResult,
+        token: FenceToken,
+        view: FleetView,
+        now: float,
     ) -> None:
         """The peer's fence turned us away: nothing was copied, so no incident."""
         gid = peer.gateway_id
@@ -290,12 +302,19 @@ class Recoverer(LeaderLoop):
             return
         stored = fence.stored
         assert stored is not None  # parse_answer guarantees one for STALE
+        refused = self._guard.screen(view, gid, stored)
+        if refused is not None:
+            # Neither adopted nor a claim: nothing copied; retried as a failure would be
+            # (on the next round when the writer is only not verified yet).
+            if not refused.soon:
+                self._backoff.failed(gid, refused.detail(stored), now)
+            return
         self._backoff.failed(gid, f"fenced by {stored}", now)
         if self._fenced_by.get(gid) != stored:
             self._fenced_by[gid] = stored
             fields = _fenced_fields(peer, "stale_leader", token)
             log.warning("reinstall_fenced", **fields, **stored_fields(stored))
-        notify_fenced(self.on_fenced, stored)
+        notify_fenced(self.on_fenced, stored, gid)
 
 
 def _fenced_fields(peer: PeerAddress, reason: str, token: FenceToken) -> dict[str, object]:
