@@ -31,6 +31,7 @@ from clawd.act.fleetops.recovery import Recoverer
 from clawd.act.fleetops.remote import PeerAddress, Reach, RemoteHost
 from clawd.config.settings import Settings
 from clawd.core.model import Instance, PeerState, PeerStatus
+from clawd.core.trust import Trust
 from clawd.decide.view import FleetView, PeerRecord
 from clawd.keep.incidents import IncidentRecorder
 from clawd.keep.store.factory import build_repository
@@ -311,7 +312,13 @@ def _view(me: Instance, peer: Peer, epoch: int, installed: bool = False) -> Flee
     target = Instance(
         "gw-t", "target", ip=peer.ssh.address, ssh_port=peer.ssh.port, ssh_user="claw"
     )
-    return FleetView(me, {"gw-t": PeerRecord(target, state)}, me.gateway_id, epoch=epoch)
+    # gw-t proved itself over SSH; gw-new (the other leader) is known, down from here.
+    other = PeerRecord(Instance("gw-new", "new", lead_number=7), PeerState("gw-new"))
+    records = {
+        "gw-t": PeerRecord(target, state, verified=True, trust=Trust.KNOWN_HOSTS),
+        "gw-new": other,
+    }
+    return FleetView(me, records, me.gateway_id, epoch=epoch)
 
 
 @contextlib.asynccontextmanager

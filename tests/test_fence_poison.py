@@ -76,7 +76,7 @@ def _refusals(logs: io.StringIO) -> list[str]:
 
 
 def test_an_epoch_beyond_what_the_fleet_could_reach_is_refused() -> None:
-    view = _view(3, b=_record("gw-b", verified=False))
+    view = _view(3, b=_record("gw-b", verified=True))
     assert fence_refusal(view, 3 + MAX_EPOCH_STEP, "gw-b", "gw-b") is None
     assert fence_refusal(view, 4 + MAX_EPOCH_STEP, "gw-b", "gw-b") == "implausible_epoch"
     assert fence_refusal(view, LIE, "gw-a", "gw-b") == "implausible_epoch"  # even "from us"
@@ -86,7 +86,7 @@ def test_an_epoch_beyond_what_the_fleet_could_reach_is_refused() -> None:
     assert d.view.epoch == 3 and not d.incidents
 
 
-def test_reports_need_a_verified_reporter_and_writer_once_identities_are_proven() -> None:
+def test_reports_need_a_verified_reporter_and_a_known_writer() -> None:
     view = _view(
         2,
         b=_record("gw-b", verified=True),
@@ -95,11 +95,13 @@ def test_reports_need_a_verified_reporter_and_writer_once_identities_are_proven(
     assert fence_refusal(view, 7, "gw-c", "gw-c") == "unverified_reporter"
     assert fence_refusal(view, 7, "gw-b", "gw-nobody") == "unverified_reporter"
     assert fence_refusal(view, 7, "gw-usurper", "gw-b") == "unverified_writer"
-    assert fence_refusal(view, 7, "gw-c", "gw-b") == "unverified_writer"
+    # A known writer not verified in this run (a leader that died before it was proven)
+    # is believed: refusing it would fence every later leader out.
+    assert fence_refusal(view, 7, "gw-c", "gw-b") is None
     assert fence_refusal(view, 7, "gw-b", "gw-b") is None
     assert fence_refusal(view, 7, "gw-a", "gw-b") is None  # an earlier us wrote it
-    # A known writer not proven yet (just after a restart): the next round, not a backoff.
-    assert retry_soon(view, "unverified_writer", "gw-c")
+    # A reporter not proven yet (just after a restart): the next round, not a backoff.
+    assert retry_soon(view, "unverified_reporter", "gw-c")
     assert not retry_soon(view, "unverified_writer", "gw-usurper")
     assert not retry_soon(view, "implausible_epoch", "gw-c")
     d = Decision(view)
@@ -107,12 +109,6 @@ def test_reports_need_a_verified_reporter_and_writer_once_identities_are_proven(
     assert d.view.epoch == 2
     epoch_seen(d, EpochSeen(datetime.now(UTC), 7, "gw-b", 0, "gw-b"), datetime.now(UTC))
     assert d.view.epoch == 8  # we lead: past the verified leader's epoch
-
-
-def test_until_a_peer_is_verified_only_the_epoch_bound_applies() -> None:
-    # Today's daemons prove no identity yet: refusing every report would fence them out.
-    view = _view(2, c=_record("gw-c", verified=False))
-    assert fence_refusal(view, 7, "gw-usurper", "gw-c") is None
 
 
 # --------------------------------------------------------------------------- claim path
@@ -160,12 +156,13 @@ async def test_a_rogue_fence_epoch_is_refused_and_the_next_leader_still_pushes(
     settings, config_path, connector = _home(tmp_path, fleet)
     logs = io.StringIO()
     configure_logging("debug", logs)
-    # Nobody is verified: what a daemon runs with until the identity proof lands.
+    # Every peer proved its id (the rogue too: a first-use key and a state.json of its
+    # own); proving who you are does not make what you report true.
     view = _view(
         1,
-        r=_record("gw-r", verified=False, ssh=rogue),
-        p2=_record("gw-p2", verified=False, ssh=legit[0]),
-        p3=_record("gw-p3", verified=False, ssh=legit[1]),
+        r=_record("gw-r", verified=True, ssh=rogue),
+        p2=_record("gw-p2", verified=True, ssh=legit[0]),
+        p3=_record("gw-p3", verified=True, ssh=legit[1]),
     )
     distributor = ConfigDistributor(settings, document(config_path), connector)
 
@@ -208,7 +205,7 @@ async def test_a_rogue_fence_epoch_is_refused_and_the_next_leader_still_pushes(
     assert "2 pushed" in render_outcomes(outcomes) and "fenced" not in render_outcomes(outcomes)
 
 
-async def test_reinstall_refuses_unverified_writers_and_retries_a_known_one_next_round(
+async def test_reinstall_refuses_unknown_writers_and_believes_known_ones(
     tmp_path: Path, fleet: SshFleet
 ) -> None:
     bare = await machine(fleet, tmp_path / "bare", "127.0.43.2")
@@ -247,7 +244,8 @@ async def test_reinstall_refuses_unverified_writers_and_retries_a_known_one_next
             assert told == [] and bare.authenticated == 1  # in backoff (30 s)
         assert "reason=unverified_writer" in _refusals(logs)[0]
 
-        # gw-c, a peer we know but have not verified yet (we just restarted), wrote it.
+        # gw-c, a peer we know but have not verified in this run (a leader that died before
+        # we restarted), wrote it: believed at once, or it would fence us out for good.
         _hold(tmp_path / "bare", 5, 3, "gw-c")
         recoverer = Recoverer(
             settings,
@@ -259,10 +257,6 @@ async def test_reinstall_refuses_unverified_writers_and_retries_a_known_one_next
         )
         recoverer.update_view(view(False))
         async with _running(recoverer):
-            await _until(lambda: bare.authenticated >= 2)
-            await asyncio.sleep(0.3)
-            assert told == []
-            recoverer.update_view(view(True))  # the next round: gw-c proven meanwhile
             await _until(lambda: told != [], timeout=5)
         assert told[0] == (FenceToken(5, 3, "gw-c"), "gw-t")
     finally:

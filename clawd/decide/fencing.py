@@ -4,8 +4,8 @@ A peer answers the fence script with the token it holds, and a leader adopts a s
 one (it raises its epoch past it). A rogue peer can answer anything: adopting an absurd
 epoch would be written to every legitimate peer's fence and shut every later leader out
 for good. So a reported token is adopted only when its epoch is one the fleet could have
-reached and, once identities are proven over SSH, when both the peer that reported it and
-the instance that wrote it are verified. Pure: the leader loops log, the election ignores.
+reached, the peer that reported it is verified, and the instance that wrote it is one we
+know. Pure: the leader loops log, the election ignores.
 """
 
 from __future__ import annotations
@@ -23,33 +23,24 @@ MAX_EPOCH_STEP = 1_000_000
 Refusal = Literal["implausible_epoch", "unverified_reporter", "unverified_writer"]
 
 
-def identity_enforced(view: FleetView) -> bool:
-    """Are identities proven in this run? Until the first peer is verified over SSH nothing
-    is (older daemons, or the proof not wired yet), and refusing every unverified report
-    would fence every leader out; the epoch bound holds regardless."""
-    return any(record.verified for record in view.peers.values())
-
-
 def fence_refusal(view: FleetView, epoch: int, writer: str, reported_by: str) -> Refusal | None:
     """Why a fence token (`epoch`, written by gateway `writer`) that peer `reported_by`
-    says it holds must not be adopted; None when it may be."""
+    says it holds must not be adopted; None when it may be.
+
+    The writer need only be an instance we know: verification is per run, and a leader
+    that died before this run proved it would otherwise fence every later leader out.
+    """
     if epoch > view.epoch + MAX_EPOCH_STEP:
         return "implausible_epoch"
-    if not identity_enforced(view):
-        return None
     reporter = view.peers.get(reported_by)
     if reporter is None or not reporter.verified:
         return "unverified_reporter"
-    if writer == view.me.gateway_id:
-        return None
-    record = view.peers.get(writer)
-    if record is None or not record.verified:
+    if writer != view.me.gateway_id and writer not in view.peers:
         return "unverified_writer"
     return None
 
 
 def retry_soon(view: FleetView, refusal: Refusal, writer: str) -> bool:
-    """A writer we know but have not verified yet (right after a restart) is likely proven
-    within a ping round: retry on the next leader round, not after a long backoff, or a
-    restarted leader would stay fenced out at epoch 0."""
-    return refusal == "unverified_writer" and writer in view.peers
+    """A reporter we know but have not verified yet (right after a restart) is likely
+    proven within a ping round: retry on the next leader round, not after a long backoff."""
+    return refusal == "unverified_reporter"
