@@ -25,6 +25,7 @@ from clawd.core.model import Instance, utcnow
 from clawd.core.observations import MdnsGone, MdnsSeen, Observation, PeerProof
 from clawd.core.ratelog import LogLimiter
 from clawd.core.text import clean_text
+from clawd.sources.mdns_peer import peer_summary
 
 log = structlog.get_logger("clawd.sources.membership")
 
@@ -240,7 +241,7 @@ class Membership:
             self._wake.set()
             return
         candidate.moving_from = moving_from
-        if candidate.instance != instance:
+        if peer_summary(candidate.instance) != peer_summary(instance):
             # A fresh record earns one more try, still at the backoff's pace (a flood of
             # changed records cannot make SSH connections any faster).
             candidate.instance = instance
