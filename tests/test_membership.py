@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -102,7 +103,7 @@ async def until(done: Callable[[], bool], timeout: float = WAIT) -> None:
             await asyncio.sleep(0.01)
 
 
-def events(logs: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == name]
 
 
@@ -214,6 +215,7 @@ async def test_a_static_peers_address_is_never_moved(fakes: Fakes) -> None:
             for _ in range(3):
                 m.offer(MdnsSeen(inst("gw-s", ip="127.0.9.9"), at=utcnow()))
             await asyncio.sleep(INTERVAL * 4)
+            m.offer(MdnsGone("gw-s", at=utcnow()))  # the refused claim's goodbye: not news
         assert m.unverified() == []
     assert fakes.emitted == [] and fakes.calls == []
     [line] = events(logs, "mdns_address_conflict")

@@ -124,6 +124,7 @@ class Membership:
         self._candidates: dict[str, _Candidate] = {}  # unknown ids (bounded by _max)
         self._moves: dict[str, _Candidate] = {}  # known ids at another address
         self._in_flight = 0
+        self._passed: set[str] = set()  # ids whose announcement reached the keeper
         self._at_limit = False
         self._conflicts = LogLimiter(math.inf)  # (gid, address) logged once each
         self._wake = asyncio.Event()
@@ -199,7 +200,7 @@ class Membership:
         if known is not None and _same_place(known, instance):
             self._drop(self._moves, gid)
             if known.verified or known.static:
-                self._emit(MdnsSeen(instance, at=seen.at))  # a hint: proves nothing
+                self._pass(MdnsSeen(instance, at=seen.at))  # a hint: proves nothing
                 return
         if known is not None and known.ip is not None and not _same_place(known, instance):
             self._drop(self._candidates, gid)
@@ -223,8 +224,13 @@ class Membership:
         self._drop(self._moves, gid)
         if self._drop(self._candidates, gid):
             return  # never proven: forgotten, the keeper never heard of it
-        if self._known(gid) is not None:
+        if gid in self._passed:  # a goodbye for what the keeper saw, not for a refused claim
+            self._passed.discard(gid)
             self._emit(gone)
+
+    def _pass(self, seen: MdnsSeen) -> None:
+        self._passed.add(seen.instance.gateway_id)
+        self._emit(seen)
 
     # ---- candidates -------------------------------------------------------------------
 
@@ -311,7 +317,7 @@ class Membership:
                 trust=str(proof.trust),
                 moved_from=candidate.moving_from,
             )
-            self._emit(MdnsSeen(instance, at=utcnow(), proof=proof))
+            self._pass(MdnsSeen(instance, at=utcnow(), proof=proof))
             return
         if moved_meanwhile:  # the proof was for the old address; the new record earned a try
             error = "announced at another address while being verified"
