@@ -142,7 +142,7 @@ async def test_a_trust_of_none_proves_nothing(fakes: Fakes) -> None:
     fakes.answer = lambda i: proof(i.gateway_id, Trust.NONE)
     async with running(membership(fakes, attempts=1)) as m:
         m.offer(MdnsSeen(inst("gw-a"), at=utcnow()))
-        await until(lambda: m.unverified()[0].attempts == 1)
+        await until(lambda: m.unverified()[0].last_error is not None)
         assert m.unverified()[0].last_error == "host key not trusted"
     assert fakes.emitted == []
 
@@ -150,7 +150,7 @@ async def test_a_trust_of_none_proves_nothing(fakes: Fakes) -> None:
 async def test_a_changed_record_earns_one_more_try(fakes: Fakes) -> None:
     async with running(membership(fakes, attempts=1)) as m:
         m.offer(MdnsSeen(inst("gw-a"), at=utcnow()))
-        await until(lambda: m.unverified()[0].attempts == 1)
+        await until(lambda: m.unverified()[0].last_error is not None)
         m.offer(MdnsSeen(inst("gw-a"), at=utcnow()))  # the same record: nothing new
         await asyncio.sleep(INTERVAL * 4)
         assert len(fakes.calls) == 1
@@ -278,3 +278,29 @@ async def test_a_lowered_maximum_lets_go_of_the_newest(fakes: Fakes) -> None:
         settings = Settings(discovery=DiscoverySettings(max_unverified=4))
         await m.reconfigure(settings, frozenset({"discovery", "discovery.maxUnverified"}))
         assert [u.gateway_id for u in m.unverified()] == [f"gw-{n}" for n in range(4)]
+
+
+async def test_a_verifier_that_raises_is_a_failed_attempt(fakes: Fakes) -> None:
+    def broken(instance: Instance) -> PeerProof | None:
+        raise OSError("connection refused\nby 127.0.1.1")
+
+    fakes.answer = broken
+    async with running(membership(fakes, attempts=1)) as m:
+        m.offer(MdnsSeen(inst("gw-a"), at=utcnow()))
+        await until(lambda: m.unverified()[0].last_error is not None)
+        assert m.unverified()[0].last_error == "connection refused by 127.0.1.1"
+    assert fakes.emitted == []
+
+
+async def test_a_proof_for_an_address_announced_away_meanwhile_is_not_used(fakes: Fakes) -> None:
+    fakes.gate = asyncio.Event()
+    fakes.answer = lambda i: proof(i.gateway_id)
+    async with running(membership(fakes, attempts=1)) as m:
+        m.offer(MdnsSeen(inst("gw-a"), at=utcnow()))
+        await until(lambda: fakes.in_flight == 1)
+        m.offer(MdnsSeen(inst("gw-a", ip="127.0.1.2"), at=utcnow()))
+        fakes.gate.set()
+        await until(lambda: bool(fakes.emitted))
+    assert [c.ip for c in fakes.calls] == ["127.0.1.1", "127.0.1.2"]
+    [seen] = fakes.seen()
+    assert seen.instance.ip == "127.0.1.2"

@@ -278,6 +278,7 @@ class Membership:
             if self._in_flight >= self._concurrency:
                 break  # a finishing verification wakes run()
             self._in_flight += 1
+            candidate.attempts += 1  # counted as it starts: a fresh record then earns one more
             candidate.task = tg.create_task(
                 self._check(candidate), name=f"verify {candidate.instance.gateway_id}"
             )
@@ -304,7 +305,6 @@ class Membership:
         held = self._moves if candidate.moving_from is not None else self._candidates
         if held.get(gid) is not candidate:
             return  # withdrawn (or turned into the other kind) meanwhile
-        candidate.attempts += 1
         moved_meanwhile = address(candidate.instance) != address(instance)
         if proof is not None and proof.proves(gid) and not moved_meanwhile:
             del held[gid]
