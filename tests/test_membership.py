@@ -304,3 +304,14 @@ async def test_a_proof_for_an_address_announced_away_meanwhile_is_not_used(fakes
     assert [c.ip for c in fakes.calls] == ["127.0.1.1", "127.0.1.2"]
     [seen] = fakes.seen()
     assert seen.instance.ip == "127.0.1.2"
+
+
+async def test_a_peer_proven_a_moment_ago_is_not_checked_again(fakes: Fakes) -> None:
+    fakes.answer = lambda i: proof(i.gateway_id)
+    async with running(membership(fakes)) as m:
+        m.offer(MdnsSeen(inst("gw-a"), at=utcnow()))
+        await until(lambda: bool(fakes.emitted))
+        m.offer(MdnsSeen(inst("gw-a"), at=utcnow()))  # before the keeper took the first in
+        await asyncio.sleep(INTERVAL * 2)
+    assert len(fakes.calls) == 1
+    assert [s.proof is None for s in fakes.seen()] == [False, True]

@@ -124,7 +124,8 @@ class Membership:
         self._candidates: dict[str, _Candidate] = {}  # unknown ids (bounded by _max)
         self._moves: dict[str, _Candidate] = {}  # known ids at another address
         self._in_flight = 0
-        self._passed: set[str] = set()  # ids whose announcement reached the keeper
+        # Ids whose announcement reached the keeper, and the address it had then.
+        self._passed: dict[str, str] = {}
         self._at_limit = False
         self._conflicts = LogLimiter(math.inf)  # (gid, address) logged once each
         self._wake = asyncio.Event()
@@ -197,6 +198,10 @@ class Membership:
         if gid == self._own:
             return
         known = self._known(gid)
+        if known is None and self._passed.get(gid) == address(instance):
+            # Proven a moment ago; the keeper has not taken it in yet: no second check.
+            self._pass(MdnsSeen(instance, at=seen.at))
+            return
         if known is not None and _same_place(known, instance):
             self._drop(self._moves, gid)
             if known.verified or known.static:
@@ -224,12 +229,11 @@ class Membership:
         self._drop(self._moves, gid)
         if self._drop(self._candidates, gid):
             return  # never proven: forgotten, the keeper never heard of it
-        if gid in self._passed:  # a goodbye for what the keeper saw, not for a refused claim
-            self._passed.discard(gid)
+        if self._passed.pop(gid, None) is not None:  # not the goodbye of a refused claim
             self._emit(gone)
 
     def _pass(self, seen: MdnsSeen) -> None:
-        self._passed.add(seen.instance.gateway_id)
+        self._passed[seen.instance.gateway_id] = address(seen.instance)
         self._emit(seen)
 
     # ---- candidates -------------------------------------------------------------------
