@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from clawd.config.load import settings_from_data
 from clawd.config.sections import DiscoverySettings
 from clawd.config.settings import Settings
+from clawd.core.errors import ConfigError
 from clawd.core.model import Instance, utcnow
 from clawd.core.observations import MdnsGone, MdnsSeen, Observation, PeerProof
 from clawd.core.trust import Trust
@@ -315,3 +317,11 @@ async def test_a_peer_proven_a_moment_ago_is_not_checked_again(fakes: Fakes) -> 
         await asyncio.sleep(INTERVAL * 2)
     assert len(fakes.calls) == 1
     assert [s.proof is None for s in fakes.seen()] == [False, True]
+
+
+def test_the_limits_are_settings_with_one_line_errors() -> None:
+    settings = settings_from_data({}, {})
+    assert (settings.discovery.max_unverified, settings.discovery.verify_attempts) == (256, 3)
+    with pytest.raises(ConfigError) as info:
+        settings_from_data({"discovery": {"maxUnverified": 0}}, {})
+    assert "discovery.maxUnverified: 0 is too small (minimum 1)" in str(info.value).splitlines()[-1]
