@@ -278,6 +278,10 @@ class DiscoverySettings(Section):
     service_type: str = "_claw-clan._tcp.local."
     # Interfaces (addresses) to use; None = all. ["127.0.0.1"] works on loopback.
     interfaces: tuple[str, ...] | None = None
+    # Announced peers not yet proven over SSH: at most this many are tracked (the rest are
+    # dropped), and each is tried at most verifyAttempts times (1, 2, 4, … ping intervals apart).
+    max_unverified: int = Field(default=256, ge=1, le=100_000)
+    verify_attempts: int = Field(default=3, ge=1, le=100)
 
 
 class StorageSettings(Section):
