@@ -31,6 +31,7 @@ from clawd.core.observations import EpochSeen, Observation, PeerConfigured, Ping
 from clawd.daemon.component import Component
 from clawd.daemon.forget import ForgetAnswer
 from clawd.daemon.live import Live
+from clawd.daemon.membership import build_membership
 from clawd.daemon.plan import Entry, Stop
 from clawd.daemon.status import StatusAnswer
 from clawd.decide.from_settings import guard_settings, static_peers, thresholds
@@ -227,7 +228,12 @@ async def assemble(
             "peer-forget": ForgetAnswer(keeper, lambda: live.settings).request,
         },
     )
-    discovery = [Discovery(me, s.discovery, keeper.emit)] if s.discovery.enabled else []
+    discovery: list[Component] = []
+    if s.discovery.enabled:
+        # Announcements reach the keeper through membership: only once proven over SSH.
+        membership = build_membership(me.gateway_id, live, keeper, ops_connector)
+        status.unverified = membership.unverified
+        discovery = [membership, Discovery(me, s.discovery, membership.offer)]
     # The one list of components: started in this order (each waited for until ready),
     # reconfigured in this order, stopped in the reverse order.
     sources: tuple[Component, ...] = (

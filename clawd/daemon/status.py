@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from clawd.act.backup.manager import BackupManager
@@ -12,6 +12,7 @@ from clawd.keep.keeper import FleetKeeper, summary
 from clawd.keep.store.repository import FleetRepository
 from clawd.serve.status import peer_rows
 from clawd.sources.loopmon import LoopMonitor
+from clawd.sources.membership import UnverifiedPeer
 from clawd.sources.pinger import Pinger
 
 
@@ -26,6 +27,8 @@ class StatusAnswer:
     ) -> None:
         self.keeper, self.backups, self.repo = keeper, backups, repo
         self.pinger, self.loop_monitor = pinger, loop_monitor
+        # Announcements held until proven over SSH (membership's), when discovery is on.
+        self.unverified: Callable[[], list[UnverifiedPeer]] = list
 
     def text(self, view: FleetView | None = None) -> str:
         text = f"{summary(view or self.keeper.view)}; {self.backups.status_line()}"
@@ -64,4 +67,14 @@ class StatusAnswer:
             "partition": sorted(view.partition.members) if view.partition else None,
             "detector": t.detector.kind,
             "peers": rows,
+            "unverified": [
+                {
+                    "gatewayId": u.gateway_id,
+                    "address": u.address,
+                    "since": u.since.isoformat(),
+                    "attempts": u.attempts,
+                    "lastError": u.last_error,
+                }
+                for u in self.unverified()
+            ],
         }
