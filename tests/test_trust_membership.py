@@ -189,10 +189,12 @@ async def test_a_verified_announcement_becomes_a_peer(
     proc = daemon()
     await proc.await_log("event=ready")
     announced = claw_peer("gw-d", lead_number=50, ip=d.address, ssh_port=d.port, ssh_user="claw")
+    started = time.monotonic()  # the announcer's first announcement is part of the wait
     async with MdnsPeers(SERVICE, [announced]):
-        answer, seconds = await until(
+        answer, _ = await until(
             proc, lambda s: (peer_row(s, "gw-d") or {}).get("status") == "online", 20
         )
+        seconds = time.monotonic() - started
         row = peer_row(answer, "gw-d")
         assert row is not None and row["verified"] is True and row["trust"] == "known-hosts"
         await until(proc, lambda s: s["leader"] == "gw-d", 10)  # lead 2 (its own), not 50
@@ -205,6 +207,7 @@ async def test_a_flood_of_unverified_announcements_is_bounded_and_forgotten(
     """Case 7: 120 announcements with no SSH server behind them: no peer file, no peer, at
     most maxUnverified held; after their goodbyes none is held."""
     home = tmp_path / "home"
+    (ssh_fleet.directory / "known_hosts").write_text("")
     write_config(home, ssh_fleet, {}, max_unverified=50)
     proc = daemon()
     await proc.await_log("event=ready")
@@ -252,3 +255,83 @@ async def test_a_moved_peer_keeps_its_identity_by_proving_its_pinned_key(
             30,
         )
     assert peer_row(answer, "gw-e")["verified"] is True  # type: ignore[index]
+
+
+async def test_a_re_keyed_peer_needs_clawd_peer_trust(
+    tmp_path: Path, ssh_fleet: SshFleet, daemon: Callable[[], DaemonProcess]
+) -> None:
+    """A pinned peer that shows another host key is refused, even when known_hosts is
+    updated; `clawd peer trust --yes` pins the new key (operator trust) and it is back."""
+    b = await legit(ssh_fleet, f"{NET}.8", "gw-b", 3)
+    home = tmp_path / "home"
+    write_config(home, ssh_fleet, {"gw-b": b})
+    proc = daemon()
+    await proc.await_log("event=ready")
+    await until(proc, lambda s: (peer_row(s, "gw-b") or {}).get("verified") is True, 15)
+    await b.change_host_key()
+    (ssh_fleet.directory / "known_hosts").write_text(ssh_fleet.known_hosts_text())
+    await until(proc, lambda s: (peer_row(s, "gw-b") or {}).get("status") != "online", 15)
+    seen = await watch(home, 2.0)
+    assert all((peer_row(s, "gw-b") or {}).get("status") != "online" for s in seen)
+    proc.read()
+    assert proc.log.count("host_key_differs_from_pin") == 1, proc.log[-3000:]
+    # In a thread: the peer's SSH server runs on this test's event loop.
+    trusted = await asyncio.to_thread(proc.cli, "peer", "trust", "gw-b", "--yes")
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert b.host_key.get_fingerprint() in trusted.stdout
+    answer, _ = await until(
+        proc, lambda s: (peer_row(s, "gw-b") or {}).get("status") == "online", 20
+    )
+    assert peer_row(answer, "gw-b")["trust"] == "operator"  # type: ignore[index]
+
+
+async def test_a_first_use_stranger_never_receives_the_password(
+    tmp_path: Path, ssh_fleet: SshFleet, daemon: Callable[[], DaemonProcess]
+) -> None:
+    """Case 1: under accept-new, a stranger announcing itself (`evil`, a state.json of its
+    own, claw-clan missing) is verified by first use only: the reinstall copies config.json
+    without the postgres section. One with no state.json at all is never a peer."""
+    root = tmp_path / "evil-home"  # its home: SFTP and its shell's HOME
+    root.mkdir()
+    # The stranger holds a state.json naming `evil`, and its claw-clan scripts are "lost"
+    # (the install check below fails there), so the leader reinstalls it.
+    evil = await ssh_fleet.add_peer(f"{NET}.9", root=root)
+    evil.claim("evil", 50)
+    bare_root = tmp_path / "bare-home"
+    (bare_root / ".openclaw" / "claw-clan").mkdir(parents=True)
+    bare = await ssh_fleet.add_peer(f"{NET}.10", root=bare_root)  # no state.json at all
+    home = tmp_path / "home"
+    (ssh_fleet.directory / "known_hosts").write_text("")
+    write_config(home, ssh_fleet, {}, policy="accept-new")
+    config = json.loads((home / "config.json").read_text())
+    config["postgres"] = {"host": "db.example.test", "password": "s3cret-pw"}
+    config["ssh"]["installCheckCommand"] = "test -f ~/.openclaw/claw-clan/installed"
+    (home / "config.json").write_text(json.dumps(config))
+    (home / "scripts").mkdir()
+    (home / "scripts" / "install.sh").write_text(
+        "#!/bin/sh\ntouch ~/.openclaw/claw-clan/installed\n"
+    )
+    proc = daemon()
+    await proc.await_log("event=ready")
+    announced = [
+        claw_peer("evil", lead_number=50, ip=evil.address, ssh_port=evil.port, ssh_user="claw"),
+        claw_peer("bare", lead_number=60, ip=bare.address, ssh_port=bare.port, ssh_user="claw"),
+    ]
+    pushed = root / ".openclaw" / "claw-clan" / "config.json"
+    async with MdnsPeers(SERVICE, announced):
+        answer, _ = await until(
+            proc, lambda s: (peer_row(s, "evil") or {}).get("trust") == "first-use", 20
+        )
+        deadline = time.monotonic() + 30
+        while not pushed.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        seen = await watch(home, 1.0)
+    proc.read()
+    assert pushed.exists(), proc.log[-6000:]
+    assert "s3cret-pw" not in pushed.read_text() and "postgres" not in json.loads(
+        pushed.read_text()
+    )
+    assert all(peer_row(s, "bare") is None for s in [answer, *seen])
+    assert not (bare_root / ".openclaw" / "claw-clan" / "config.json").exists()
+    proc.read()
+    assert "s3cret-pw" not in proc.log
