@@ -9,7 +9,7 @@ from datetime import datetime
 
 from clawd.core.model import EventType, Incident
 from clawd.core.observations import EpochSeen
-from clawd.decide.fencing import fence_refusal
+from clawd.decide.fencing import MAX_EPOCH_STEP
 from clawd.decide.view import Decision, elect_leader, settled
 
 
@@ -37,9 +37,9 @@ def epoch_seen(d: Decision, obs: EpochSeen, now: datetime) -> None:
     view = d.view
     if obs.epoch < view.epoch:
         return
-    # The leader loops refuse (and log) such reports before they get here; this keeps a
-    # poisoned epoch out of the election whatever reports it.
-    if fence_refusal(view, obs.epoch, obs.gateway_id, obs.reported_by) is not None:
+    # The leader loops refuse (and log) poisoned reports before they get here (see
+    # decide/fencing.py); this keeps an absurd epoch out of the election whoever reports it.
+    if obs.epoch > view.epoch + MAX_EPOCH_STEP:
         return
     me = view.me
     if view.leader == me.gateway_id:
