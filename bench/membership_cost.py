@@ -90,7 +90,7 @@ class Plan:
                 reps=1, unverified=200, window_s=5.0, settle_timeout_s=15.0, forget_timeout_s=8.0
             )
         return cls(
-            reps=3, unverified=500, window_s=6.0, settle_timeout_s=25.0, forget_timeout_s=10.0
+            reps=3, unverified=500, window_s=5.0, settle_timeout_s=25.0, forget_timeout_s=8.0
         )
 
 
