@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from clawd.act.fleetops.leadership import acting_leader, is_older
@@ -19,6 +20,8 @@ def _view(me_lead: int | None, peers: dict[str, tuple[int | None, PeerStatus]]) 
         gid: PeerRecord(
             Instance(gid, gid, lead_number=lead, ip="127.0.0.9", version="1.2.0"),
             PeerState(gid, status=status, ssh_connectivity=status is PeerStatus.ONLINE),
+            verified=status is not PeerStatus.UNKNOWN,  # answered: proven who it is
+            trust=Trust.KNOWN_HOSTS,
         )
         for gid, (lead, status) in peers.items()
     }
@@ -61,6 +64,12 @@ def test_only_a_leader_no_unknown_peer_can_outrank_acts() -> None:
     assert acting_leader(_view(2, {"gw-b": (1, PeerStatus.OFFLINE)}))
     # No lead number: never acts.
     assert not acting_leader(_view(None, {}))
+    # A better-ranked peer that answered but never proved who it is cannot lead, so it
+    # cannot hold the leader back either (an announcement is no identity).
+    unproven = _view(2, {"gw-b": (1, PeerStatus.ONLINE)})
+    record = dataclasses.replace(unproven.peers["gw-b"], verified=False)
+    unproven = FleetView(unproven.me, {"gw-b": record}, "gw-me")
+    assert acting_leader(unproven)
 
 
 def test_versions_compare_numerically() -> None:
@@ -76,6 +85,10 @@ def test_reinstall_wanted_for_reachable_peers_without_claw_clan_or_older() -> No
     view.peers["gw-b"].state.claw_clan_installed = True
     assert needs_reinstall(view, "1.2.0") == {}
     assert needs_reinstall(view, "1.3.0") == {"gw-b": "version 1.2.0 older than 1.3.0"}
+    # Never to a peer that has not proven who it is (case 1: a stranger's announcement).
+    view.peers["gw-b"].state.claw_clan_installed = False
+    stranger = dataclasses.replace(view.peers["gw-b"], verified=False)
+    assert needs_reinstall(FleetView(view.me, {"gw-b": stranger}), "1.2.0") == {}
 
 
 def test_backoff_doubles_and_reports_each_error_once() -> None:
