@@ -56,12 +56,22 @@ def test_a_peer_that_answers_as_another_id_is_unverified_never_leader_logged_onc
     assert fleet.notes().count("peer_identity_mismatch") == 1
 
 
-def test_a_peer_without_state_file_is_not_verified() -> None:
+def test_a_peer_without_state_file_is_verified_only_as_the_operators_static_peer() -> None:
     fleet = Fleet()
+    # Found by mDNS (membership proved it then), its state.json gone since: unverified.
+    fleet.feed(verified_seen(peer("gw-m", lead=0), at(0)))
+    answered(fleet, "gw-m", 1, proof(None, None))
+    assert not fleet.view.peers["gw-m"].verified
+    # Static, first-use key: unverified.
     fleet.feed(PeerConfigured(peer("gw-b", lead=0), at(0)))
-    answered(fleet, "gw-b", 1, proof(None, None))
+    answered(fleet, "gw-b", 1, proof(None, None, Trust.FIRST_USE))
     assert not fleet.view.peers["gw-b"].verified
     assert elect_leader(fleet.view) == ME.gateway_id
+    # Static, a key in the operator's known_hosts at the configured address: the operator's
+    # word is the proof; the lead number is the config's.
+    answered(fleet, "gw-b", 2, proof(None, None, Trust.KNOWN_HOSTS))
+    assert fleet.view.peers["gw-b"].verified
+    assert elect_leader(fleet.view) == "gw-b"
 
 
 def test_an_untrusted_key_proves_nothing() -> None:

@@ -4,8 +4,7 @@ A peer answers the fence script with the token it holds, and a leader adopts a s
 one (it raises its epoch past it). A rogue peer can answer anything: adopting an absurd
 epoch would be written to every legitimate peer's fence and shut every later leader out
 for good. So a reported token is adopted only when its epoch is one the fleet could have
-reached, the peer that reported it is verified, and the instance that wrote it is one we
-know. Pure: the leader loops log, the election ignores.
+reached and the peer that reported it is verified. Pure: the leader loops log, the election ignores.
 """
 
 from __future__ import annotations
@@ -20,23 +19,23 @@ from clawd.decide.view import FleetView
 # while it was away (its epoch restarts at 0 and must catch up in one step).
 MAX_EPOCH_STEP = 1_000_000
 
-Refusal = Literal["implausible_epoch", "unverified_reporter", "unverified_writer"]
+Refusal = Literal["implausible_epoch", "unverified_reporter"]
 
 
 def fence_refusal(view: FleetView, epoch: int, writer: str, reported_by: str) -> Refusal | None:
     """Why a fence token (`epoch`, written by gateway `writer`) that peer `reported_by`
     says it holds must not be adopted; None when it may be.
 
-    The writer need only be an instance we know: verification is per run, and a leader
-    that died before this run proved it would otherwise fence every later leader out.
+    The writer itself is not screened: the other side of a split brain is by definition a
+    leader we cannot see (and a leader that died may never have been verified in this
+    run); what makes its token believable is that a peer which proved its identity holds
+    it, and that its epoch is one a fleet can reach.
     """
     if epoch > view.epoch + MAX_EPOCH_STEP:
         return "implausible_epoch"
     reporter = view.peers.get(reported_by)
     if reporter is None or not reporter.verified:
         return "unverified_reporter"
-    if writer != view.me.gateway_id and writer not in view.peers:
-        return "unverified_writer"
     return None
 
 

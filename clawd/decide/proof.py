@@ -12,7 +12,7 @@ from datetime import datetime
 
 from clawd.core.model import Instance
 from clawd.core.observations import PeerProof
-from clawd.core.trust import Trust
+from clawd.core.trust import Trust, secrets_allowed
 from clawd.decide.view import Decision, Note, PeerRecord
 
 NO_STATE_FILE = "(no readable state.json)"
@@ -23,6 +23,11 @@ def apply_proof(d: Decision, record: PeerRecord, proof: PeerProof | None) -> Pee
     if proof is None:
         return record
     inst = record.instance
+    if proof.gateway_id is None and record.static and secrets_allowed(proof.trust):
+        # No state.json (claw-clan lost, or not clawd's yet), but the operator named this
+        # id at this address in config.json and vouched for its key (known_hosts, or
+        # `clawd peer trust`): that is proof enough; the lead number is the config's.
+        proof = dataclasses.replace(proof, gateway_id=inst.gateway_id)
     if proof.proves(inst.gateway_id):
         if proof.lead_number is not None and proof.lead_number != inst.lead_number:
             inst = dataclasses.replace(inst, lead_number=proof.lead_number)

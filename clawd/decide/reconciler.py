@@ -80,7 +80,7 @@ class Reconciler:
         elif isinstance(obs, MdnsSeen):
             self._on_mdns(decision, obs, now)
         elif isinstance(obs, PeerConfigured):
-            self._on_announce(decision, obs.instance, False, now)
+            self._on_announce(decision, obs.instance, False, now, static=True)
         elif isinstance(obs, MdnsGone):
             self._on_mdns_gone(decision, obs, now)
         elif isinstance(obs, ProbeResult):
@@ -214,6 +214,7 @@ class Reconciler:
         via_mdns: bool,
         now: datetime,
         proof: PeerProof | None = None,
+        static: bool = False,
     ) -> None:
         if inst.gateway_id == d.view.me.gateway_id:
             return
@@ -224,7 +225,7 @@ class Reconciler:
             state = PeerState(
                 gateway_id=inst.gateway_id, mdns_broadcasting=via_mdns, updated_at=now
             )
-            record = PeerRecord(inst, state, since=now)
+            record = PeerRecord(inst, state, since=now, static=static)
             if proof is not None:
                 record = dataclasses.replace(record, verified=True, trust=proof.trust)
             d.instances.append(inst)
@@ -248,6 +249,7 @@ class Reconciler:
             instance=merged,
             state=state,
             mdns_withdrawn=record.mdns_withdrawn and not via_mdns,
+            static=record.static or static,
         )
         if proof is not None and not (record.verified and record.trust is proof.trust):
             record = dataclasses.replace(record, verified=True, trust=proof.trust)

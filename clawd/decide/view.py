@@ -80,6 +80,8 @@ class PeerRecord:
     # names this gateway id. Only verified peers count for the election.
     verified: bool = False
     trust: Trust = Trust.NONE
+    # Listed in config.json's `peers`: the operator says this id lives at this address.
+    static: bool = False
     # Who the peer's state.json named when that was not this gateway id (logged once).
     answered_as: str | None = None
 

@@ -305,7 +305,7 @@ class Recoverer(LeaderLoop):
         refused = self._guard.screen(view, gid, stored)
         if refused is not None:
             # Neither adopted nor a claim: nothing copied; retried as a failure would be
-            # (on the next round when the writer is only not verified yet).
+            # (on the next round when the reporter is only not verified yet).
             if not refused.soon:
                 self._backoff.failed(gid, refused.detail(stored), now)
             return
