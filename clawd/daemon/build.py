@@ -182,7 +182,10 @@ async def assemble(
         )
     )
     recorder.listeners.append(metrics.count_incident)
-    status = StatusAnswer(keeper, backups, repo, pinger, loop_monitor)
+    discovery = [Discovery(me, s.discovery, keeper.emit)] if s.discovery.enabled else []
+    status = StatusAnswer(
+        keeper, backups, repo, pinger, loop_monitor, discovery[0].announced if discovery else None
+    )
     # The followers need the status answer, which needs the keeper: joined in afterwards.
     keeper.hooks = dataclasses.replace(
         keeper.hooks,
@@ -220,7 +223,6 @@ async def assemble(
             "skills-sync": skills.handle_control,
         },
     )
-    discovery = [Discovery(me, s.discovery, keeper.emit)] if s.discovery.enabled else []
     # The one list of components: started in this order (each waited for until ready),
     # reconfigured in this order, stopped in the reverse order.
     sources: tuple[Component, ...] = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from clawd.act.backup.manager import BackupManager
@@ -23,9 +23,11 @@ class StatusAnswer:
         repo: FleetRepository,
         pinger: Pinger,
         loop_monitor: LoopMonitor,
+        announced: Callable[[], dict[str, str] | None] | None = None,
     ) -> None:
         self.keeper, self.backups, self.repo = keeper, backups, repo
         self.pinger, self.loop_monitor = pinger, loop_monitor
+        self.announced = announced  # None: discovery is off
 
     def text(self, view: FleetView | None = None) -> str:
         text = f"{summary(view or self.keeper.view)}; {self.backups.status_line()}"
@@ -61,5 +63,7 @@ class StatusAnswer:
             "doubting": view.doubting,
             "partition": sorted(view.partition.members) if view.partition else None,
             "detector": t.detector.kind,
+            # The mDNS instance name announced, and the wanted one (differ after a conflict).
+            "mdns": self.announced() if self.announced is not None else None,
             "peers": rows,
         }
