@@ -331,6 +331,22 @@ async def test_a_taken_name_is_renamed_and_peers_still_key_it_by_gateway_id(
     assert set(observations.latest()) == {"gw-self"}
 
 
+@pytest.mark.timeout(60)
+async def test_renaming_is_bounded_then_a_clear_error(settings: DiscoverySettings) -> None:
+    taken = [
+        claw_peer(instance_label("gw-self", n), ip="127.0.0.9") for n in range(1, 10)
+    ]  # gw-self, gw-self-2 … gw-self-9
+    async with MdnsPeers(settings.service_type, taken):
+        discovery = Discovery(me(), settings, lambda _: None)
+        with pytest.raises(ExceptionGroup) as caught:
+            async with asyncio.timeout(40):  # 9 probes of about 1 s each
+                await discovery.run(asyncio.Event())
+    (error,) = caught.value.exceptions
+    assert isinstance(error, ClawdError)
+    assert "'gw-self'" in str(error) and "'gw-self-9'" in str(error)
+    assert "127.0.0.9" in str(error) and "unique instance.gatewayId" in str(error)
+
+
 @pytest.mark.parametrize("address", ["192.0.2.77", "not-an-address"])
 async def test_unusable_interface_is_a_clear_error(service_type: str, address: str) -> None:
     settings = DiscoverySettings(service_type=service_type, interfaces=("127.0.0.1", address))
