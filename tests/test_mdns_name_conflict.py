@@ -39,7 +39,7 @@ def _config(home: Path, service_type: str) -> None:
 async def _resolve(service_type: str, name: str) -> AsyncServiceInfo | None:
     """`name`'s records as a browsing peer gets them, or None after a bounded wait."""
     async with AsyncZeroconf(interfaces=["127.0.0.1"]) as aiozc:
-        for _ in range(5):  # 5 × 2 s
+        for _ in range(5):  # at most 5 requests of 2 s
             info = AsyncServiceInfo(service_type, f"{name}.{service_type}")
             if await info.async_request(aiozc.zeroconf, 2000):
                 return info
