@@ -24,14 +24,14 @@ from clawd.core.text import clean_text
 
 log = structlog.get_logger("clawd.sources.discovery")
 
-# The wanted name, then -2 … -9: each try probes for about 1 s, and the daemon's start
-# waits for discovery; more than a few taken names is a flood, not a coincidence.
+# The wanted name, then -2 … -9: each free name costs about 2 s (lookup and probe), and
+# the daemon's start waits for discovery; more than a few taken names is a flood, not a coincidence.
 MAX_INSTANCE_NUMBER = 9
 # A holder's multicast answer to a QM question takes about 1 s (its aggregation delay, and
 # up to 1 s more for a record it multicast in the last second): our lookup listens this
-# long, and zeroconf's probe (about 1 s) starts after the head start, so both end together.
+# long, and zeroconf's probe (about 1 s) starts after the head start and ends within it.
 LOOKUP_TIMEOUT_MS = 2500
-PROBE_HEAD_START_SECONDS = 1.5
+PROBE_HEAD_START_SECONDS = 1.0
 
 
 def instance_part(info: AsyncServiceInfo) -> str:
