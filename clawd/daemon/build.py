@@ -189,7 +189,18 @@ async def assemble(
         )
     )
     recorder.listeners.append(metrics.count_incident)
-    status = StatusAnswer(keeper, backups, repo, pinger, loop_monitor)
+    discovery: list[Component] = []
+    finder: Discovery | None = None
+    if s.discovery.enabled:
+        # Announcements reach the keeper through membership: only once proven over SSH.
+        membership = build_membership(me.gateway_id, live, keeper, ops_connector)
+        finder = Discovery(me, s.discovery, membership.offer)
+        discovery = [membership, finder]
+    status = StatusAnswer(
+        keeper, backups, repo, pinger, loop_monitor, finder.announced if finder else None
+    )
+    if s.discovery.enabled:
+        status.unverified = membership.unverified
     # The followers need the status answer, which needs the keeper: joined in afterwards.
     keeper.hooks = dataclasses.replace(
         keeper.hooks,
@@ -228,12 +239,6 @@ async def assemble(
             "peer-forget": ForgetAnswer(keeper, lambda: live.settings).request,
         },
     )
-    discovery: list[Component] = []
-    if s.discovery.enabled:
-        # Announcements reach the keeper through membership: only once proven over SSH.
-        membership = build_membership(me.gateway_id, live, keeper, ops_connector)
-        status.unverified = membership.unverified
-        discovery = [membership, Discovery(me, s.discovery, membership.offer)]
     # The one list of components: started in this order (each waited for until ready),
     # reconfigured in this order, stopped in the reverse order.
     sources: tuple[Component, ...] = (

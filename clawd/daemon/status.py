@@ -24,11 +24,13 @@ class StatusAnswer:
         repo: FleetRepository,
         pinger: Pinger,
         loop_monitor: LoopMonitor,
+        announced: Callable[[], dict[str, str] | None] | None = None,
     ) -> None:
         self.keeper, self.backups, self.repo = keeper, backups, repo
         self.pinger, self.loop_monitor = pinger, loop_monitor
         # Announcements held until proven over SSH (membership's), when discovery is on.
         self.unverified: Callable[[], list[UnverifiedPeer]] = list
+        self.announced = announced  # None: discovery is off
 
     def text(self, view: FleetView | None = None) -> str:
         text = f"{summary(view or self.keeper.view)}; {self.backups.status_line()}"
@@ -66,6 +68,8 @@ class StatusAnswer:
             "doubting": view.doubting,
             "partition": sorted(view.partition.members) if view.partition else None,
             "detector": t.detector.kind,
+            # The mDNS instance name announced, and the wanted one (differ after a conflict).
+            "mdns": self.announced() if self.announced is not None else None,
             "peers": rows,
             "unverified": [
                 {
