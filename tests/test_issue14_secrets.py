@@ -171,7 +171,7 @@ async def test_distributor_pushes_again_when_a_peer_becomes_trusted(
     def view(trust: Trust) -> FleetView:
         state = PeerState("gw-b", status=PeerStatus.ONLINE, claw_clan_installed=True)
         inst = Instance("gw-b", "beta", lead_number=9, ip=peer.address, ssh_port=peer.port)
-        return FleetView(me, {"gw-b": PeerRecord(inst, state, trust=trust)}, "gw-a")
+        return FleetView(me, {"gw-b": PeerRecord(inst, state, verified=True, trust=trust)}, "gw-a")
 
     for trust, pushes in ((Trust.FIRST_USE, 1), (Trust.FIRST_USE, 1), (Trust.OPERATOR, 2)):
         distributor.update_view(view(trust))
