@@ -55,7 +55,15 @@ def write_config(
     config = {
         "instance": {"gatewayId": "gw-a", "name": "alpha", "leadNumber": 5, "sshUser": "claw"},
         "peers": [
-            {"name": gid, "gatewayId": gid, "ip": p.address, "sshPort": p.port, "sshUser": "claw"}
+            {
+                "name": gid,
+                "gatewayId": gid,
+                "ip": p.address,
+                "sshPort": p.port,
+                "sshUser": "claw",
+                # What the operator believes; the peer's own state.json decides.
+                "leadNumber": (p.identity or {}).get("leadNumber"),
+            }
             for gid, p in static.items()
         ],
         "ping": {"intervalSeconds": INTERVAL, "timeoutSeconds": TIMEOUT, "offlineAfterMissed": 3},
@@ -319,18 +327,17 @@ async def test_a_first_use_stranger_never_receives_the_password(
     ]
     pushed = root / ".openclaw" / "claw-clan" / "config.json"
     async with MdnsPeers(SERVICE, announced):
-        answer, _ = await until(
-            proc, lambda s: (peer_row(s, "evil") or {}).get("trust") == "first-use", 20
-        )
         deadline = time.monotonic() + 30
         while not pushed.exists() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
+        proc.read()
+        assert pushed.exists(), proc.log[-6000:]
+        text = pushed.read_text()
+        assert "s3cret-pw" not in text and "postgres" not in json.loads(text)
+        answer, _ = await until(
+            proc, lambda s: (peer_row(s, "evil") or {}).get("trust") == "first-use", 20
+        )
         seen = await watch(home, 1.0)
-    proc.read()
-    assert pushed.exists(), proc.log[-6000:]
-    assert "s3cret-pw" not in pushed.read_text() and "postgres" not in json.loads(
-        pushed.read_text()
-    )
     assert all(peer_row(s, "bare") is None for s in [answer, *seen])
     assert not (bare_root / ".openclaw" / "claw-clan" / "config.json").exists()
     proc.read()
