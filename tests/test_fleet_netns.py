@@ -44,10 +44,19 @@ class Peer:
         return Path(self.server.account.pw_dir)
 
 
-def _install_claw_clan(home: Path, uid: int, gid: int) -> None:
+def _install_claw_clan(
+    home: Path, uid: int, gid: int, identity: tuple[str, int] | None = None
+) -> None:
+    """claw-clan installed; with `identity`, the state.json a real clawd would keep there
+    (the gateway id and lead number its peers prove over SSH)."""
     target = home / ".openclaw" / "claw-clan"
     target.mkdir(parents=True, exist_ok=True)
-    for path in (home / ".openclaw", target):
+    paths = [home / ".openclaw", target]
+    if identity is not None:
+        state = target / "state.json"
+        state.write_text(json.dumps({"gatewayId": identity[0], "leadNumber": identity[1]}))
+        paths.append(state)
+    for path in paths:
         os.chown(path, uid, gid)
 
 
@@ -87,9 +96,11 @@ async def namespace_fleet(
             account = server.account
             shutil.rmtree(Path(account.pw_dir) / ".openclaw", ignore_errors=True)
             Path(account.pw_dir, "install-runs").unlink(missing_ok=True)
-            _install_claw_clan(Path(account.pw_dir), account.pw_uid, account.pw_gid)
-            await asyncio.to_thread(server.start)
             gid = gateway.format(role)
+            _install_claw_clan(
+                Path(account.pw_dir), account.pw_uid, account.pw_gid, identity=(gid, 10 + n)
+            )
+            await asyncio.to_thread(server.start)
             made[role] = Peer(node, server, gid)
             announcer = MdnsPeers(
                 service_type,
