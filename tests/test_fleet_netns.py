@@ -191,7 +191,7 @@ async def test_fleet_in_namespaces(
         # ... and comes back with another host key: refused, reported, never trusted.
         p2.server.host_key = new_host_key()
         await asyncio.to_thread(p2.server.start)
-        await daemon.await_log("host key changed", 15)
+        await daemon.await_log("event=host_key_differs_from_pin", 15)
         await asyncio.sleep(INTERVAL * 4)
         assert (p2.gateway_id, "recovery") not in daemon.incidents()
         assert _status(home, p2.gateway_id) != "online"

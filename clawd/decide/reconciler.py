@@ -169,7 +169,10 @@ class Reconciler:
         d.put(record)
         gid = record.instance.gateway_id
         settle = d.view.settle
-        if settle is not None and obs.success and gid in settle.unheard:
+        # Heard = answered with its identity read (a round whose read timed out proves
+        # nothing yet: the election waits for the next one, bounded by the settle time).
+        heard = obs.success and (obs.proof is not None or record.verified)
+        if settle is not None and heard and gid in settle.unheard:
             d.view = dataclasses.replace(
                 d.view, settle=dataclasses.replace(settle, unheard=settle.unheard - {gid})
             )
