@@ -5,8 +5,10 @@ Runs, in order: repository write throughput (``bench/repository_throughput.py``)
 cost vs a bare pg_dump (``bench/backup_cost.py``), write stalls while pruning history
 (``bench/prune_stall.py``), ``clawd report`` on 10 million pings (``bench/report_query.py``)
 and the phi-accrual vs threshold failure detector on synthetic ping traces
-(``bench/detector_traces.py``), and the render of a 1,000-peer scrape
-(``bench/metrics_render.py``).
+(``bench/detector_traces.py``), the render of a 1,000-peer scrape
+(``bench/metrics_render.py``) and what trusted membership costs, the code before issue 14
+and this checkout side by side (``bench/membership_cost.py``; ``CLAWD_BENCH_CODE`` /
+``CLAWD_BENCH_BASE`` name other trees).
 ``--quick`` (a smoke run of every benchmark) takes under 2 minutes, the full run about 15
 (2 cores). Afterwards a summary table of every figure with a goal is put at the top.
 
@@ -30,6 +32,7 @@ from bench import (
     backup_cost,
     detector_traces,
     fleet_load,
+    membership_cost,
     metrics_render,
     prune_stall,
     report_query,
@@ -110,6 +113,7 @@ BENCHMARKS: dict[str, Callable[[bool], str]] = {
     report_query.SECTION: lambda quick: report_query.run(quick),
     detector_traces.SECTION: lambda quick: detector_traces.run(quick),
     metrics_render.SECTION: lambda quick: metrics_render.run(quick),
+    membership_cost.SECTION: lambda quick: membership_cost.run(quick),
 }
 
 

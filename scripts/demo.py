@@ -22,8 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from clawd.serve.control import request
 from clawd.core.errors import ClawdError
+from clawd.serve.control import request
 from clawd.serve.status import render_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,8 +115,9 @@ class Demo:
         keys = self.tmp / "keys"
         keys.mkdir()
         self.fleet = SshFleet(keys)
-        for name, address, _ in PEERS:
-            self.peers[name] = await self.fleet.add_peer(address)
+        for name, address, lead in PEERS:
+            # Each holds its identity in its own state.json: what clawd proves over SSH.
+            self.peers[name] = (await self.fleet.add_peer(address)).claim(name, lead)
         (keys / "known_hosts").write_text(self.fleet.known_hosts_text())
         self.screen.say(f"▶ announcing them over mDNS as {self.service_type} (loopback only)")
         announced = [

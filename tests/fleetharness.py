@@ -301,7 +301,26 @@ class Fleet:
                     # A daemon being stopped in a thread closes its pipe meanwhile.
                     with contextlib.suppress(OSError, ValueError):
                         machine.daemon.read()
+            await asyncio.to_thread(self._mirror_identities)
             await asyncio.sleep(0.2)
+
+    def _mirror_identities(self) -> None:
+        """Each machine's state.json where its peers read it over SSH.
+
+        On a real machine clawd's home is the login's ~/.openclaw/claw-clan; here the home
+        is elsewhere (the daemon runs as root), so its state.json is copied there, as long
+        as claw-clan is installed (a test that removes it means it).
+        """
+        for machine in self.machines.values():
+            source = machine.home / "state.json"
+            target = Path(machine.user.pw_dir) / ".openclaw" / "claw-clan" / "state.json"
+            with contextlib.suppress(OSError):
+                data = source.read_bytes()
+                if target.parent.is_dir() and (not target.exists() or target.read_bytes() != data):
+                    tmp = target.with_name(".state.json.mirror")
+                    tmp.write_bytes(data)
+                    os.chown(tmp, machine.user.pw_uid, machine.user.pw_gid)
+                    tmp.replace(target)
 
     async def __aexit__(
         self,

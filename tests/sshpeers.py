@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import pwd
 import secrets
@@ -37,6 +38,8 @@ from typing import Any
 
 import asyncssh
 
+from clawd.sources.identity import identity_command
+
 __all__ = [
     "DEFAULT_INSTALL_CHECK",
     "SSHD_MAX_ADDRESSES",
@@ -52,6 +55,7 @@ __all__ = [
 ]
 
 DEFAULT_INSTALL_CHECK = "test -d ~/.openclaw/claw-clan"
+IDENTITY_FILE = ".openclaw/claw-clan/state.json"  # ssh.identityFile's default
 SSHD_MAX_ADDRESSES = 16  # sshd's MAX_LISTEN_SOCKS: start several servers for more
 TEST_SSH_USER = "clawtest"  # unprivileged login for the OpenSSH server (created when root)
 
@@ -160,6 +164,9 @@ class SshPeer:
         self.root = root
         self.port = port  # 0 until the first start() picks a free one, then kept
         self.installed = installed
+        # Who this peer says it is in its state.json (read by clawd's identity check):
+        # None = no state.json, so clawd never counts it as verified.
+        self.identity: dict[str, Any] | None = None
         self.echo_delay = 0.0  # seconds each echoed chunk is held back
         self.host_key = new_host_key()
         self.connections: set[asyncssh.SSHServerConnection] = set()
@@ -171,6 +178,21 @@ class SshPeer:
     @property
     def running(self) -> bool:
         return self._acceptor is not None
+
+    def claim(self, gateway_id: str, lead_number: int | None = None) -> SshPeer:
+        """Hold this identity in the peer's state.json (in its home, if it has one)."""
+        self.identity = {"gatewayId": gateway_id, "leadNumber": lead_number}
+        if self.root is not None:
+            path = self.root / IDENTITY_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.identity))
+        return self
+
+    def _state_json(self) -> bytes:
+        if self.root is not None:
+            path = self.root / IDENTITY_FILE
+            return path.read_bytes() if path.is_file() else b""
+        return json.dumps(self.identity).encode() if self.identity is not None else b""
 
     @property
     def host_key_line(self) -> str:
@@ -249,12 +271,17 @@ class SshPeer:
             elif (
                 self.root is not None
                 and self.fleet.native_install_check
-                and (command == self.fleet.install_check_command)
+                and (command in (self.fleet.install_check_command, self.fleet.identity_command))
             ):
+                if command == self.fleet.identity_command:
+                    process.stdout.write(self._state_json())
                 process.exit(0 if (self.root / ".openclaw" / "claw-clan").is_dir() else 1)
             elif self.root is not None:
                 process.exit(await self._shell(process, command))
             elif command == self.fleet.install_check_command:
+                process.exit(0 if self.installed else 1)
+            elif command == self.fleet.identity_command:
+                process.stdout.write(self._state_json())
                 process.exit(0 if self.installed else 1)
             elif command == "true":
                 process.exit(0)
@@ -329,6 +356,8 @@ class SshFleet:
     ) -> None:
         self.directory = directory
         self.install_check_command = install_check_command
+        # What clawd runs for its install check: the check and a read of state.json.
+        self.identity_command = identity_command(install_check_command, IDENTITY_FILE)
         self.max_startups = max_startups
         self.client_key = make_client_key(directory)
         self.authorized_keys = asyncssh.import_authorized_keys(self.client_key.public_line + "\n")

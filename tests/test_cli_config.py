@@ -95,3 +95,19 @@ def test_a_config_from_before_detection_still_loads_and_says_what_is_unused(
     assert len(unused) == 2, proc.stdout + proc.stderr
     assert "key=ping.flapTransitions" in unused[0]
     assert "detection.flapHighPercent" in unused[0]
+
+
+def test_a_config_with_a_probe_command_still_loads_and_says_it_is_unused(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path, {"detection": {"probeCommand": "~/bin/clawd probe"}})
+    proc = subprocess.run(
+        [sys.executable, "-m", "clawd.cli.main", "config", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    unused = [line for line in proc.stderr.splitlines() if "config_key_unused" in line]
+    assert len(unused) == 1, proc.stdout + proc.stderr
+    assert "key=detection.probeCommand" in unused[0] and "direct-tcpip" in unused[0]

@@ -3,6 +3,7 @@ successes, partitions, indirect probes, self-doubt, leadership epochs, `--why`."
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from clawd.config.sections import DetectionSettings, PingSettings
@@ -14,11 +15,13 @@ from clawd.core.observations import (
     MdnsSeen,
     Observation,
     PeerConfigured,
+    PeerProof,
     PingResult,
     ProbeResult,
     SelfHealth,
     Tick,
 )
+from clawd.core.trust import Trust
 from clawd.decide.explain import explain, find_peer, render
 from clawd.decide.flap import percent_state_change
 from clawd.decide.from_settings import guard_settings
@@ -41,7 +44,9 @@ def threshold(n: int = 3, **kw: object) -> Thresholds:
 
 
 class Fleet:
-    def __init__(self, t: Thresholds, peers: int = 0, lead: int = 10) -> None:
+    def __init__(
+        self, t: Thresholds, peers: int = 0, lead: int = 10, *, verified: bool = True
+    ) -> None:
         self.view = FleetView(me=ME)
         self.reconciler = Reconciler(t)
         self.decisions: list[Decision] = []
@@ -50,6 +55,13 @@ class Fleet:
             self.feed(
                 PeerConfigured(Instance(gid, f"peer-{n}", lead + n, f"127.0.9.{n + 1}"), at(0))
             )
+            if verified:
+                self.verify(gid, True)
+
+    def verify(self, gid: str, verified: bool) -> None:
+        """What the identity proof over SSH sets (not this module's concern)."""
+        record = dataclasses.replace(self.view.peers[gid], verified=verified)
+        self.view = dataclasses.replace(self.view, peers={**self.view.peers, gid: record})
 
     def feed(self, obs: Observation, now: datetime | None = None) -> Decision:
         decision = self.reconciler.apply(self.view, obs, now or getattr(obs, "at", T0))
@@ -101,9 +113,15 @@ def test_recovery_needs_m_successes_in_a_row() -> None:
     assert fleet.events("gw-00") == [EventType.ONLINE, EventType.OFFLINE, EventType.RECOVERY]
 
 
+def verified_seen(inst: Instance, when: datetime) -> MdnsSeen:
+    """An announcement membership verified over SSH (it may create a peer)."""
+    proof = PeerProof(Trust.KNOWN_HOSTS, "SHA256:test", inst.gateway_id, inst.lead_number)
+    return MdnsSeen(inst, when, proof=proof)
+
+
 def test_mdns_withdrawn_while_ssh_fails_is_offline_at_once() -> None:
     fleet = Fleet(threshold(10))
-    fleet.feed(MdnsSeen(Instance("gw-b", "b", 10, "127.0.9.9"), at(0)))
+    fleet.feed(verified_seen(Instance("gw-b", "b", 10, "127.0.9.9"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     fleet.ping("gw-b", 2, ok=False)
     assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE  # still announced
@@ -114,7 +132,7 @@ def test_mdns_withdrawn_while_ssh_fails_is_offline_at_once() -> None:
 
 def test_mdns_withdrawn_while_ssh_answers_stays_online() -> None:
     fleet = Fleet(threshold(3))
-    fleet.feed(MdnsSeen(Instance("gw-b", "b", 10, "127.0.9.9"), at(0)))
+    fleet.feed(verified_seen(Instance("gw-b", "b", 10, "127.0.9.9"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     fleet.feed(MdnsGone("gw-b", at(2)))
     assert fleet.status("gw-b") is PeerStatus.ONLINE  # the machine answers; only the announcer left
@@ -164,7 +182,7 @@ def test_reached_by_other_peers_is_unreachable_from_here_only() -> None:
     fleet = Fleet(threshold(2, probes=3), peers=3)
     _online(fleet, ["gw-00", "gw-01", "gw-02"])
     fleet.ping("gw-00", 2, ok=False)
-    fleet.feed(ProbeResult("gw-00", at(2.5), ("gw-01", "gw-02"), ("gw-01",), ("gw-02",)))
+    fleet.feed(ProbeResult("gw-00", at(2.5), ("gw-01", "gw-02"), ("gw-01", "gw-02"), ()))
     fleet.ping("gw-00", 3, ok=False)
     fleet.ping("gw-00", 4, ok=False)
     assert fleet.status("gw-00") is PeerStatus.UNRESPONSIVE
@@ -172,7 +190,7 @@ def test_reached_by_other_peers_is_unreachable_from_here_only() -> None:
     assert EventType.OFFLINE not in fleet.events("gw-00")
     (details,) = fleet.incidents(EventType.UNREACHABLE)
     assert details["scope"] == "unreachable from this instance only"
-    assert details["reachable_by"] == ["gw-01"]
+    assert details["reachable_by"] == ["gw-01", "gw-02"]
     fleet.ping("gw-00", 5, ok=True)
     assert fleet.status("gw-00") is PeerStatus.ONLINE
     assert fleet.events("gw-00") == [EventType.ONLINE, EventType.UNREACHABLE]

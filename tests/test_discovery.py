@@ -306,15 +306,45 @@ async def test_cancelled_run_closes_zeroconf(settings: DiscoverySettings) -> Non
         pass
 
 
-async def test_duplicate_gateway_id_fails_with_a_clear_error(settings: DiscoverySettings) -> None:
-    async with running(Discovery(me(), settings, lambda _: None)):
+def _seen_ips(observations: Observations) -> set[str | None]:
+    return {o.instance.ip for o in observations.seen if isinstance(o, MdnsSeen)}
+
+
+async def test_a_taken_name_is_renamed_and_peers_still_key_it_by_gateway_id(
+    settings: DiscoverySettings, observations: Observations
+) -> None:
+    first = Discovery(me(), settings, lambda _: None)
+    watcher = Discovery(me("gw-watch", ip="127.0.0.3"), settings, observations)
+    async with running(first), running(watcher):
         second = Discovery(me(ip="127.0.0.2"), settings, lambda _: None)
+        with capture_logs() as logs:
+            async with running(second):
+                assert second.announced() == {"name": "gw-self-2", "wanted": "gw-self"}
+                # The renamed record (at 127.0.0.2) reaches the watcher too.
+                await observations.until(lambda: "127.0.0.2" in _seen_ips(observations))
+    conflicts = [e for e in logs if e["event"] == "mdns_name_conflict"]
+    assert len(conflicts) == 1, logs
+    assert conflicts[0]["wanted"] == "gw-self"
+    assert conflicts[0]["announced"] == "gw-self-2"
+    assert conflicts[0]["other_address"] == "127.0.0.1"
+    # Both records carry gateway id gw-self: the watcher sees one peer, never "gw-self-2".
+    assert set(observations.latest()) == {"gw-self"}
+
+
+@pytest.mark.timeout(60)
+async def test_renaming_is_bounded_then_a_clear_error(settings: DiscoverySettings) -> None:
+    taken = [
+        claw_peer(instance_label("gw-self", n), ip="127.0.0.9") for n in range(1, 10)
+    ]  # gw-self, gw-self-2 … gw-self-9
+    async with MdnsPeers(settings.service_type, taken):
+        discovery = Discovery(me(), settings, lambda _: None)
         with pytest.raises(ExceptionGroup) as caught:
-            async with asyncio.timeout(WAIT):
-                await second.run(asyncio.Event())
+            async with asyncio.timeout(40):  # 9 probes of about 1 s each
+                await discovery.run(asyncio.Event())
     (error,) = caught.value.exceptions
     assert isinstance(error, ClawdError)
-    assert "unique instance.gatewayId" in str(error)
+    assert "'gw-self'" in str(error) and "'gw-self-9'" in str(error)
+    assert "127.0.0.9" in str(error) and "unique instance.gatewayId" in str(error)
 
 
 @pytest.mark.parametrize("address", ["192.0.2.77", "not-an-address"])
@@ -413,6 +443,10 @@ def test_own_record_fits_dns_limits() -> None:
     assert len(instance_label(long_id).encode()) <= 63
     assert instance_label(long_id) != instance_label(long_id[:-1])
     assert instance_label("gw-a") == "gw-a"
+    assert instance_label("gw-a", 2) == "gw-a-2"
+    assert len(instance_label(long_id, 9).encode()) <= 63
+    assert instance_label(long_id, 9).endswith("-9")
+    assert len(instance_label("a" * 63, 2).encode()) <= 63
     record = own_service_info(me(long_id), "_claw-clan._tcp.local.")
     assert record.decoded_properties["gateway_id"] == long_id
     with pytest.raises(ClawdError, match="not an IP address"):

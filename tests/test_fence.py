@@ -31,6 +31,7 @@ from clawd.act.fleetops.recovery import Recoverer
 from clawd.act.fleetops.remote import PeerAddress, Reach, RemoteHost
 from clawd.config.settings import Settings
 from clawd.core.model import Instance, PeerState, PeerStatus
+from clawd.core.trust import Trust
 from clawd.decide.view import FleetView, PeerRecord
 from clawd.keep.incidents import IncidentRecorder
 from clawd.keep.store.factory import build_repository
@@ -311,7 +312,13 @@ def _view(me: Instance, peer: Peer, epoch: int, installed: bool = False) -> Flee
     target = Instance(
         "gw-t", "target", ip=peer.ssh.address, ssh_port=peer.ssh.port, ssh_user="claw"
     )
-    return FleetView(me, {"gw-t": PeerRecord(target, state)}, me.gateway_id, epoch=epoch)
+    # gw-t proved itself over SSH; gw-new (the other leader) is known, down from here.
+    other = PeerRecord(Instance("gw-new", "new", lead_number=7), PeerState("gw-new"))
+    records = {
+        "gw-t": PeerRecord(target, state, verified=True, trust=Trust.KNOWN_HOSTS),
+        "gw-new": other,
+    }
+    return FleetView(me, records, me.gateway_id, epoch=epoch)
 
 
 @contextlib.asynccontextmanager
@@ -341,7 +348,7 @@ async def test_stale_or_second_leader_does_not_reinstall(peer: Peer, tmp_path: P
         peer.connector,
         IncidentRecorder(repo),
         rechecked.append,
-        on_fenced=fenced.append,
+        on_fenced=lambda stored, _by: fenced.append(stored),
     )
     me = Instance("gw-b", "beta", lead_number=2)
     # A leader of a later epoch has claimed the peer: we are stale.
@@ -388,12 +395,16 @@ async def test_push_to_a_peer_fenced_by_another_leader(peer: Peer) -> None:
     table = render_outcomes([first, second])
     assert "fenced" in table and "1 pushed, 0 unchanged, 0 failed, 1 fenced" in table
     assert "fenced" not in render_outcomes([first])  # the count only when it happened
-    assert set(second.to_dict()) == {"gateway_id", "name", "result", "detail"}
+    # The fence token stays in the daemon (withheld: only key names, never values).
+    assert set(second.to_dict()) == {"gateway_id", "name", "result", "detail", "withheld"}
 
     # The leader loop: told once per push round, backs off, delivers nothing.
     fenced: list[FenceToken] = []
     distributor = ConfigDistributor(
-        peer.settings, document(peer.config_path), peer.connector, on_fenced=fenced.append
+        peer.settings,
+        document(peer.config_path),
+        peer.connector,
+        on_fenced=lambda t, _by: fenced.append(t),
     )
     me = Instance("gw-a", "alpha", lead_number=1)
     distributor.update_view(_view(me, peer, epoch=0, installed=True))

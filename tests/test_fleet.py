@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from blocking import setup_may_block
 from clawd.config.load import settings_from_data
 from clawd.config.settings import Settings
 from clawd.core.model import EventType, Instance, PeerStatus, utcnow
-from clawd.core.observations import PeerConfigured, PingResult
+from clawd.core.observations import PeerConfigured, PeerProof, PingResult
+from clawd.core.trust import Trust
 from clawd.decide.reconciler import Reconciler
 from clawd.decide.suspicion import DetectorSettings
 from clawd.decide.view import FleetView, Thresholds, initial_view
@@ -121,7 +123,9 @@ async def test_unchanged_pings_do_not_rewrite_the_peer_file(running: Running) ->
 async def test_leader_change_is_persisted(running: Running) -> None:
     k = running.keeper
     k.emit(PeerConfigured(Instance("gw-b", "beta", ip="127.0.0.2", lead_number=1), utcnow()))
-    k.emit(_ping("gw-b", True))
+    # A round that read gw-b's own state.json over a trusted connection: it may lead.
+    proof = PeerProof(Trust.KNOWN_HOSTS, "SHA256:test", "gw-b", 1)
+    k.emit(dataclasses.replace(_ping("gw-b", True), proof=proof))
     await running.settle()
     assert k.view.leader == "gw-b"
     assert json.loads((running.home / "fleet.json").read_text())["leader"] == "gw-b"

@@ -44,10 +44,19 @@ class Peer:
         return Path(self.server.account.pw_dir)
 
 
-def _install_claw_clan(home: Path, uid: int, gid: int) -> None:
+def _install_claw_clan(
+    home: Path, uid: int, gid: int, identity: tuple[str, int] | None = None
+) -> None:
+    """claw-clan installed; with `identity`, the state.json a real clawd would keep there
+    (the gateway id and lead number its peers prove over SSH)."""
     target = home / ".openclaw" / "claw-clan"
     target.mkdir(parents=True, exist_ok=True)
-    for path in (home / ".openclaw", target):
+    paths = [home / ".openclaw", target]
+    if identity is not None:
+        state = target / "state.json"
+        state.write_text(json.dumps({"gatewayId": identity[0], "leadNumber": identity[1]}))
+        paths.append(state)
+    for path in paths:
         os.chown(path, uid, gid)
 
 
@@ -87,9 +96,11 @@ async def namespace_fleet(
             account = server.account
             shutil.rmtree(Path(account.pw_dir) / ".openclaw", ignore_errors=True)
             Path(account.pw_dir, "install-runs").unlink(missing_ok=True)
-            _install_claw_clan(Path(account.pw_dir), account.pw_uid, account.pw_gid)
-            await asyncio.to_thread(server.start)
             gid = gateway.format(role)
+            _install_claw_clan(
+                Path(account.pw_dir), account.pw_uid, account.pw_gid, identity=(gid, 10 + n)
+            )
+            await asyncio.to_thread(server.start)
             made[role] = Peer(node, server, gid)
             announcer = MdnsPeers(
                 service_type,
@@ -180,7 +191,7 @@ async def test_fleet_in_namespaces(
         # ... and comes back with another host key: refused, reported, never trusted.
         p2.server.host_key = new_host_key()
         await asyncio.to_thread(p2.server.start)
-        await daemon.await_log("host key changed", 15)
+        await daemon.await_log("event=host_key_differs_from_pin", 15)
         await asyncio.sleep(INTERVAL * 4)
         assert (p2.gateway_id, "recovery") not in daemon.incidents()
         assert _status(home, p2.gateway_id) != "online"

@@ -19,6 +19,7 @@ from clawd.act.fleetops.payload import read_config
 from clawd.act.fleetops.recovery import Recoverer, reinstall
 from clawd.act.fleetops.remote import PeerAddress, Reach
 from clawd.core.model import Instance, PeerState, PeerStatus
+from clawd.core.trust import Trust
 from clawd.decide.view import FleetView, PeerRecord
 from clawd.keep.incidents import IncidentRecorder
 from clawd.keep.store.factory import build_repository
@@ -92,7 +93,9 @@ def _view_with(me: Instance, gid: str, host: str, port: int, installed: bool) ->
         gid, status=PeerStatus.ONLINE, ssh_connectivity=True, claw_clan_installed=installed
     )
     peer = Instance(gid, f"name-{gid}", lead_number=9, ip=host, ssh_port=port, ssh_user="claw")
-    return FleetView(me, {gid: PeerRecord(peer, state)}, me.gateway_id)
+    return FleetView(
+        me, {gid: PeerRecord(peer, state, verified=True, trust=Trust.KNOWN_HOSTS)}, me.gateway_id
+    )
 
 
 async def test_leader_reinstalls_a_peer_once_and_records_it(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from clawd.act.fleetops.leadership import acting_leader, is_older
-from clawd.act.fleetops.payload import config_for_peer
+from clawd.act.fleetops.peer_config import config_for_peer
 from clawd.act.fleetops.recovery import needs_reinstall
 from clawd.act.fleetops.retry import PeerBackoff
 from clawd.core.model import Instance, PeerState, PeerStatus
+from clawd.core.trust import Trust
 from clawd.decide.view import FleetView, PeerRecord
 
 
@@ -18,6 +20,8 @@ def _view(me_lead: int | None, peers: dict[str, tuple[int | None, PeerStatus]]) 
         gid: PeerRecord(
             Instance(gid, gid, lead_number=lead, ip="127.0.0.9", version="1.2.0"),
             PeerState(gid, status=status, ssh_connectivity=status is PeerStatus.ONLINE),
+            verified=status is not PeerStatus.UNKNOWN,  # answered: proven who it is
+            trust=Trust.KNOWN_HOSTS,
         )
         for gid, (lead, status) in peers.items()
     }
@@ -35,7 +39,7 @@ def test_pushed_config_keeps_the_peers_identity_and_static_peers() -> None:
         "peers": [{"name": "x", "ip": "10.0.0.1"}],
     }
     theirs = json.dumps({"backend": "json", "instance": {"gatewayId": "gw-b"}}).encode()
-    merged = json.loads(config_for_peer(ours, theirs))
+    merged = json.loads(config_for_peer(ours, theirs, Trust.KNOWN_HOSTS).data)
     assert merged == {
         "backend": "postgres",
         "postgres": {"host": "db"},
@@ -43,10 +47,10 @@ def test_pushed_config_keeps_the_peers_identity_and_static_peers() -> None:
     }
     # A peer without a (valid) config gets the fleet-wide part only, never our identity.
     for missing in (None, b"{not json", b"[1]"):
-        assert "instance" not in json.loads(config_for_peer(ours, missing))
+        assert "instance" not in json.loads(config_for_peer(ours, missing, Trust.KNOWN_HOSTS).data)
     # Pushing twice gives the same bytes: the second push is "unchanged".
-    once = config_for_peer(ours, theirs)
-    assert config_for_peer(ours, once) == once
+    once = config_for_peer(ours, theirs, Trust.KNOWN_HOSTS).data
+    assert config_for_peer(ours, once, Trust.KNOWN_HOSTS).data == once
 
 
 def test_only_a_leader_no_unknown_peer_can_outrank_acts() -> None:
@@ -60,6 +64,12 @@ def test_only_a_leader_no_unknown_peer_can_outrank_acts() -> None:
     assert acting_leader(_view(2, {"gw-b": (1, PeerStatus.OFFLINE)}))
     # No lead number: never acts.
     assert not acting_leader(_view(None, {}))
+    # A better-ranked peer that answered but never proved who it is cannot lead, so it
+    # cannot hold the leader back either (an announcement is no identity).
+    unproven = _view(2, {"gw-b": (1, PeerStatus.ONLINE)})
+    record = dataclasses.replace(unproven.peers["gw-b"], verified=False)
+    unproven = FleetView(unproven.me, {"gw-b": record}, "gw-me")
+    assert acting_leader(unproven)
 
 
 def test_versions_compare_numerically() -> None:
@@ -75,6 +85,10 @@ def test_reinstall_wanted_for_reachable_peers_without_claw_clan_or_older() -> No
     view.peers["gw-b"].state.claw_clan_installed = True
     assert needs_reinstall(view, "1.2.0") == {}
     assert needs_reinstall(view, "1.3.0") == {"gw-b": "version 1.2.0 older than 1.3.0"}
+    # Never to a peer that has not proven who it is (case 1: a stranger's announcement).
+    view.peers["gw-b"].state.claw_clan_installed = False
+    stranger = dataclasses.replace(view.peers["gw-b"], verified=False)
+    assert needs_reinstall(FleetView(view.me, {"gw-b": stranger}), "1.2.0") == {}
 
 
 def test_backoff_doubles_and_reports_each_error_once() -> None:

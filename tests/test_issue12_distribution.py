@@ -230,6 +230,7 @@ async def test_a_peer_that_lost_claw_clan_is_reinstalled_not_pushed_to(
     recreate the folder (which made it look installed); the leader reinstalls it."""
     root = tmp_path / "peer"
     peer = await machine(fleet, root, "127.0.61.5", installed=True)
+    peer.claim("gw-b")  # its state.json: proven at once, so checked every 10 rounds only
     config_path = _leader_home(tmp_path, fleet, {"gw-b": peer})
     daemon = DaemonProcess(config_path.parent)
     try:

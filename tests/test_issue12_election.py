@@ -37,7 +37,10 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[SshFleet, dict[str, SshPe
     keys = tmp_path / "keys"
     keys.mkdir()
     async with SshFleet(keys) as ssh_fleet:
-        peers = {gid: await ssh_fleet.add_peer(f"127.0.12.{n + 2}") for n, gid in enumerate(LEADS)}
+        peers = {
+            gid: (await ssh_fleet.add_peer(f"127.0.12.{n + 2}")).claim(gid, LEADS[gid])
+            for n, gid in enumerate(LEADS)
+        }
         (keys / "known_hosts").write_text(ssh_fleet.known_hosts_text())
         yield ssh_fleet, peers
 

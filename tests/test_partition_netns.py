@@ -3,7 +3,7 @@
 Six OpenSSH peers and clawd, each in a namespace of its own on one bridge (see
 test_fleet_netns.py). Blackhole routes in the monitor's namespace cut it off from p1..p3
 while the peers still reach each other: one `partition` incident, p1..p3 `unknown`, the
-other peers' indirect probes (`clawd probe`, run over SSH on p4..p6) reach them, and no
+other peers' indirect probes (direct-tcpip channels through p4..p6) reach them, and no
 `offline` storm. Routes deleted: one `partition_end`, p1..p3 online, no `recovery` storm.
 """
 
@@ -12,12 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pwd
 import re
-import shlex
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,10 +22,8 @@ from typing import Any
 import pytest
 from daemonproc import DaemonProcess
 from netns import Lab, Node
-from sshpeers import ensure_test_user, sshd_path
+from sshpeers import sshd_path
 from test_fleet_netns import Peer, _status, namespace_fleet
-
-import clawd
 
 INTERVAL = 0.5
 PEERS = ("p1", "p2", "p3", "p4", "p5", "p6")
@@ -42,52 +36,10 @@ pytestmark = [
 ]
 
 
-def _runs_as(account: pwd.struct_passwd, command: str) -> bool:
-    """Does `command 127.0.0.1:9 --timeout 1 --json` answer like clawd probe as `account`?"""
-    try:
-        done = subprocess.run(
-            ["/bin/sh", "-c", f"{command} 127.0.0.1:9 --timeout 1 --json"],
-            user=account.pw_uid,
-            group=account.pw_gid,
-            extra_groups=[],
-            cwd=account.pw_dir,
-            env={"HOME": account.pw_dir, "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    lines = done.stdout.strip().splitlines()
-    return done.returncode in (0, 1) and bool(lines) and '"reachable"' in lines[-1]
-
-
-def probe_command(account: pwd.struct_passwd) -> str | None:
-    """A `clawd probe` the peers' login can run: this venv's, else the same source under
-    the system's Python (a venv whose interpreter lives under a 0700 /root is not
-    executable by anyone else); None when neither runs."""
-    clawd_bin = Path(sys.executable).parent / "clawd"
-    candidates = [f"{shlex.quote(str(clawd_bin))} probe"]
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    system_python = shutil.which(f"python{version}", path="/usr/local/bin:/usr/bin")
-    if system_python is not None:
-        source = Path(clawd.__file__).resolve().parent.parent
-        candidates.append(
-            f"PYTHONPATH={shlex.quote(str(source))} {system_python} "
-            f"{shlex.quote(str(clawd_bin))} probe"
-        )
-    return next((c for c in candidates if _runs_as(account, c)), None)
-
-
 @pytest.fixture
-async def fleet(lab: Lab, tmp_path: Path) -> AsyncIterator[tuple[dict[str, Peer], str, Path, str]]:
-    command = probe_command(ensure_test_user(USER.format(1)))
-    if command is None:
-        pytest.skip(f"no `clawd probe` the peers' login ({USER.format(1)}) can execute")
+async def fleet(lab: Lab, tmp_path: Path) -> AsyncIterator[tuple[dict[str, Peer], str, Path]]:
     async with namespace_fleet(lab, tmp_path, PEERS, user=USER, gateway="part-{}") as made:
-        peers, stype, key = made
-        yield peers, stype, key, command
+        yield made
 
 
 def _cut(monitor: Node, peers: list[Peer], action: str) -> None:
@@ -116,9 +68,9 @@ async def _until(what: str, check: Any, timeout: float, daemon: DaemonProcess) -
 
 
 async def test_partition_in_namespaces(
-    lab: Lab, fleet: tuple[dict[str, Peer], str, Path, str], tmp_path: Path
+    lab: Lab, fleet: tuple[dict[str, Peer], str, Path], tmp_path: Path
 ) -> None:
-    peers, stype, client_key, command = fleet
+    peers, stype, client_key = fleet
     monitor = lab.add("mon")
     home = tmp_path / "home"
     (home / "scripts").mkdir(parents=True)
@@ -134,7 +86,7 @@ async def test_partition_in_namespaces(
             "reconnectInitialSeconds": 0.3,
             "reconnectMaxSeconds": 1,
         },
-        "detection": {"indirectProbes": 3, "probeCommand": command, "probeTimeoutSeconds": 2},
+        "detection": {"indirectProbes": 3, "probeTimeoutSeconds": 2},
         "discovery": {"enabled": True, "serviceType": stype, "interfaces": [monitor.ip]},
         "recovery": {"enabled": False},
         "skills": {"syncInterval": "off"},
@@ -188,8 +140,7 @@ async def test_partition_in_namespaces(
     assert code == 0, daemon.log
     assert "Traceback" not in daemon.log
     rows = _rows(home)[before:]
-    print(f"\nprobe command: {command}")
-    print(f"cut -> partition {took_cut:.1f}s, heal -> online {took_heal:.1f}s")
+    print(f"\ncut -> partition {took_cut:.1f}s, heal -> online {took_heal:.1f}s")
     for row in rows:
         print(row["eventType"], row["gatewayId"], json.dumps(row.get("details")))
 
@@ -211,7 +162,8 @@ async def test_partition_in_namespaces(
     stragglers = [r["gatewayId"] for r in mine]
     assert len(stragglers) == len(set(stragglers)), mine
     assert [r for r in rows if r["gatewayId"] not in cut_ids | {"part-mon"}] == [], rows
-    # p4..p6 reached the cut peers with `clawd probe` over the monitor's SSH connections.
+    # p4..p6 reached the cut peers through direct-tcpip channels on the monitor's SSH
+    # connections to them (nothing installed on them for it).
     probes = re.findall(r".*indirect_probe.*", daemon.log[log_before:log_cut])
     reached = {
         m.group(1)

@@ -118,7 +118,8 @@ def home(tmp_path: Path) -> Path:
 
 async def test_three_peers_succeed(fleet: SshFleet, home: Path) -> None:
     addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-    await fleet.add_peers(addresses)
+    for peer in await fleet.add_peers(addresses):
+        peer.claim(peer.address)  # proven by its first check
     results = Results()
     pinger = Pinger(ping_settings(), ssh_settings(fleet), home, results)
     pinger.set_targets(targets_for(fleet, addresses))
@@ -135,7 +136,7 @@ async def test_three_peers_succeed(fleet: SshFleet, home: Path) -> None:
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
         assert all(INTERVAL * 0.75 <= gap <= INTERVAL * 1.6 for gap in gaps), gaps
     assert fleet.counters.authenticated == 3  # one persistent connection per peer
-    assert fleet.counters.execs == {"cat": 3, fleet.install_check_command: 3}
+    assert fleet.counters.execs == {"cat": 3, fleet.identity_command: 3}
     assert pinger.pings_failed == 0 and pinger.connects == 3
 
 
@@ -203,7 +204,8 @@ async def test_slow_echo_fails_within_timeout(fleet: SshFleet, home: Path) -> No
 
 
 async def test_install_check_false_and_every_n_rounds(fleet: SshFleet, home: Path) -> None:
-    await fleet.add_peer("127.0.0.7", installed=False)
+    # Proven on its first check (its state.json names it), so checked every 3 rounds.
+    (await fleet.add_peer("127.0.0.7", installed=False)).claim("127.0.0.7")
     results = Results()
     ssh = ssh_settings(fleet, install_check_every_rounds=3)
     pinger = Pinger(ping_settings(interval_seconds=0.1, timeout_seconds=0.08), ssh, home, results)
@@ -215,6 +217,32 @@ async def test_install_check_false_and_every_n_rounds(fleet: SshFleet, home: Pat
     assert [r.installed for r in got] == [False, None, None, False, None, None, False, None]
     # The exec rides next to the echo channel: never more than 2 channels on a connection.
     assert fleet.counters.peak_channels_per_connection <= 2
+    assert got[0].proof is not None and got[0].proof.gateway_id == "127.0.0.7"
+
+
+async def test_an_unproven_peer_is_asked_who_it_is_after_2_4_8_rounds(
+    fleet: SshFleet, home: Path
+) -> None:
+    """A peer whose state.json names no gateway id (yet) is asked again after 2, 4, 8 …
+    rounds; once it names itself it is asked only at the install check's own cadence."""
+    peer = await fleet.add_peer("127.0.0.9")
+    results = Results()
+    ssh = ssh_settings(fleet, install_check_every_rounds=50)
+    pinger = Pinger(ping_settings(interval_seconds=0.2, timeout_seconds=0.15), ssh, home, results)
+    pinger.set_targets(targets_for(fleet, ["127.0.0.9"]))
+
+    def answered() -> list[PingResult]:
+        return [r for r in results.of("127.0.0.9") if r.success]
+
+    async with running(pinger):
+        await eventually(lambda: len(answered()) >= 8)  # rounds 0, 2 and 6 asked
+        peer.claim("127.0.0.9", 4)  # well before round 14
+        await eventually(lambda: len(answered()) >= 26, seconds=30)
+    got = answered()
+    asked = [n for n, r in enumerate(got) if r.proof is not None]
+    assert asked == [0, 2, 6, 14], asked
+    proof = got[14].proof
+    assert proof is not None and (proof.gateway_id, proof.lead_number) == ("127.0.0.9", 4)
 
 
 async def test_auth_failure_reports_tcp_reachable(

@@ -1,8 +1,8 @@
-"""Indirect probes: `clawd probe` against real listeners, and the prober over real SSH.
+"""`clawd probe` (an operator's tool) against real listeners.
 
 `clawd probe` runs as a subprocess (the venv's console script) with no config and a home
-that does not exist, as on a peer. The prober holds asyncssh connections to helper peers
-(asyncssh servers whose commands run in a real /bin/sh) that run that same script.
+that does not exist, as on a peer. The daemon's own indirect probes, which read the banner
+through a helper's SSH connection instead, are tested in test_indirect.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import socket
 import sys
 import time
@@ -19,13 +18,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
 import pytest
-import structlog
-from sshpeers import SshFleet, SshPeer
+from sshpeers import SshFleet
 
 from clawd.cli import main as cli
-from clawd.sources.indirect import IndirectProber, ProbeVerdict, probe_command_line
 from clawd.sources.probe import ProbeUsageError, check, escape, parse_target
 
 pytestmark = pytest.mark.timeout(30)
@@ -286,181 +282,3 @@ def test_escape_bounds_and_escapes() -> None:
     assert escape(b"a\nb\\\xff", 100) == "a\\x0ab\\\\\\xff"
     cut = escape(b"\x00" * 50, 100)
     assert len(cut) <= 100 and cut.endswith("...")
-
-
-# --------------------------------------------------------------------------- the prober
-
-
-@dataclass
-class Rig:
-    fleet: SshFleet
-    helpers: dict[str, SshPeer]
-    conns: dict[str, asyncssh.SSHClientConnection]
-    target: SshPeer
-
-    def connection(self, gid: str) -> asyncssh.SSHClientConnection | None:
-        return self.conns.get(gid)
-
-    def probe_execs(self) -> int:
-        return sum(n for cmd, n in self.fleet.counters.execs.items() if " probe " in cmd)
-
-    def install_script(self, gid: str, text: str) -> None:
-        path = self.helpers[gid].root / "bin" / "clawd"  # type: ignore[operator]
-        path.unlink()
-        path.write_text(text)
-        path.chmod(0o755)
-
-
-HELPERS = ("gw-h1", "gw-h2", "gw-h3")
-
-
-@pytest.fixture
-async def rig(tmp_path: Path, fleet: SshFleet, no_blocking: None) -> AsyncIterator[Rig]:
-    helpers: dict[str, SshPeer] = {}
-    for n, gid in enumerate(HELPERS):
-        root = tmp_path / gid
-        (root / "bin").mkdir(parents=True)
-        (root / "bin" / "clawd").symlink_to(CLAWD)  # clawd installed in the helper's home
-        helpers[gid] = await fleet.add_peer(f"127.0.24.{n + 2}", root=root)
-    target = await fleet.add_peer("127.0.24.10")
-    known_hosts = asyncssh.import_known_hosts(fleet.known_hosts_text())
-    conns: dict[str, asyncssh.SSHClientConnection] = {}
-    try:
-        for gid, peer in helpers.items():
-            conns[gid] = await asyncssh.connect(
-                peer.address,
-                peer.port,
-                username="claw",
-                known_hosts=known_hosts,
-                client_keys=[fleet.client_key.key],
-                agent_path=None,
-                config=None,
-            )
-        yield Rig(fleet, helpers, conns, target)
-    finally:
-        for conn in conns.values():
-            conn.close()
-            await conn.wait_closed()
-
-
-async def test_prober_target_up_is_reachable(rig: Rig) -> None:
-    prober = IndirectProber(rig.connection, command=PROBE, timeout=2, k=2, rng=random.Random(7))
-    with structlog.testing.capture_logs() as logs:
-        verdict = await prober.probe("gw-t", rig.target.address, rig.target.port, HELPERS)
-
-    assert verdict.target == "gw-t"
-    assert len(verdict.asked) == 2 and set(verdict.asked) <= set(HELPERS)
-    assert verdict.reachable_by == verdict.asked
-    assert verdict.unreachable_by == () and dict(verdict.errors) == {}
-    assert verdict.reachable and not verdict.confirmed_down
-    line = probe_command_line(PROBE, rig.target.address, rig.target.port, 2)
-    assert rig.fleet.counters.execs == {line: 2}
-    assert [e["event"] for e in logs] == ["indirect_probe"]
-    assert logs[0]["asked"] == 2 and logs[0]["reachable_by"] == 2 and logs[0]["target"] == "gw-t"
-
-
-async def test_prober_target_down_is_confirmed(rig: Rig) -> None:
-    await rig.target.stop()
-    prober = IndirectProber(rig.connection, command=PROBE, timeout=2, k=3)
-    verdict = await prober.probe("gw-t", rig.target.address, rig.target.port, HELPERS)
-    assert verdict.asked == HELPERS and verdict.unreachable_by == HELPERS
-    assert verdict.reachable_by == () and dict(verdict.errors) == {}
-    assert verdict.confirmed_down and not verdict.reachable
-
-
-async def test_helpers_that_cannot_run_the_probe_are_errors_not_votes(rig: Rig) -> None:
-    (rig.helpers["gw-h3"].root / "bin" / "clawd").unlink()  # type: ignore[operator]
-    rig.install_script("gw-h2", "#!/bin/sh\necho 'hello from a login script'\n")
-    await rig.target.stop()
-    prober = IndirectProber(rig.connection, command=HOME_PROBE, timeout=2, k=3)
-
-    verdict = await prober.probe("gw-t", rig.target.address, rig.target.port, HELPERS)
-
-    assert verdict.asked == HELPERS
-    assert verdict.unreachable_by == ("gw-h1",) and verdict.reachable_by == ()
-    assert set(verdict.errors) == {"gw-h2", "gw-h3"}
-    assert verdict.errors["gw-h2"] == "probe output is not clawd probe's JSON"
-    assert verdict.errors["gw-h3"].startswith("probe exited with status 127")
-    assert "not found" in verdict.errors["gw-h3"]
-    assert verdict.confirmed_down  # gw-h1 ran it and did not reach the target
-
-    # live reload: a command that fails everywhere; nobody voted, so nothing is confirmed
-    prober.configure(command="false", timeout=2, k=3)
-    failed = await prober.probe("gw-t", rig.target.address, rig.target.port, HELPERS)
-    assert set(failed.errors) == set(HELPERS)
-    assert failed.unreachable_by == () == failed.reachable_by
-    assert not failed.confirmed_down and not failed.reachable
-
-
-async def test_prober_skips_unconnected_helpers_and_respects_k(rig: Rig) -> None:
-    helpers = [*HELPERS, "gw-none", "gw-t", "gw-h1"]  # no link, the target itself, a repeat
-    prober = IndirectProber(rig.connection, command=PROBE, timeout=2, k=5)
-    wide = await prober.probe("gw-t", rig.target.address, rig.target.port, helpers)
-    assert wide.asked == HELPERS and wide.reachable_by == HELPERS
-
-    prober.configure(command=PROBE, timeout=2, k=1)
-    asked: list[str] = []
-    for _ in range(2):
-        one = await prober.probe("gw-t", rig.target.address, rig.target.port, helpers)
-        assert len(one.asked) == 1 and one.asked == one.reachable_by
-        asked.extend(one.asked)
-    assert set(asked) <= set(HELPERS)
-
-    prober.configure(command=PROBE, timeout=2, k=0)  # probes off
-    none = await prober.probe("gw-t", rig.target.address, rig.target.port, helpers)
-    assert none == ProbeVerdict("gw-t", (), (), (), {})
-    assert not none.reachable and not none.confirmed_down
-    assert rig.probe_execs() == 3 + 2
-
-    nobody = IndirectProber(lambda gid: None, command=PROBE, k=3)
-    alone = await nobody.probe("gw-t", rig.target.address, rig.target.port, helpers)
-    assert alone.asked == () and not alone.confirmed_down
-
-
-async def test_concurrent_probes_of_one_target_share_one_round(rig: Rig) -> None:
-    prober = IndirectProber(rig.connection, command=PROBE, timeout=2, k=2)
-    args = ("gw-t", rig.target.address, rig.target.port, HELPERS)
-    verdicts = await asyncio.gather(*(prober.probe(*args) for _ in range(5)))
-    assert all(v is verdicts[0] for v in verdicts)
-    assert verdicts[0].reachable and rig.probe_execs() == 2
-
-    prober.configure(command=PROBE, timeout=2, k=1)
-    again = await prober.probe(*args)  # the round is over: a new one starts
-    assert again is not verdicts[0] and rig.probe_execs() == 3
-
-    # a waiter cancelled does not cancel the round the others wait for
-    first = asyncio.create_task(prober.probe(*args))
-    second = asyncio.create_task(prober.probe(*args))
-    await asyncio.sleep(0.05)
-    first.cancel()
-    verdict = await second
-    assert verdict.reachable and first.cancelled() and rig.probe_execs() == 4
-
-
-async def test_hung_helper_and_lost_connection_are_bounded_errors(rig: Rig) -> None:
-    for gid in ("gw-h1", "gw-h2"):
-        rig.install_script(gid, "#!/bin/sh\nexec sleep 2\n")
-    prober = IndirectProber(rig.connection, command=HOME_PROBE, timeout=0.3, k=3, margin=1.2)
-
-    async def drop_h2() -> None:  # gw-h2 goes away while its probe runs
-        await asyncio.sleep(0.3)
-        await rig.helpers["gw-h2"].drop_connections()
-
-    start = time.monotonic()
-    verdict, _ = await asyncio.gather(
-        prober.probe("gw-t", rig.target.address, rig.target.port, HELPERS), drop_h2()
-    )
-    took = time.monotonic() - start
-
-    assert took < 1.5 + 0.7  # the limit (gw-h3 needs Python's start-up within it)
-    assert verdict.reachable_by == ("gw-h3",)
-    assert verdict.errors["gw-h1"] == "no answer within 1.5s"
-    assert verdict.errors["gw-h2"] == "connection lost"
-    # a connection already closed (the prober is still handed it): refused at once
-    closed = IndirectProber(rig.connection, command=PROBE, timeout=0.4, k=3)
-    again = await closed.probe("gw-t", rig.target.address, rig.target.port, ["gw-h2"])
-    assert again.errors["gw-h2"] == "channel refused: SSH connection closed"
-    assert verdict.reachable and not verdict.confirmed_down
-    # The borrowed connection stays open and usable after its channel was given up on.
-    assert (await rig.conns["gw-h1"].run("true", timeout=5)).exit_status == 0
-    await asyncio.sleep(max(0.0, 2.1 - (time.monotonic() - start)))  # the helper's sleep ends

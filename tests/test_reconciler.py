@@ -12,12 +12,14 @@ from clawd.core.observations import (
     MdnsSeen,
     Observation,
     PeerConfigured,
+    PeerProof,
     PingResult,
     SelfChanged,
     SelfHealth,
     Started,
     Tick,
 )
+from clawd.core.trust import Trust
 from clawd.decide.reconciler import Reconciler
 from clawd.decide.suspicion import DetectorSettings
 from clawd.decide.view import Decision, FleetView, Thresholds, elect_leader, initial_view
@@ -40,6 +42,12 @@ def peer(gid: str, lead: int | None = 10) -> Instance:
     return Instance(gateway_id=gid, name=f"name-{gid}", ip="127.0.0.2", lead_number=lead)
 
 
+def verified_seen(inst: Instance, when: datetime) -> MdnsSeen:
+    """An announcement membership has verified over SSH (the peer's state.json names it)."""
+    proof = PeerProof(Trust.KNOWN_HOSTS, "SHA256:test", inst.gateway_id, inst.lead_number)
+    return MdnsSeen(inst, when, proof=proof)
+
+
 class Fleet:
     """Feeds observations through the reconciler and keeps everything it decided."""
 
@@ -56,7 +64,13 @@ class Fleet:
         return decision
 
     def ping(self, gid: str, t: float, ok: bool, tcp: bool | None = False) -> Decision:
-        return self.feed(PingResult(gid, at(t), ok, 3 if ok else None, tcp_reachable=tcp))
+        # A legitimate peer: each answered round proves it holds its id and lead number.
+        record = self.view.peers.get(gid)
+        lead = record.instance.lead_number if record is not None else None
+        proof = PeerProof(Trust.KNOWN_HOSTS, "SHA256:test", gid, lead) if ok else None
+        return self.feed(
+            PingResult(gid, at(t), ok, 3 if ok else None, tcp_reachable=tcp, proof=proof)
+        )
 
     def status(self, gid: str) -> PeerStatus:
         return self.view.peers[gid].state.status
@@ -140,7 +154,7 @@ def test_ssh_failing_while_tcp_answers_is_unresponsive_not_offline() -> None:
 
 def test_mdns_presence_keeps_a_silent_peer_unresponsive_until_it_goes() -> None:
     fleet = Fleet()
-    fleet.feed(MdnsSeen(peer("gw-b"), at(0)))
+    fleet.feed(verified_seen(peer("gw-b"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     for t in (2, 3, 4, 5):
         fleet.ping("gw-b", t, ok=False)
@@ -153,7 +167,7 @@ def test_mdns_presence_keeps_a_silent_peer_unresponsive_until_it_goes() -> None:
 
 def test_mdns_cache_alone_is_trusted_only_for_a_grace_period() -> None:
     fleet = Fleet(thresholds=Thresholds(detector=missed(3), mdns_grace_misses=6))
-    fleet.feed(MdnsSeen(peer("gw-b"), at(0)))
+    fleet.feed(verified_seen(peer("gw-b"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     for t in range(2, 7):
         fleet.ping("gw-b", t, ok=False)
@@ -294,13 +308,13 @@ def test_announcement_updates_identity_without_changing_status() -> None:
     fleet = configured("gw-b")
     fleet.ping("gw-b", 1, ok=True)
     moved = Instance("gw-b", "renamed", ip="127.0.0.9", lead_number=10)
-    decision = fleet.feed(MdnsSeen(moved, at(2)))
+    decision = fleet.feed(verified_seen(moved, at(2)))
     (updated,) = decision.instances
     assert (updated.name, updated.ip) == ("renamed", "127.0.0.9")
     assert updated.updated_at == at(2)
     assert fleet.status("gw-b") is PeerStatus.ONLINE
     assert fleet.view.peers["gw-b"].state.mdns_broadcasting is True
-    again = fleet.feed(MdnsSeen(moved, at(3)))
+    again = fleet.feed(verified_seen(moved, at(3)))
     assert again.instances == [] and again.states == []  # nothing new: nothing to write
 
 
@@ -417,7 +431,7 @@ def test_start_waits_at_least_the_minimum_for_mdns_finds() -> None:
     fleet.feed(Started(at(0)))
     fleet.feed(Tick(at(1)))
     assert fleet.view.leader is None  # nobody known yet, but mDNS may find a better peer
-    fleet.feed(MdnsSeen(peer("gw-b", lead=1), at(2)))
+    fleet.feed(verified_seen(peer("gw-b", lead=1), at(2)))
     fleet.ping("gw-b", 2.5, ok=True)
     fleet.feed(Tick(at(3)))
     assert leader_changes(fleet) == [{"old": None, "new": "gw-b", "epoch": 1}]

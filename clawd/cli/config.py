@@ -11,7 +11,7 @@ from typing import Any
 from clawd.cli.codes import EXIT_USER_ERROR
 from clawd.config.load import load_settings
 from clawd.config.permissions import warn_if_readable_by_others
-from clawd.config.settings import Settings, default_config_path
+from clawd.config.settings import RETIRED_KEYS, Settings, default_config_path
 from clawd.core.logs import configure_logging
 
 
@@ -30,9 +30,7 @@ def warn_retired(settings: Settings) -> None:
 
     for key in settings.retired_keys():
         structlog.get_logger("clawd.config").warning(
-            "config_key_unused",
-            key=key,
-            fix="remove it: flapping is now detection.flapHighPercent / flapLowPercent",
+            "config_key_unused", key=key, fix=RETIRED_KEYS[key]
         )
 
 
@@ -40,7 +38,8 @@ def cmd_config_push(args: argparse.Namespace) -> int:
     """A validated config.json to every known peer.
 
     Through the daemon if one runs (it pushes the configuration it runs), else this file,
-    validated first (a file clawd would reject is never pushed).
+    validated first (a file clawd would reject is never pushed). Each peer's copy is shaped
+    for its trust (peer_config.py): what was left out is said on its line.
     """
     from clawd.act.fleetops.distribution import PushOutcome, render_outcomes
     from clawd.config.reload import load_in_force
@@ -61,7 +60,7 @@ def cmd_config_push(args: argparse.Namespace) -> int:
                 "config.json now; `clawd reload` puts the file in force",
                 file=sys.stderr,
             )
-        outcomes = [PushOutcome(**o) for o in answer.get("outcomes", [])]
+        outcomes = [PushOutcome.from_dict(o) for o in answer.get("outcomes", [])]
         retry_note = "the daemon pushes to failed peers again when they come back"
     else:
         outcomes = asyncio.run(_push_directly(settings, document.data))
@@ -87,17 +86,25 @@ def cmd_config_push(args: argparse.Namespace) -> int:
 
 
 async def _push_directly(settings: Settings, ours: dict[str, Any]) -> list[Any]:
+    import dataclasses
+
     from clawd.act.fleetops.distribution import push_many
     from clawd.act.fleetops.leadership import addresses
+    from clawd.act.fleetops.peer_config import connection_trust
     from clawd.act.fleetops.remote import Reach
     from clawd.config.settings import self_instance
     from clawd.decide.view import initial_view
     from clawd.keep.store.json_store import JsonStore
+    from clawd.sources.pins import PINS_FILE_NAME, read_pins
     from clawd.sources.ssh_client import Connector
 
     snap = (await JsonStore(settings.home).load(read_only=True)).snapshot
     view = initial_view(self_instance(settings), snap.instances, snap.peers, snap.leader)
-    peers = [p for _, p in sorted(addresses(view, settings.instance.ssh_user).items())]
+    pins = await asyncio.to_thread(read_pins, settings.home / PINS_FILE_NAME)
+    peers = [
+        dataclasses.replace(p, trust=connection_trust(settings, pins, gid))
+        for gid, p in sorted(addresses(view, settings.instance.ssh_user).items())
+    ]
     return await push_many(Reach(Connector(settings.ssh, settings.home)), peers, ours, settings)
 
 

@@ -1,5 +1,5 @@
-"""The `clawd` command. `clawd probe` is run by other peers' daemons on every suspect, so it
-skips importing the rest of the CLI (settings, history, skills: ~0.2 s of start-up)."""
+"""The `clawd` command. `clawd probe` skips importing the rest of the CLI (settings, history,
+skills: ~0.2 s of start-up): older daemons (before direct-tcpip probes) run it remotely."""
 
 from __future__ import annotations
 

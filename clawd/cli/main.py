@@ -14,6 +14,7 @@ from clawd.cli import backup as cli_backup
 from clawd.cli import config as cli_config
 from clawd.cli import history as cli_history
 from clawd.cli import output as cli_output
+from clawd.cli import peer as cli_peer
 from clawd.cli import skills as cli_skills
 from clawd.cli import status as cli_status
 from clawd.cli.codes import EXIT_USER_ERROR
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_history.register(sub, common)
     cli_skills.register(sub, common)
+    cli_peer.register(sub, common)
     return parser
 
 

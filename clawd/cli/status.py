@@ -39,6 +39,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(render_table(answer.get("peers", []), answer.get("leader")))
     print(f"{answer.get('summary')}; postgres {answer.get('postgres')}")
+    mdns = answer.get("mdns") or {}
+    if mdns.get("name") != mdns.get("wanted"):
+        print(
+            f"announced over mDNS as {mdns.get('name')!r}: another machine announces "
+            f"{mdns.get('wanted')!r}"
+        )
     return 0
 
 

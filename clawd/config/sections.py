@@ -208,9 +208,12 @@ class DetectionSettings(Section):
     # Nagios-style flapping: percent state change over the last 21 ping results.
     flap_high_percent: float = Field(default=50.0, gt=0, le=100)
     flap_low_percent: float = Field(default=25.0, ge=0, le=100)
-    # Indirect probes: this many other online peers run `probeCommand HOST:PORT`; 0 = off.
+    # Indirect probes: this many other online, verified peers reach a suspect's SSH port
+    # through a direct-tcpip channel on clawd's connection to them; 0 = off.
     indirect_probes: int = Field(default=3, ge=0, le=32)
-    probe_command: str = Field(default="clawd probe", min_length=1)
+    # Retired (see RETIRED_KEYS): helpers run no command any more; accepted (and reported
+    # as unused) so that an older config.json still starts the daemon.
+    probe_command: str | None = Field(default=None, min_length=1)
     probe_timeout_seconds: float = Field(default=3.0, gt=0, le=120)
     # Partition: at least this many peers, and this share of them, failing within the window.
     partition_min_peers: int = Field(default=3, ge=2, le=100_000)
@@ -263,6 +266,9 @@ class SshSettings(Section):
     max_concurrent_handshakes: int = Field(default=8, ge=1, le=1000)
     install_check_every_rounds: int = Field(default=10, ge=1, le=100_000)
     install_check_command: str = "test -d ~/.openclaw/claw-clan"
+    # The peer's own state.json, relative to its home: read over SSH (with the install
+    # check) to prove which gateway id answers there and what lead number it holds.
+    identity_file: str = Field(default=".openclaw/claw-clan/state.json", min_length=1)
     reconnect_initial_seconds: float = Field(default=1.0, gt=0, le=600)
     reconnect_max_seconds: float = Field(default=60.0, gt=0, le=3600)
 
@@ -272,6 +278,10 @@ class DiscoverySettings(Section):
     service_type: str = "_claw-clan._tcp.local."
     # Interfaces (addresses) to use; None = all. ["127.0.0.1"] works on loopback.
     interfaces: tuple[str, ...] | None = None
+    # Announced peers not yet proven over SSH: at most this many are tracked (the rest are
+    # dropped), and each is tried at most verifyAttempts times (1, 2, 4, … ping intervals apart).
+    max_unverified: int = Field(default=256, ge=1, le=100_000)
+    verify_attempts: int = Field(default=3, ge=1, le=100)
 
 
 class StorageSettings(Section):

@@ -46,7 +46,13 @@ from clawd.core.model import Instance
 DEFAULT_HOME = Path("~/.openclaw/claw-clan")
 
 # Accepted in config.json for older files, read by nothing (see Settings.retired_keys).
-RETIRED_KEYS = ("ping.flapTransitions", "ping.flapWindowSeconds")
+_FLAP_FIX = "remove it: flapping is now detection.flapHighPercent / flapLowPercent"
+RETIRED_KEYS: dict[str, str] = {  # key -> what to do about it
+    "ping.flapTransitions": _FLAP_FIX,
+    "ping.flapWindowSeconds": _FLAP_FIX,
+    "detection.probeCommand": "remove it: helpers are probed through their SSH connection "
+    "(direct-tcpip), no command runs on them",
+}
 
 # The seed's variable names; they win over config.json.
 PG_ENV_VARS: dict[str, str] = {
@@ -127,7 +133,7 @@ class Settings(BaseSettings):
     def retired_keys(self) -> list[str]:
         """Keys an older config.json may still set that clawd no longer reads."""
         ping = self.ping
-        values = (ping.flap_transitions, ping.flap_window_seconds)
+        values = (ping.flap_transitions, ping.flap_window_seconds, self.detection.probe_command)
         return [key for key, value in zip(RETIRED_KEYS, values, strict=True) if value is not None]
 
     @classmethod

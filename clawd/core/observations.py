@@ -77,6 +77,17 @@ class ProbeResult:
     reachable_by: tuple[str, ...]
     unreachable_by: tuple[str, ...]
 
+    @property
+    def reached_by_majority(self) -> bool:
+        """Did more than half of the helpers asked reach it? (see `majority`)"""
+        return majority(len(self.reachable_by), len(self.asked))
+
+
+def majority(votes: int, asked: int) -> bool:
+    """Strictly more than half of those asked: one lying helper among two or three cannot
+    overturn an `offline` verdict; a helper that could not probe counts as a "no"."""
+    return 2 * votes > asked
+
 
 @dataclass(frozen=True, slots=True)
 class SelfHealth:
@@ -95,6 +106,9 @@ class EpochSeen:
     epoch: int
     gateway_id: str
     lead_number: int
+    # The peer whose fence answered with it (the writer is `gateway_id`): a report is
+    # adopted only from a verified peer (decide.fencing).
+    reported_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)

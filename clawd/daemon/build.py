@@ -29,7 +29,9 @@ from clawd.core.journal import JournalSender
 from clawd.core.model import utcnow
 from clawd.core.observations import EpochSeen, Observation, PeerConfigured, PingResult
 from clawd.daemon.component import Component
+from clawd.daemon.forget import ForgetAnswer
 from clawd.daemon.live import Live
+from clawd.daemon.membership import build_membership
 from clawd.daemon.plan import Entry, Stop
 from clawd.daemon.status import StatusAnswer
 from clawd.decide.from_settings import guard_settings, static_peers, thresholds
@@ -136,8 +138,10 @@ async def assemble(
             metrics.observe_ping(observation)
         keeper.emit(observation)
 
-    def fenced(holder: FenceToken) -> None:
-        keeper.emit(EpochSeen(utcnow(), holder.epoch, holder.gateway_id, holder.lead_number))
+    def fenced(holder: FenceToken, reported_by: str) -> None:
+        keeper.emit(
+            EpochSeen(utcnow(), holder.epoch, holder.gateway_id, holder.lead_number, reported_by)
+        )
 
     def doubt(doubting: bool) -> None:
         pinger.stretch(guard.stretch if doubting else 1.0)
@@ -146,7 +150,6 @@ async def assemble(
     d = s.detection
     prober = IndirectProber(
         pinger.connection,
-        command=d.probe_command,
         timeout=d.probe_timeout_seconds,
         k=d.indirect_probes,
         on_verdict=lambda result: keeper.emit(result),
@@ -168,7 +171,11 @@ async def assemble(
         view,
         persist_interval=s.storage.peer_file_interval_seconds,
         hooks=KeeperHooks(
-            guard=guard, loop_stall=loop_monitor.current_stall, on_probe=prober.ask, on_doubt=doubt
+            guard=guard,
+            loop_stall=loop_monitor.current_stall,
+            on_probe=prober.ask,
+            on_doubt=doubt,
+            on_recheck=pinger.recheck_install,
         ),
     )
     for instance in static_peers(s):
@@ -182,7 +189,18 @@ async def assemble(
         )
     )
     recorder.listeners.append(metrics.count_incident)
-    status = StatusAnswer(keeper, backups, repo, pinger, loop_monitor)
+    discovery: list[Component] = []
+    finder: Discovery | None = None
+    if s.discovery.enabled:
+        # Announcements reach the keeper through membership: only once proven over SSH.
+        membership = build_membership(me.gateway_id, live, keeper, ops_connector)
+        finder = Discovery(me, s.discovery, membership.offer)
+        discovery = [membership, finder]
+    status = StatusAnswer(
+        keeper, backups, repo, pinger, loop_monitor, finder.announced if finder else None
+    )
+    if s.discovery.enabled:
+        status.unverified = membership.unverified
     # The followers need the status answer, which needs the keeper: joined in afterwards.
     keeper.hooks = dataclasses.replace(
         keeper.hooks,
@@ -218,9 +236,9 @@ async def assemble(
             "backup": backups.handle_control,
             "config-push": distributor.handle_control,
             "skills-sync": skills.handle_control,
+            "peer-forget": ForgetAnswer(keeper, lambda: live.settings).request,
         },
     )
-    discovery = [Discovery(me, s.discovery, keeper.emit)] if s.discovery.enabled else []
     # The one list of components: started in this order (each waited for until ready),
     # reconfigured in this order, stopped in the reverse order.
     sources: tuple[Component, ...] = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from clawd.act.backup.manager import BackupManager
@@ -12,6 +12,7 @@ from clawd.keep.keeper import FleetKeeper, summary
 from clawd.keep.store.repository import FleetRepository
 from clawd.serve.status import peer_rows
 from clawd.sources.loopmon import LoopMonitor
+from clawd.sources.membership import UnverifiedPeer
 from clawd.sources.pinger import Pinger
 
 
@@ -23,9 +24,13 @@ class StatusAnswer:
         repo: FleetRepository,
         pinger: Pinger,
         loop_monitor: LoopMonitor,
+        announced: Callable[[], dict[str, str] | None] | None = None,
     ) -> None:
         self.keeper, self.backups, self.repo = keeper, backups, repo
         self.pinger, self.loop_monitor = pinger, loop_monitor
+        # Announcements held until proven over SSH (membership's), when discovery is on.
+        self.unverified: Callable[[], list[UnverifiedPeer]] = list
+        self.announced = announced  # None: discovery is off
 
     def text(self, view: FleetView | None = None) -> str:
         text = f"{summary(view or self.keeper.view)}; {self.backups.status_line()}"
@@ -48,6 +53,8 @@ class StatusAnswer:
             record = view.peers[row["gatewayId"]]
             row["phi"] = round(min(record.phi, 999.0), 2)
             row["rule"] = record.rule
+            row["verified"] = record.verified
+            row["trust"] = record.trust.value
         return {
             "ok": True,
             "summary": summary(view),
@@ -61,5 +68,17 @@ class StatusAnswer:
             "doubting": view.doubting,
             "partition": sorted(view.partition.members) if view.partition else None,
             "detector": t.detector.kind,
+            # The mDNS instance name announced, and the wanted one (differ after a conflict).
+            "mdns": self.announced() if self.announced is not None else None,
             "peers": rows,
+            "unverified": [
+                {
+                    "gatewayId": u.gateway_id,
+                    "address": u.address,
+                    "since": u.since.isoformat(),
+                    "attempts": u.attempts,
+                    "lastError": u.last_error,
+                }
+                for u in self.unverified()
+            ],
         }

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from clawd.core.model import EventType, Incident
 from clawd.core.observations import EpochSeen
+from clawd.decide.fencing import MAX_EPOCH_STEP
 from clawd.decide.view import Decision, elect_leader, settled
 
 
@@ -35,6 +36,10 @@ def elect(d: Decision, now: datetime) -> None:
 def epoch_seen(d: Decision, obs: EpochSeen, now: datetime) -> None:
     view = d.view
     if obs.epoch < view.epoch:
+        return
+    # The leader loops refuse (and log) poisoned reports before they get here (see
+    # decide/fencing.py); this keeps an absurd epoch out of the election whoever reports it.
+    if obs.epoch > view.epoch + MAX_EPOCH_STEP:
         return
     me = view.me
     if view.leader == me.gateway_id:

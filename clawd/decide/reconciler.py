@@ -37,6 +37,8 @@ from clawd.core.observations import (
     MdnsSeen,
     Observation,
     PeerConfigured,
+    PeerForgotten,
+    PeerProof,
     PingResult,
     ProbeRequest,
     ProbeResult,
@@ -49,6 +51,8 @@ from clawd.decide import partition
 from clawd.decide.accrual import record_heartbeat
 from clawd.decide.election import elect, epoch_seen
 from clawd.decide.flap import flapping_now, percent_state_change, remember
+from clawd.decide.forget import forget
+from clawd.decide.proof import apply_proof, hint_lead_differs, merge_identity
 from clawd.decide.rules import Probes, decide
 from clawd.decide.suspicion import Suspicion, suspicion
 from clawd.decide.transitions import report, transition
@@ -73,8 +77,10 @@ class Reconciler:
         decision = Decision(view, origin=view.peers)
         if isinstance(obs, PingResult):
             self._on_ping(decision, obs, now)
-        elif isinstance(obs, MdnsSeen | PeerConfigured):
-            self._on_announce(decision, obs.instance, isinstance(obs, MdnsSeen), now)
+        elif isinstance(obs, MdnsSeen):
+            self._on_mdns(decision, obs, now)
+        elif isinstance(obs, PeerConfigured):
+            self._on_announce(decision, obs.instance, False, now, static=True)
         elif isinstance(obs, MdnsGone):
             self._on_mdns_gone(decision, obs, now)
         elif isinstance(obs, ProbeResult):
@@ -91,6 +97,8 @@ class Reconciler:
         elif isinstance(obs, Tick):
             self._on_tick(decision, now)
             decision.moved = True
+        elif isinstance(obs, PeerForgotten):
+            forget(decision, obs)
         # While the start-up election waits, every later observation may be the one it
         # ends on (not Started itself: the static peers are still queued behind it).
         settling = decision.view.settle is not None and not isinstance(obs, Started)
@@ -151,6 +159,8 @@ class Reconciler:
                 ok_streak=0,
                 failing_since=record.failing_since or obs.at,
             )
+        if obs.success:
+            record = apply_proof(d, record, obs.proof)
         hold = record.partition_hold_until
         if hold is not None and (obs.success or obs.at > hold):
             record = dataclasses.replace(record, partition_hold_until=None)
@@ -159,7 +169,10 @@ class Reconciler:
         d.put(record)
         gid = record.instance.gateway_id
         settle = d.view.settle
-        if settle is not None and obs.success and gid in settle.unheard:
+        # Heard = answered with its identity read (a round whose read timed out proves
+        # nothing yet: the election waits for the next one, bounded by the settle time).
+        heard = obs.success and (obs.proof is not None or record.verified)
+        if settle is not None and heard and gid in settle.unheard:
             d.view = dataclasses.replace(
                 d.view, settle=dataclasses.replace(settle, unheard=settle.unheard - {gid})
             )
@@ -175,15 +188,49 @@ class Reconciler:
             self._maybe_probe(d, gid, now)
         self._redecide(d, gid, now)
 
-    def _on_announce(self, d: Decision, inst: Instance, via_mdns: bool, now: datetime) -> None:
+    def _on_mdns(self, d: Decision, obs: MdnsSeen, now: datetime) -> None:
+        """An announcement with a proof (membership verified it) is taken whole; one without
+        is a hint: never a new peer, never a new address, user or lead number."""
+        inst, proof = obs.instance, obs.proof
+        record = d.view.peers.get(inst.gateway_id)
+        if proof is not None and proof.proves(inst.gateway_id):
+            self._on_announce(d, inst, True, now, proof)
+            return
+        if record is None or inst.gateway_id == d.view.me.gateway_id:
+            return
+        if hint_lead_differs(record, inst.lead_number):
+            d.rechecks.append(inst.gateway_id)
+        old = record.instance
+        hint = dataclasses.replace(
+            inst,
+            ip=old.ip,
+            ssh_user=old.ssh_user,
+            ssh_port=old.ssh_port,
+            lead_number=old.lead_number,
+        )
+        self._on_announce(d, hint, True, now)
+
+    def _on_announce(
+        self,
+        d: Decision,
+        inst: Instance,
+        via_mdns: bool,
+        now: datetime,
+        proof: PeerProof | None = None,
+        static: bool = False,
+    ) -> None:
         if inst.gateway_id == d.view.me.gateway_id:
             return
+        if proof is not None and proof.lead_number is not None:
+            inst = dataclasses.replace(inst, lead_number=proof.lead_number)
         record = d.view.peers.get(inst.gateway_id)
         if record is None:
             state = PeerState(
                 gateway_id=inst.gateway_id, mdns_broadcasting=via_mdns, updated_at=now
             )
-            record = PeerRecord(inst, state, since=now)
+            record = PeerRecord(inst, state, since=now, static=static)
+            if proof is not None:
+                record = dataclasses.replace(record, verified=True, trust=proof.trust)
             d.instances.append(inst)
             d.save_state(state)
             d.put(record)
@@ -194,7 +241,7 @@ class Reconciler:
                     settle=dataclasses.replace(settle, unheard=settle.unheard | {inst.gateway_id}),
                 )
             return
-        merged = _merge_identity(record.instance, inst, now)
+        merged = merge_identity(record.instance, inst, now)
         if merged != record.instance:
             d.instances.append(merged)
         state = record.state
@@ -205,7 +252,11 @@ class Reconciler:
             instance=merged,
             state=state,
             mdns_withdrawn=record.mdns_withdrawn and not via_mdns,
+            static=record.static or static,
         )
+        if proof is not None and not (record.verified and record.trust is proof.trust):
+            record = dataclasses.replace(record, verified=True, trust=proof.trust)
+            d.moved = True
         d.put(record)
         self._redecide(d, inst.gateway_id, now)
 
@@ -221,7 +272,7 @@ class Reconciler:
         record = d.view.peers.get(obs.gateway_id)
         if record is None or record.probes is not Probes.PENDING:
             return  # answered since (a ping succeeded), or a peer no longer tracked
-        if obs.reachable_by:
+        if obs.reached_by_majority:  # one helper (perhaps a liar) is not enough
             verdict = Probes.REACHABLE
         elif obs.unreachable_by:
             verdict = Probes.UNREACHABLE
@@ -299,11 +350,14 @@ class Reconciler:
         record = d.view.peers[gid]
         if self.t.probes <= 0 or record.probes is not Probes.NONE or not record.instance.ip:
             return
+        if not record.verified:
+            return  # its address may be only an announcement's: never send helpers there
         helpers = tuple(
             sorted(
                 h
                 for h, r in d.view.peers.items()
                 if h != gid
+                and r.verified  # an unverified peer's answer proves nothing
                 and r.state.status is PeerStatus.ONLINE
                 and r.state.claw_clan_installed
                 and r.state.missed_pings == 0
@@ -336,20 +390,3 @@ def _rhythm(view: FleetView, record: PeerRecord) -> bool:
         return False
     outage = record.probes is Probes.UNREACHABLE or record.rule == "mdns-gone"
     return not (record.state.status is PeerStatus.OFFLINE and outage)
-
-
-def _merge_identity(old: Instance, new: Instance, now: datetime) -> Instance:
-    """Take what the announcement says; keep what it leaves out."""
-    merged = dataclasses.replace(
-        old,
-        name=new.name or old.name,
-        ip=new.ip or old.ip,
-        ssh_user=new.ssh_user or old.ssh_user,
-        ssh_port=new.ssh_port or old.ssh_port,
-        lead_number=new.lead_number if new.lead_number is not None else old.lead_number,
-        version=new.version or old.version,
-        github_repo=new.github_repo or old.github_repo,
-    )
-    if merged == old:
-        return old
-    return dataclasses.replace(merged, updated_at=now)

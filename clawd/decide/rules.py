@@ -17,7 +17,7 @@ In order (first match decides; "held" keeps the current status):
   mdns-gone           mDNS record withdrawn and the last SSH ping failed             -> offline
   tcp-answers         SSH fails but the SSH port accepts TCP connections             -> unresponsive
   mdns-present        SSH fails but still announced (for `mdnsGraceMisses` misses)   -> unresponsive
-  reachable-by-peers  detector says offline, but other peers' probes reach it        -> unresponsive
+  reachable-by-peers  detector says offline, but most peers asked reach it           -> unresponsive
   probing             detector says offline; other peers are probing it now          -> held
   detector-offline    detector says offline and nothing else answers                 -> offline
   suspect             detector suspects it (phi >= phiSuspect, or a missed ping)     -> held
@@ -42,9 +42,9 @@ class Probes(StrEnum):
 
     NONE = "none"  # not asked (no failure yet, no helpers, or probes off)
     PENDING = "pending"
-    REACHABLE = "reachable"  # at least one other peer reached it
-    UNREACHABLE = "unreachable"  # helpers ran the probe and none reached it
-    FAILED = "failed"  # no helper could run the probe
+    REACHABLE = "reachable"  # more than half of the helpers asked reached it
+    UNREACHABLE = "unreachable"  # helpers probed and no majority reached it
+    FAILED = "failed"  # no helper could probe
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,10 @@ class PeerRecord:
     # names this gateway id. Only verified peers count for the election.
     verified: bool = False
     trust: Trust = Trust.NONE
+    # Listed in config.json's `peers`: the operator says this id lives at this address.
+    static: bool = False
+    # Who the peer's state.json named when that was not this gateway id (logged once).
+    answered_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,10 @@ class Decision:
     instances: list[Instance] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     probes: list[ProbeRequest] = field(default_factory=list)
+    # Peers whose identity (state.json) should be read again at their next round.
+    rechecks: list[str] = field(default_factory=list)
+    # Peers the operator forgot (`clawd peer forget`): the keeper deletes their files.
+    forgotten: list[str] = field(default_factory=list)
     # Did anything that leadership depends on change? (Saves an O(peers) election.)
     moved: bool = False
     # This decision's own copy of the peers map, made at its first change (one copy
@@ -186,7 +194,7 @@ def settled(view: FleetView, now: datetime) -> bool:
     confirmed = [view.me] + [
         r.instance
         for g, r in view.peers.items()
-        if g not in settle.unheard and r.state.status is PeerStatus.ONLINE
+        if g not in settle.unheard and r.state.status is PeerStatus.ONLINE and r.verified
     ]
     best = min((_rank(i) for i in confirmed if i.lead_number is not None), default=None)
     for gid in settle.unheard:
@@ -204,9 +212,12 @@ def _rank(inst: Instance) -> tuple[int, str]:
 
 
 def elect_leader(view: FleetView) -> str | None:
-    """Lowest lead_number among online instances, self included; ties by gateway id."""
+    """Lowest lead_number among online verified instances, self included; ties by gateway
+    id. An unverified peer never leads: an announcement alone proves nothing."""
     candidates = [view.me] + [
-        r.instance for r in view.peers.values() if r.state.status is PeerStatus.ONLINE
+        r.instance
+        for r in view.peers.values()
+        if r.state.status is PeerStatus.ONLINE and r.verified
     ]
     ranked = [c for c in candidates if c.lead_number is not None]
     if not ranked:

@@ -21,6 +21,7 @@ from clawd.core.model import Ping, utcnow
 from clawd.core.observations import (
     Observation,
     PeerConfigured,
+    PeerForgotten,
     PingResult,
     ProbeRequest,
     SelfChanged,
@@ -63,6 +64,8 @@ class KeeperHooks:
     loop_stall: Callable[[], float] | None = None
     # Sends the reconciler's indirect-probe requests out.
     on_probe: Callable[[ProbeRequest], None] | None = None
+    # Asks the pinger to read these peers' identity (state.json) at their next round.
+    on_recheck: Callable[[str], None] | None = None
     # Hears the guard's verdict flip (True: doubting itself).
     on_doubt: Callable[[bool], None] | None = None
 
@@ -92,6 +95,8 @@ class FleetKeeper:
         self.queue: asyncio.Queue[Observation | None] = asyncio.Queue()
         self._pings: list[Ping] = []
         self.observations = 0
+        # Observations someone waits for (by identity: held in the queue until applied).
+        self._waiters: dict[int, asyncio.Future[None]] = {}
 
     def emit(self, obs: Observation) -> None:
         """For sources: hand over an observation (never blocks)."""
@@ -99,6 +104,20 @@ class FleetKeeper:
 
     def stop(self) -> None:
         self.queue.put_nowait(None)
+
+    async def forget(self, gateway_id: str, wait_seconds: float) -> bool:
+        """`clawd peer forget`: drop the peer and delete its files; True once done, False
+        if the keeper did not get to it within `wait_seconds`."""
+        obs = PeerForgotten(gateway_id, utcnow())
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[id(obs)] = done
+        self.emit(obs)
+        try:
+            async with asyncio.timeout(wait_seconds):
+                await asyncio.shield(done)
+        except TimeoutError:
+            return False
+        return True
 
     async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
         """Live reload: new thresholds from the next observation on; configured peers and
@@ -138,6 +157,8 @@ class FleetKeeper:
             for obs in batch:
                 if obs is not None:
                     changed |= await self._apply(obs)
+                    if self._waiters:
+                        self._applied(obs)
             if self._pings:
                 pings, self._pings = self._pings, []
                 await self.repo.record_pings(pings)
@@ -146,6 +167,11 @@ class FleetKeeper:
             if stopping:
                 await self.peer_files.flush(force=True)
                 return
+
+    def _applied(self, obs: Observation) -> None:
+        done = self._waiters.pop(id(obs), None)
+        if done is not None and not done.done():
+            done.set_result(None)
 
     async def _check_self(self) -> bool:
         """Ask the self-health guard before judging a batch (a stall shows right here)."""
@@ -188,6 +214,9 @@ class FleetKeeper:
         if self.hooks.on_probe is not None:
             for request in decision.probes:
                 self.hooks.on_probe(request)
+        if self.hooks.on_recheck is not None:
+            for gid in decision.rechecks:
+                self.hooks.on_recheck(gid)
         if self.view.leader != previous_leader:
             await self.repo.set_leader(self.view.leader)
         if isinstance(obs, Tick):
@@ -202,6 +231,10 @@ class FleetKeeper:
         )
 
     async def _persist(self, decision: Decision) -> None:
+        for gid in decision.forgotten:
+            self.peer_files.forget(gid)
+            await self.repo.forget_peer(gid)
+            log.info("peer_forgotten", gateway_id=gid)
         for instance in decision.instances:
             await self.repo.upsert_instance(instance)
         for state in decision.states:

@@ -54,6 +54,11 @@ class PeerFileWriter:
         else:
             self._dirty[state.gateway_id] = state
 
+    def forget(self, gateway_id: str) -> None:
+        """A forgotten peer: a held-back state must not write its file back."""
+        self._dirty.pop(gateway_id, None)
+        self._written.pop(gateway_id, None)
+
     async def flush(self, *, force: bool) -> None:
         """Write the held-back states that are due (all of them with `force`)."""
         now = time.monotonic()

@@ -13,7 +13,6 @@ import structlog
 from zeroconf import (
     BadTypeInNameException,
     InterfaceChoice,
-    NonUniqueNameException,
     ServiceInfo,
     ServiceStateChange,
     Zeroconf,
@@ -26,8 +25,9 @@ from clawd.core.errors import ClawdError
 from clawd.core.model import Instance, utcnow
 from clawd.core.observations import MdnsGone, MdnsSeen, Observation
 from clawd.core.text import clean_text
+from clawd.sources.mdns_conflict import instance_part, register_unique
 from clawd.sources.mdns_peer import parse_peer, peer_summary
-from clawd.sources.mdns_record import own_service_info, record_key
+from clawd.sources.mdns_record import instance_label, own_service_info, record_key
 
 log = structlog.get_logger("clawd.sources.discovery")
 
@@ -68,6 +68,7 @@ class Discovery:
         self._me = me
         # Milliseconds at start: a restarted clawd's record is new to every cache as well.
         self._revision = time.time_ns() // 1_000_000
+        self._number = 1  # 2, 3 … when another machine announced our instance name first
         self._info = own_service_info(me, settings.service_type, self._revision)
         self._wake = asyncio.Event()
         self._failure: Exception | None = None
@@ -131,11 +132,13 @@ class Discovery:
         """Announce changed details of this instance (live reload); no-op when unchanged."""
         async with self._lock:
             old = self._info
-            info = own_service_info(me, self._settings.service_type, self._revision)
+            # A new gateway id is a new name: the wanted one is tried first again.
+            number = self._number if me.gateway_id == self._me.gateway_id else 1
+            info = own_service_info(me, self._settings.service_type, self._revision, number)
             if record_key(info) != record_key(old):
                 self._revision += 1
-                info = own_service_info(me, self._settings.service_type, self._revision)
-            self._me, self._info = me, info
+                info = own_service_info(me, self._settings.service_type, self._revision, number)
+            self._me, self._info, self._number = me, info, number
             registered, aiozc = self._registered, self._aiozc
             if registered is None or aiozc is None:
                 return  # run() registers self._info when it gets there
@@ -146,15 +149,22 @@ class Discovery:
             else:  # new gateway id: new service name
                 await self._await_broadcast(await aiozc.async_unregister_service(registered))
                 self._registered = None
-                await self._await_broadcast(await self._register_info(aiozc, info))
+                await self._await_broadcast(await self._register_info(aiozc))
+                info = self._info
             self._registered = info
         log.info("mdns_reannounced", service=clean_text(info.name), gateway=me.gateway_id)
 
+    def announced(self) -> dict[str, str] | None:
+        """The instance name announced and the one wanted (they differ after a conflict)."""
+        if self._registered is None:
+            return None
+        wanted = instance_label(self._me.gateway_id)
+        return {"name": clean_text(instance_part(self._registered)), "wanted": clean_text(wanted)}
+
     async def _register(self, aiozc: AsyncZeroconf, ready: asyncio.Event) -> None:
         async with self._lock:
-            info = self._info
-            broadcast = await self._register_info(aiozc, info)
-            self._registered = info
+            broadcast = await self._register_info(aiozc)
+            info = self._registered = self._info
         log.info(
             "mdns_started",
             service=clean_text(info.name),
@@ -165,15 +175,19 @@ class Discovery:
         ready.set()
         await self._await_broadcast(broadcast)
 
-    async def _register_info(self, aiozc: AsyncZeroconf, info: AsyncServiceInfo) -> Awaitable[Any]:
-        self._own_keys.add(info.key)
-        try:
-            return await aiozc.async_register_service(info)
-        except NonUniqueNameException:
-            raise ClawdError(
-                f"another machine already announces {info.name!r} over mDNS; "
-                "give each instance a unique instance.gatewayId"
-            ) from None
+    async def _register_info(self, aiozc: AsyncZeroconf) -> Awaitable[Any]:
+        """Register self._me under a free name; self._info and self._number become it."""
+        me, revision = self._me, self._revision
+
+        def build(number: int) -> AsyncServiceInfo:
+            info = own_service_info(me, self._settings.service_type, revision, number)
+            # Our own echoes are no peer; neither is the other holder of a name we wanted
+            # (it claims our name, and a record claiming our gateway id is no peer either).
+            self._own_keys.add(info.key)
+            return info
+
+        self._info, self._number, broadcast = await register_unique(aiozc, build)
+        return broadcast
 
     async def _await_broadcast(self, broadcast: Awaitable[Any]) -> None:
         """Wait for zeroconf's announcement repeats; run() cancels them on shutdown."""

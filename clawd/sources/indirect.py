@@ -1,19 +1,21 @@
-"""SWIM-style indirect probes ("ping-req"): ask other peers whether they reach a peer.
+"""SWIM-style indirect probes ("ping-req"): ask verified peers whether they reach a peer.
 
-Before the daemon declares a peer offline it asks up to k other online peers, over the SSH
-connections it already holds to them, to run ``clawd probe HOST:PORT`` (see
-``clawd.sources.probe``). If any of them reaches the peer's SSH server, the failure is only on
-our side of the network; if they ran the probe and none reached it, the peer is confirmed down.
-A helper that cannot run the probe (no connection, command missing, timeout, bad output) is an
-error, never a vote.
+Before the daemon declares a peer offline it asks up to k other online, verified peers to
+reach that peer's SSH server for it. Nothing runs on a helper: over the SSH connection the
+pinger already holds to it, clawd opens a ``direct-tcpip`` channel (what ``ssh -W`` uses)
+from the helper to the target's SSH port and reads the target's SSH banner, so no ``clawd``
+is needed on the helper's PATH. OpenSSH allows this by default (``AllowTcpForwarding yes``);
+a helper whose sshd forbids it is logged once (``probe_forwarding_refused``) and has no vote.
+
+A helper that cannot probe (no connection, connection lost, forwarding forbidden) is an
+error, never a vote. Only a majority of the helpers asked overturns an ``offline`` verdict
+(:func:`clawd.core.observations.majority`): one lying helper cannot hide an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,22 +27,23 @@ import structlog
 from clawd.config.settings import Settings
 from clawd.core.errors import ClawdError
 from clawd.core.model import utcnow
-from clawd.core.observations import ProbeRequest, ProbeResult
+from clawd.core.observations import ProbeRequest, ProbeResult, majority
 from clawd.core.text import replace_unprintable
-from clawd.sources.probe import EXIT_REACHABLE, EXIT_UNREACHABLE, format_target
+from clawd.sources.probe import NoBanner, format_target, read_banner
 
 log = structlog.get_logger("clawd.sources.probe")
 
-# Beyond the probe's own timeout: opening the channel, the helper's login shell and Python
-# start-up (about 0.4 s on a small machine; more under load).
-EXEC_MARGIN_SECONDS = 5.0
 MAX_ERROR_CHARS = 120
 
 ConnectionFor = Callable[[str], asyncssh.SSHClientConnection | None]
 
 
 class ProbeError(ClawdError):
-    """A helper could not run the probe; the message is one short line."""
+    """A helper could not probe; the message is one short line."""
+
+
+class ForwardingRefused(ProbeError):
+    """The helper's sshd forbids TCP forwarding (AllowTcpForwarding no, PermitOpen...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,29 +52,24 @@ class ProbeVerdict:
 
     target: str  # gateway id of the probed peer
     asked: tuple[str, ...]  # gateway ids of the helpers asked
-    reachable_by: tuple[str, ...]  # helpers whose probe reached the target
-    unreachable_by: tuple[str, ...]  # helpers whose probe ran and failed to reach it
-    errors: Mapping[str, str]  # helper -> why its probe could not run
+    reachable_by: tuple[str, ...]  # helpers that read the target's SSH banner
+    unreachable_by: tuple[str, ...]  # helpers that probed and did not reach it
+    errors: Mapping[str, str]  # helper -> why it could not probe
 
     @property
     def reachable(self) -> bool:
-        """Some helper reached the target."""
-        return bool(self.reachable_by)
+        """More than half of the helpers asked reached the target."""
+        return majority(len(self.reachable_by), len(self.asked))
 
     @property
     def confirmed_down(self) -> bool:
-        """At least one helper ran the probe, and none reached the target."""
-        return bool(self.unreachable_by) and not self.reachable_by
-
-
-def probe_command_line(command: str, host: str, port: int, timeout: float) -> str:
-    """The shell command a helper runs: `command` is configuration, the target is quoted."""
-    return f"{command} {shlex.quote(format_target(host, port))} --timeout {timeout:g} --json"
+        """At least one helper probed, and not a majority reached the target."""
+        return bool(self.unreachable_by) and not self.reachable
 
 
 def _one_line(text: str) -> str:
     """Whitespace collapsed, control characters (a peer's words) as "?"; a long one keeps its
-    head and tail (a shell's "…: not found" is at the end)."""
+    head and tail."""
     flat = replace_unprintable(" ".join(text.split()))
     if len(flat) <= MAX_ERROR_CHARS:
         return flat
@@ -79,49 +77,41 @@ def _one_line(text: str) -> str:
     return f"{flat[:head]}...{flat[len(flat) - (MAX_ERROR_CHARS - 3 - head) :]}"
 
 
-def _parse_answer(exit_status: int, stdout: str) -> bool:
-    """The probe's JSON line (the last one: a login shell may print before it)."""
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    try:
-        answer = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        answer = None
-    reachable = answer.get("reachable") if isinstance(answer, dict) else None
-    if not isinstance(reachable, bool):
-        raise ProbeError("probe output is not clawd probe's JSON")
-    if reachable != (exit_status == EXIT_REACHABLE):
-        raise ProbeError(f"probe output says reachable={reachable} but exit status {exit_status}")
-    return reachable
-
-
 async def probe_via(
     conn: asyncssh.SSHClientConnection,
-    command: str,
     host: str,
     port: int,
-    timeout: float,  # noqa: ASYNC109 - the helper's probe timeout, passed on to it
-    *,
-    margin: float = EXEC_MARGIN_SECONDS,
+    timeout: float,  # noqa: ASYNC109 - one limit for channel open and banner together
 ) -> bool:
-    """Ask the helper behind `conn` whether it reaches host:port; True when it does.
+    """Through the helper behind `conn`, reach host:port and read its SSH banner; True when
+    a banner came within `timeout`, False when the helper could not reach it.
 
-    Raises ProbeError when the helper could not run the probe: exit status other than 0/1,
-    unparseable output, no answer within `timeout` + `margin`, channel refused, connection
-    lost. The connection is borrowed: only the session channel opened here is closed.
+    Raises ForwardingRefused when the helper forbids forwarding, ProbeError when it could
+    not probe (connection lost, channel refused for another reason). The connection is
+    borrowed: only the channel opened here is closed.
     """
-    line = probe_command_line(command, host, port, timeout)
-    limit = timeout + margin
-    process: asyncssh.SSHClientProcess[str] | None = None
+    writer: asyncssh.SSHWriter[bytes] | None = None
     try:
-        async with asyncio.timeout(limit):
-            # conn.run() without its leak: on timeout the channel is closed, not left open.
-            process = await conn.create_process(
-                line, stdin=asyncssh.DEVNULL, encoding="utf-8", errors="replace"
-            )
-            done = await process.wait()
+        async with asyncio.timeout(timeout):
+            reader, writer = await conn.open_connection(host, port, encoding=None)
+            await read_banner(reader)
+            return True
     except TimeoutError:
-        raise ProbeError(f"no answer within {limit:g}s") from None
+        if conn.is_closed():
+            raise ProbeError("connection lost") from None
+        return False  # no connect answer (OpenSSH waits for the kernel), or a silent server
+    except NoBanner:
+        return False  # something listens there, but not an SSH server
     except asyncssh.ChannelOpenError as exc:
+        if conn.is_closed():
+            raise ProbeError("connection lost") from None
+        if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+            why = "sshd's AllowTcpForwarding or PermitOpen"
+            raise ForwardingRefused(
+                _one_line(f"helper forbids TCP forwarding ({why}): {exc.reason}")
+            ) from None
+        if exc.code == asyncssh.OPEN_CONNECT_FAILED:
+            return False  # the helper's connect failed: refused, no route to host
         raise ProbeError(_one_line(f"channel refused: {exc.reason}")) from None
     except asyncssh.ConnectionLost:
         raise ProbeError("connection lost") from None
@@ -130,24 +120,15 @@ async def probe_via(
     except (asyncssh.Error, OSError) as exc:
         raise ProbeError(_one_line(f"{type(exc).__name__}: {exc}")) from None
     finally:
-        if process is not None:
-            process.close()
-    status = done.exit_status
-    if status not in (EXIT_REACHABLE, EXIT_UNREACHABLE):
-        if done.exit_signal:
-            raise ProbeError(_one_line(f"probe killed by signal {done.exit_signal[0]}"))
-        if status is None or status < 0:  # the channel closed without an exit status
-            raise ProbeError("connection lost" if conn.is_closed() else "probe gave no exit status")
-        stderr = done.stderr if isinstance(done.stderr, str) else ""
-        detail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
-        why = f": {detail[0]}" if detail else ""
-        raise ProbeError(_one_line(f"probe exited with status {status}{why}"))
-    stdout = done.stdout if isinstance(done.stdout, str) else ""
-    return _parse_answer(status, stdout)
+        if writer is not None:
+            writer.close()  # the target owes us nothing more
 
 
 class IndirectProber:
     """Asks up to k connected helpers, at random, to probe a peer; one round per peer at once.
+
+    The helpers are the ones the reconciler names (online, verified peers); this class
+    only picks among those it holds a connection to.
 
     As a component it owns every round and every request it started: stop() cancels them
     and run() returns once they ended (a verdict would come too late to matter).
@@ -159,19 +140,18 @@ class IndirectProber:
         self,
         connection: ConnectionFor,
         *,
-        command: str = "clawd probe",
         timeout: float = 3.0,
         k: int = 3,
         rng: random.Random | None = None,
-        margin: float = EXEC_MARGIN_SECONDS,
         on_verdict: Callable[[ProbeResult], None] | None = None,
     ) -> None:
         self._connection = connection
         self._rng = rng or random.Random()  # noqa: S311 - picking helpers, not crypto
-        self._margin = margin
         self.on_verdict = on_verdict
-        self.command, self.timeout, self.k = command, timeout, k
-        self.configure(command=command, timeout=timeout, k=k)
+        self.timeout, self.k = timeout, k
+        self.configure(timeout=timeout, k=k)
+        # Helpers whose sshd forbids forwarding, logged once each (until one probes again).
+        self._refusing: set[str] = set()
         self._running: dict[str, asyncio.Task[ProbeVerdict]] = {}
         self._asks: set[asyncio.Task[None]] = set()
         self._accepting = False
@@ -196,9 +176,7 @@ class IndirectProber:
     async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
         if changed & {"ping", "ssh", "detection"}:
             d = settings.detection
-            self.configure(
-                command=d.probe_command, timeout=d.probe_timeout_seconds, k=d.indirect_probes
-            )
+            self.configure(timeout=d.probe_timeout_seconds, k=d.indirect_probes)
 
     def ask(self, request: ProbeRequest) -> None:
         """Ask other peers to probe a suspect (the reconciler asked); the verdict goes to
@@ -227,15 +205,13 @@ class IndirectProber:
 
     # -- probing ------------------------------------------------------------
 
-    def configure(self, *, command: str, timeout: float, k: int) -> None:
+    def configure(self, *, timeout: float, k: int) -> None:
         """New settings (live reload); rounds under way finish with the old ones."""
-        if not command.strip():
-            raise ValueError("probe command is empty")
         if not timeout > 0:
             raise ValueError("probe timeout must be more than 0")
         if k < 0:
             raise ValueError("k must be 0 (no indirect probes) or more")
-        self.command, self.timeout, self.k = command, timeout, k
+        self.timeout, self.k = timeout, k
 
     async def probe(
         self, target_gid: str, host: str, port: int, helpers: Sequence[str]
@@ -280,7 +256,7 @@ class IndirectProber:
     async def _round(
         self, target_gid: str, host: str, port: int, helpers: Sequence[str]
     ) -> ProbeVerdict:
-        command, timeout, margin = self.command, self.timeout, self._margin
+        timeout = self.timeout
         chosen = self._pick(target_gid, helpers)
         answers: dict[str, bool] = {}
         errors: dict[str, str] = {}
@@ -292,11 +268,19 @@ class IndirectProber:
                 errors[gid] = "no connection"
                 return
             try:
-                answers[gid] = await probe_via(conn, command, host, port, timeout, margin=margin)
+                answers[gid] = await probe_via(conn, host, port, timeout)
+            except ForwardingRefused as exc:
+                errors[gid] = str(exc)
+                if gid not in self._refusing:
+                    self._refusing.add(gid)
+                    log.warning("probe_forwarding_refused", helper=gid, error=str(exc))
+                return
             except ProbeError as exc:
                 errors[gid] = str(exc)
             except Exception as exc:  # a helper's failure must never sink the round
                 errors[gid] = _one_line(f"unexpected {type(exc).__name__}: {exc}")
+            else:
+                self._refusing.discard(gid)  # forwards again (its sshd was reconfigured)
 
         async with asyncio.TaskGroup() as group:
             for gid in chosen:
@@ -309,6 +293,8 @@ class IndirectProber:
             errors=MappingProxyType(dict(sorted(errors.items()))),
         )
         for gid, error in verdict.errors.items():
+            if gid in self._refusing:
+                continue  # said once, as probe_forwarding_refused
             log.warning("indirect_probe_helper_failed", target=target_gid, helper=gid, error=error)
         log.info(
             "indirect_probe",
@@ -318,6 +304,7 @@ class IndirectProber:
             reachable_by=len(verdict.reachable_by),
             unreachable_by=len(verdict.unreachable_by),
             errors=len(verdict.errors),
+            reachable=verdict.reachable,  # by a majority of those asked
             ms=round((time.monotonic() - start) * 1000, 1),
         )
         return verdict

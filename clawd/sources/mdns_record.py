@@ -19,17 +19,26 @@ MAX_TXT_ENTRY_BYTES = 255  # one length byte per TXT string
 MAX_LABEL_BYTES = 63  # one DNS label
 
 
-def instance_label(gateway_id: str) -> str:
-    """The DNS-SD instance label for a gateway: the id itself when it fits in one label."""
+def instance_label(gateway_id: str, number: int = 1) -> str:
+    """The DNS-SD instance label for a gateway: the id itself when it fits in one label.
+
+    `number` 2, 3 … renames it (`gw-main-2`) when another machine announces the label.
+    """
+    suffix = "" if number == 1 else f"-{number}"
     label = clean_text(gateway_id)
-    if label == gateway_id and len(label.encode()) <= MAX_LABEL_BYTES:
-        return label
+    if label == gateway_id and len(label.encode()) + len(suffix) <= MAX_LABEL_BYTES:
+        return label + suffix
     digest = hashlib.sha256(gateway_id.encode()).hexdigest()[:8]
-    return f"{truncate_utf8(label, MAX_LABEL_BYTES - 9)}-{digest}"
+    return f"{truncate_utf8(label, MAX_LABEL_BYTES - 9 - len(suffix))}-{digest}{suffix}"
 
 
-def own_service_info(me: Instance, service_type: str, revision: int = 0) -> AsyncServiceInfo:
+def own_service_info(
+    me: Instance, service_type: str, revision: int = 0, number: int = 1
+) -> AsyncServiceInfo:
     """The service record announcing `me`; ClawdError if `me` cannot be announced.
+
+    `number` picks the instance label (see `instance_label`); the TXT keeps the real
+    gateway id, which is what peers key an instance by, so a renamed record is no new peer.
 
     `revision` goes out as TXT `rev`: it changes with every change of the record, so that
     going back to earlier values (lead_number 1 -> 9 -> 1 within seconds) is still a new
@@ -57,7 +66,9 @@ def own_service_info(me: Instance, service_type: str, revision: int = 0) -> Asyn
             log.warning("mdns_txt_truncated", key=key, max_bytes=room)
         else:
             raise ClawdError(f"{key} is too long to announce over mDNS (max {room} bytes UTF-8)")
-    name = f"{instance_label(me.gateway_id)}.{service_type}"
+    # The host name (SRV target) follows the instance name: a conflicting announcer with the
+    # same host name would otherwise add its address to ours in every resolver's answer.
+    name = f"{instance_label(me.gateway_id, number)}.{service_type}"
     try:
         return AsyncServiceInfo(
             service_type,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from clawd.core.observations import PeerProof
 from clawd.sources.ping_schedule import rng, wake
 from clawd.sources.ssh_client import Attempt
-from clawd.sources.ssh_link import Link, LinkDown
+from clawd.sources.ssh_link import Link
 
+# Rounds between identity reads once proven: never more often than the install check.
+PROVEN = 2**31
 BACKOFF_SPREAD = 0.2  # reconnect delays are cut by up to this fraction, so peers spread out
 
 
@@ -42,6 +45,16 @@ class PeerState:
         self.retry_delay = retry_delay
         self.check_due = True
         self.rounds_since_check = 0
+        self.unproven_every = 1  # rounds between identity reads until proven (doubles)
+
+    def identity_read(self, proof: PeerProof | None) -> bool:
+        """Note a read of the peer's identity; True if it proved the gateway id."""
+        if proof is not None and proof.proves(self.target.gateway_id):
+            self.unproven_every = PROVEN
+            return True
+        if proof is not None:  # asked again after 2, 4, 8 … rounds (it may be starting)
+            self.unproven_every = min(self.unproven_every * 2, PROVEN)
+        return False
 
     def wake(self) -> None:
         if self.sleeper is not None:
@@ -76,16 +89,3 @@ def stalled_attempt(attempt: Attempt, seconds: float) -> tuple[str, bool | None]
     if attempt.stage == "tcp":
         return f"no TCP answer within {seconds:g}s", False
     return f"SSH handshake unfinished after {seconds:g}s", True
-
-
-async def install_status(link: Link, command: str, seconds: float) -> tuple[bool | None, str]:
-    """(whether `command` exited 0 on the peer, "") or (None, why it could not be told)."""
-    try:
-        status = await link.exit_status(command, seconds)
-    except (OSError, LinkDown) as exc:
-        return None, str(exc)
-    except Exception as exc:  # asyncssh.Error: channel refused, connection lost
-        return None, f"{type(exc).__name__}: {exc}"
-    if status is None:
-        return None, f"no exit status within {seconds:g}s"
-    return status == 0, ""

@@ -21,8 +21,9 @@ import structlog
 
 from clawd.config.sections import PingSettings, SshSettings
 from clawd.config.settings import Settings
-from clawd.core.observations import Observation, PingResult
-from clawd.sources.ping_peer import PeerState, PingTarget, install_status, stalled_attempt
+from clawd.core.observations import Observation, PeerProof, PingResult
+from clawd.sources.identity import check_peer
+from clawd.sources.ping_peer import PeerState, PingTarget, stalled_attempt
 from clawd.sources.ping_schedule import jittered_interval, on_tick, phase, wake
 from clawd.sources.ssh_client import Attempt, Connector, SshConnectError
 from clawd.sources.ssh_link import EchoTimeout, Link, LinkDown
@@ -79,15 +80,9 @@ class Pinger:
         return link.conn
 
     def counters(self) -> dict[str, int]:
-        return {
-            "peers": len(self._peers),
-            "connected": self.connected,
-            "pings_sent": self.pings_sent,
-            "pings_failed": self.pings_failed,
-            "connects": self.connects,
-            "connect_failures": self.connect_failures,
-            "install_checks": self.install_checks,
-        }
+        tallies = ("pings_sent", "pings_failed", "connects", "connect_failures", "install_checks")
+        live = {"peers": len(self._peers), "connected": self.connected}
+        return live | {name: getattr(self, name) for name in tallies}
 
     def set_targets(self, targets: Mapping[str, PingTarget]) -> None:
         """Ping exactly these peers from now on; links of removed or changed ones are closed."""
@@ -237,11 +232,13 @@ class Pinger:
             return
         peer.proven = True
         installed: bool | None = None
+        proof: PeerProof | None = None
         peer.rounds_since_check += 1
         ssh = self._ssh
-        check = peer.check_due or peer.rounds_since_check >= ssh.install_check_every_rounds
+        every = min(ssh.install_check_every_rounds, peer.unproven_every)
+        check = peer.check_due or peer.rounds_since_check >= every
         if check and not peer.stopping:  # stopping: report the echo now, check next time
-            installed = await self._install_check(peer, link, ssh, timeout)
+            installed, proof = await self._install_check(peer, link, ssh, timeout)
         self.pings_sent += 1
         self._emit(
             PingResult(
@@ -251,6 +248,7 @@ class Pinger:
                 response_ms=round(rtt * 1000.0),
                 tcp_reachable=True,
                 installed=installed,
+                proof=proof,
             )
         )
 
@@ -287,14 +285,17 @@ class Pinger:
 
     async def _install_check(
         self, peer: PeerState, link: Link, ssh: SshSettings, seconds: float
-    ) -> bool | None:
+    ) -> tuple[bool | None, PeerProof | None]:
         peer.check_due = False
         peer.rounds_since_check = 0
         self.install_checks += 1
-        installed, error = await install_status(link, ssh.install_check_command, seconds)
-        if installed is None:
-            log.warning("install_check_failed", gateway=peer.target.gateway_id, error=error)
-        return installed
+        target = peer.target
+        installed, proof = await check_peer(link, target.gateway_id, ssh, seconds)
+        if peer.identity_read(proof):
+            await self._connector.remember_identity(
+                target.gateway_id, target.host, target.port, link.key
+            )
+        return installed, proof
 
     # ----------------------------------------------------------------- connecting
 
@@ -322,7 +323,7 @@ class Pinger:
                 started = loop.time()
                 try:
                     link = await self._connector.connect(
-                        target.host, target.port, target.user, attempt
+                        target.host, target.port, target.user, attempt, target.gateway_id
                     )
                 except SshConnectError as exc:
                     self._connect_failed(peer, exc.error, exc.tcp_reachable)

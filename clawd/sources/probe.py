@@ -1,7 +1,8 @@
 """`clawd probe HOST:PORT`: does this machine reach a peer's SSH server?
 
-Runs on a peer, asked over SSH by a monitoring daemon before it declares another peer offline
-(SWIM's indirect probe, see ``clawd.sources.indirect``). The check opens a TCP connection
+A tool for operators (is it the network, or the peer?). The daemon's own indirect probes
+(``clawd.sources.indirect``) read the same banner with :func:`read_banner`, through a helper
+peer's SSH connection, and never run this command remotely. The check opens a TCP connection
 and reads the SSH identification line (RFC 4253 4.2), all within one timeout; it never
 authenticates and needs no config, home directory or settings.
 
@@ -23,7 +24,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from clawd.core.errors import ClawdError
 
@@ -162,10 +163,6 @@ class ProbeResult:
         return EXIT_REACHABLE if self.reachable else EXIT_UNREACHABLE
 
 
-class _NoBanner(Exception):
-    """The server answered but sent no SSH identification line."""
-
-
 AddrInfo = tuple[int, int, int, Any]  # family, type, proto, sockaddr
 
 
@@ -225,8 +222,21 @@ async def _connect(infos: list[AddrInfo]) -> tuple[asyncio.StreamReader, asyncio
     raise first_error or OSError(errno.EADDRNOTAVAIL, "no address to connect to")
 
 
-async def _read_banner(reader: asyncio.StreamReader) -> bytes:
-    """The SSH identification line; up to MAX_OTHER_LINES other lines before it are skipped."""
+class LineReader(Protocol):
+    """A byte stream read line by line: asyncio's StreamReader, or asyncssh's SSHReader."""
+
+    async def readuntil(self, separator: bytes, /) -> bytes: ...
+
+
+class NoBanner(Exception):
+    """The server answered but sent no SSH identification line."""
+
+
+async def read_banner(reader: LineReader) -> bytes:
+    """The SSH identification line; up to MAX_OTHER_LINES other lines before it are skipped.
+
+    Raises NoBanner for anything else (closed early, garbage, a line over MAX_LINE bytes).
+    """
     first_other: bytes | None = None
     for _ in range(MAX_OTHER_LINES + 1):
         try:
@@ -234,16 +244,18 @@ async def _read_banner(reader: asyncio.StreamReader) -> bytes:
         except asyncio.IncompleteReadError as exc:
             seen = first_other if first_other is not None else exc.partial
             what = f" after '{escape(seen, EXCERPT_CHARS)}'" if seen else ""
-            raise _NoBanner(f"connection closed without an SSH banner{what}") from None
+            raise NoBanner(f"connection closed without an SSH banner{what}") from None
         except asyncio.LimitOverrunError:
-            raise _NoBanner(f"not an SSH server: a line longer than {MAX_LINE} bytes") from None
+            raise NoBanner(f"not an SSH server: a line longer than {MAX_LINE} bytes") from None
+        if len(line) > MAX_LINE + 2:  # a reader without a limit (an SSH channel) got it whole
+            raise NoBanner(f"not an SSH server: a line longer than {MAX_LINE} bytes")
         line = line[:-1].removesuffix(b"\r")
         if line.startswith(b"SSH-"):
             return line
         if first_other is None:
             first_other = line
     excerpt = escape(first_other or b"", EXCERPT_CHARS)
-    raise _NoBanner(f"not an SSH server: no SSH banner in {MAX_OTHER_LINES + 1} lines: '{excerpt}'")
+    raise NoBanner(f"not an SSH server: no SSH banner in {MAX_OTHER_LINES + 1} lines: '{excerpt}'")
 
 
 def _os_error_text(exc: OSError) -> str:
@@ -268,11 +280,11 @@ async def check(host: str, port: int, seconds: float = DEFAULT_TIMEOUT) -> Probe
             infos = await _resolve(host, port)
             reader, writer = await _connect(infos)
             tcp = True
-            banner = escape(await _read_banner(reader), BANNER_CHARS)
+            banner = escape(await read_banner(reader), BANNER_CHARS)
     except TimeoutError:
         stage = "waiting for the SSH banner" if tcp else "connecting"
         error = f"timed out after {seconds:g}s {stage}"
-    except _NoBanner as exc:
+    except NoBanner as exc:
         error = str(exc)
     except OSError as exc:
         error = _os_error_text(exc)

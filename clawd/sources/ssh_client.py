@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,8 +25,16 @@ from clawd.config.ssh_files import (
     read_client_keys,
 )
 from clawd.core.errors import ClawdError, ConfigError
+from clawd.core.trust import Trust
+from clawd.sources.pins import Pin, PinStore, key_text
 from clawd.sources.ssh_hostkeys import KnownHostsFile, TrustOnFirstUse
-from clawd.sources.ssh_link import ECHO_COMMAND, EchoSession, Link, describe_error
+from clawd.sources.ssh_link import (
+    ECHO_COMMAND,
+    EchoSession,
+    HostKeyTrust,
+    Link,
+    describe_error,
+)
 
 log = structlog.get_logger("clawd.sources.pinger")
 T = TypeVar("T")
@@ -45,19 +54,23 @@ class _Client(asyncssh.SSHClient):
 
     def __init__(self, accept_unknown_key: bool) -> None:
         self._accept_unknown_key = accept_unknown_key
+        self.offered: asyncssh.SSHKey | None = None  # the untrusted key the server showed
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
     ) -> bool:
         # A peer with a recorded key that shows another one is refused, never re-recorded.
+        self.offered = key
         return self._accept_unknown_key
 
 
 @dataclass
 class Attempt:
-    """Where a connection attempt is, for a ping round that cannot wait for it."""
+    """Where a connection attempt is, for a ping round that cannot wait for it; once done,
+    the host key it was made with and how far that key is trusted."""
 
     stage: str = "queued"  # queued -> tcp -> ssh -> done
+    key: HostKeyTrust = field(default_factory=HostKeyTrust)
 
 
 async def _open_tcp(host: str, port: int) -> socket.socket:
@@ -94,6 +107,8 @@ class Connector:
         self.ssh = ssh
         self._handshakes = asyncio.Semaphore(ssh.max_concurrent_handshakes)
         self._tofu = TrustOnFirstUse(home / TOFU_FILE_NAME)
+        self.pins = PinStore.for_home(home)
+        self._refused: set[tuple[str, str]] = set()  # (gateway, fingerprint) logged once
         self._known_hosts = self._known_hosts_file(ssh)
         self._client_keys: list[asyncssh.SSHKeyPair] | None = None
         self._client_keys_lock = asyncio.Lock()
@@ -128,9 +143,11 @@ class Connector:
                     raise SshConnectError(f"cannot load client keys: {exc}", None) from exc
             return self._client_keys
 
-    async def connect(self, host: str, port: int, user: str, attempt: Attempt) -> Link:
+    async def connect(
+        self, host: str, port: int, user: str, attempt: Attempt, gateway_id: str | None = None
+    ) -> Link:
         """Open a Link, or raise SshConnectError with a short reason."""
-        conn = await self.open_connection(host, port, user, attempt)
+        conn = await self.open_connection(host, port, user, attempt, gateway_id)
         seconds = self.ssh.connect_timeout_seconds
         try:
             echo = EchoSession()
@@ -146,27 +163,41 @@ class Connector:
             conn.abort()
             raise
         attempt.stage = "done"
-        return Link(conn, chan, echo)
+        return Link(conn, chan, echo, attempt.key)
 
     async def open_connection(
-        self, host: str, port: int, user: str, attempt: Attempt | None = None
+        self,
+        host: str,
+        port: int,
+        user: str,
+        attempt: Attempt | None = None,
+        gateway_id: str | None = None,
     ) -> asyncssh.SSHClientConnection:
-        """An authenticated connection under the host-key policy, or SshConnectError."""
+        """An authenticated connection under the host-key policy, or SshConnectError.
+
+        With `gateway_id`, a key pinned for that id is the only one accepted, at any address
+        (see clawd/sources/pins.py); `attempt.key` tells how the key is trusted.
+        """
         attempt = attempt or Attempt()
         ssh = self.ssh
         accept_new = ssh.host_key_policy == "accept-new"
         client_keys = await self._load_client_keys(ssh)
+        known = await self._known_hosts.load()
+        await self.pins.refresh()
+        pin = self.pins.get(gateway_id) if gateway_id else None
         known_hosts: Any
         recorded: asyncssh.SSHKey | None = None
-        if accept_new:
+        if pin is not None:
+            known_hosts = ([asyncssh.import_public_key(pin.key)], [], [])
+        elif accept_new:
             await self._tofu.refresh()
             recorded = self._tofu.recorded(host, port)
             if recorded is None and self._tofu.error is not None:
                 raise SshConnectError(f"no new host key is trusted: {self._tofu.error}", None)
             known_hosts = ([recorded] if recorded else [], [], [])
         else:
-            known_hosts = await self._known_hosts.load()
-        client = _Client(accept_unknown_key=accept_new and recorded is None)
+            known_hosts = known
+        client = _Client(accept_unknown_key=pin is None and accept_new and recorded is None)
         async with self._handshakes:
             try:
                 async with asyncio.timeout(ssh.connect_timeout_seconds):
@@ -180,9 +211,12 @@ class Connector:
                     f"{what} timed out after {ssh.connect_timeout_seconds:g}s", tcp
                 ) from None
             except asyncssh.HostKeyNotVerifiable as exc:
+                if pin is not None:
+                    raise SshConnectError(self._pin_refused(pin, host, port, client), True) from exc
                 error = self._host_key_error(accept_new)
                 raise SshConnectError(error, True) from exc
-        if accept_new and recorded is None:
+        attempt.key = self._key_trust(conn, pin, known, host, port)
+        if pin is None and accept_new and recorded is None:
             try:
                 await self._remember(host, port, conn)
             except BaseException:  # cancelled mid-write (peer removed, stopping): not leaked
@@ -256,7 +290,82 @@ class Connector:
                 file=str(self._tofu.path),
             )
 
+    @staticmethod
+    def _key_trust(
+        conn: asyncssh.SSHClientConnection,
+        pin: Pin | None,
+        known: asyncssh.SSHKnownHosts,
+        host: str,
+        port: int,
+    ) -> HostKeyTrust:
+        key = conn.get_server_host_key()
+        if key is None:
+            return HostKeyTrust()
+        text = key_text(key)
+        in_known_hosts = any(key_text(k) == text for k in known.match(host, host, port)[0])
+        if pin is not None and pin.trust is Trust.OPERATOR:
+            trust = Trust.OPERATOR
+        elif in_known_hosts:
+            trust = Trust.KNOWN_HOSTS
+        elif pin is not None:
+            trust = pin.trust
+        else:
+            trust = Trust.FIRST_USE  # only accept-new lets an unlisted key through
+        pinned_for = pin.gateway_id if pin is not None else None
+        return HostKeyTrust(trust, key.get_fingerprint(), text, pinned_for)
+
+    def _pin_refused(self, pin: Pin, host: str, port: int, client: _Client) -> str:
+        offered = client.offered.get_fingerprint() if client.offered else "?"
+        if (pin.gateway_id, offered) not in self._refused:  # once per key, not per retry
+            self._refused.add((pin.gateway_id, offered))
+            log.warning(
+                "host_key_differs_from_pin",
+                gateway=pin.gateway_id,
+                host=host,
+                port=port,
+                offered=offered,
+                pinned=pin.fingerprint,
+                pinned_host=pin.host,
+                file=str(self.pins.path),
+            )
+        return (
+            f"host key {offered} differs from the one pinned for {pin.gateway_id} "
+            f"({pin.fingerprint}); refused (re-keyed? run: clawd peer trust {pin.gateway_id})"
+        )
+
+    async def remember_identity(
+        self, gateway_id: str, host: str, port: int, key: HostKeyTrust
+    ) -> None:
+        """Pin `key` for `gateway_id` (the peer's own state.json named the id over a
+        connection with that key), or move its pin to host:port; a no-op once pinned there."""
+        if not key.key or key.trust is Trust.NONE:
+            return
+        pin = self.pins.get(gateway_id)
+        if pin is not None and pin.key == key.key and (pin.host, pin.port) == (host, port):
+            return
+        if pin is not None and pin.key != key.key:
+            return  # never: the handshake accepts only the pinned key
+        trust = pin.trust if pin is not None else key.trust
+        new = Pin(gateway_id, key.key, key.fingerprint, trust, host, port, _now())
+        try:
+            await self.pins.pin(new)
+        except OSError as exc:
+            log.error("cannot_pin_host_key", file=str(self.pins.path), error=str(exc))
+            return
+        log.info(
+            "host_key_pinned" if pin is None else "pinned_peer_moved",
+            gateway=gateway_id,
+            host=host,
+            port=port,
+            fingerprint=key.fingerprint,
+            trust=trust.value,
+        )
+
     def _host_key_error(self, accept_new: bool) -> str:
         if accept_new:
             return f"host key changed (differs from the one in {self._tofu.path}); refused"
         return f"host key not trusted (not in {self._known_hosts.path}); refused"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -7,14 +7,27 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
 
 from clawd.core.errors import ClawdError
+from clawd.core.trust import Trust
 
 ECHO_COMMAND = "cat"
 ECHO_BYTE = b"."
+
+
+@dataclass(frozen=True, slots=True)
+class HostKeyTrust:
+    """The host key a connection was made with, and how far it is trusted."""
+
+    trust: Trust = Trust.NONE
+    fingerprint: str = ""
+    key: str = ""  # OpenSSH public key line
+    # The gateway id whose pin this key matched (it proved that id before), if any.
+    pinned_for: str | None = None
 
 
 class LinkDown(ClawdError):
@@ -56,12 +69,20 @@ class EchoSession(asyncssh.SSHClientSession[bytes]):
         return waiter
 
 
+OUTPUT_LIMIT = 64 * 1024  # a state.json is a few hundred bytes; a flood is cut here
+
+
 class ExitStatusSession(asyncssh.SSHClientSession[bytes]):
-    """An exec channel that only wants the command's exit status."""
+    """An exec channel that wants the command's exit status (and its first output bytes)."""
 
     def __init__(self) -> None:
         self.done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.output = bytearray()
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype is None and len(self.output) < OUTPUT_LIMIT:
+            self.output += data[: OUTPUT_LIMIT - len(self.output)]
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self._chan = chan
@@ -88,8 +109,10 @@ class Link:
         conn: asyncssh.SSHClientConnection,
         chan: asyncssh.SSHClientChannel[bytes],
         echo: EchoSession,
+        key: HostKeyTrust | None = None,
     ) -> None:
         self.conn = conn
+        self.key = key or HostKeyTrust()
         self._chan = chan
         self._echo = echo
         self._loop = asyncio.get_running_loop()
@@ -123,24 +146,37 @@ class Link:
 
     async def exit_status(self, command: str, seconds: float) -> int | None:
         """Run `command` on a second channel: its exit status, None on a signal or timeout."""
-        chan: asyncssh.SSHClientChannel[bytes] | None = None
-        session = ExitStatusSession()
-        try:
-            async with asyncio.timeout(seconds):
-                chan, _ = await self.conn.create_session(lambda: session, command, encoding=None)
-                chan.write_eof()
-                return await session.done
-        except TimeoutError:
-            return None
-        finally:
-            if chan is not None and not session.done.done():
-                chan.close()
+        status, _ = await self.run(command, seconds)
+        return status
+
+    async def run(self, command: str, seconds: float) -> tuple[int | None, bytes]:
+        """Run `command` on a second channel: see :func:`run_command`."""
+        return await run_command(self.conn, command, seconds)
 
     def close(self) -> None:
         self.conn.close()
 
     async def wait_closed(self) -> None:
         await self.conn.wait_closed()
+
+
+async def run_command(
+    conn: asyncssh.SSHClientConnection, command: str, seconds: float
+) -> tuple[int | None, bytes]:
+    """Run `command` on a channel of `conn`: (exit status or None on a signal or timeout,
+    the first OUTPUT_LIMIT bytes of its stdout)."""
+    chan: asyncssh.SSHClientChannel[bytes] | None = None
+    session = ExitStatusSession()
+    try:
+        async with asyncio.timeout(seconds):
+            chan, _ = await conn.create_session(lambda: session, command, encoding=None)
+            chan.write_eof()
+            return await session.done, bytes(session.output)
+    except TimeoutError:
+        return None, bytes(session.output)
+    finally:
+        if chan is not None and not session.done.done():
+            chan.close()
 
 
 def describe_error(exc: BaseException) -> str:

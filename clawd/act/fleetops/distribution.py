@@ -22,10 +22,11 @@ from typing import Any, Literal
 import structlog
 
 from clawd.act.fleetops import fence
-from clawd.act.fleetops.fence import FenceKind, FenceToken
+from clawd.act.fleetops.fence import FenceKind, FenceToken, OnFenced
+from clawd.act.fleetops.fenceguard import FenceGuard
 from clawd.act.fleetops.leadership import acting_leader, addresses
 from clawd.act.fleetops.loop import LeaderLoop, new_backoff
-from clawd.act.fleetops.payload import config_for_peer
+from clawd.act.fleetops.peer_config import config_for_peer
 from clawd.act.fleetops.remote import Borrow, PeerAddress, Reach, RemoteError
 from clawd.act.fleetops.retry import REPEAT_SECONDS
 from clawd.config.document import ConfigDocument
@@ -33,6 +34,8 @@ from clawd.config.settings import Settings
 from clawd.core.model import PeerStatus
 from clawd.core.ratelog import LogLimiter
 from clawd.core.text import printable
+from clawd.core.trust import Trust
+from clawd.decide.fencing import MAX_EPOCH_STEP
 from clawd.decide.view import FleetView
 from clawd.sources.ssh_client import Connector
 
@@ -53,14 +56,32 @@ class PushOutcome:
     detail: str = ""
     # "fenced": the token the peer holds (not sent over the control socket).
     fenced_by: FenceToken | None = field(default=None, compare=False)
+    # Our keys left out of the peer's copy (secrets, a loopback postgres.host); the
+    # reason is in `detail`.
+    withheld: tuple[str, ...] = ()
+    # The trust the document was shaped for (not sent over the control socket).
+    trust: Trust = field(default=Trust.NONE, compare=False)
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "gateway_id": self.gateway_id,
             "name": self.name,
             "result": self.result,
             "detail": self.detail,
+            "withheld": list(self.withheld),
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PushOutcome:
+        """What to_dict made (a daemon's answer); an older daemon's lacks `withheld`."""
+        result = d.get("result")
+        return cls(
+            str(d.get("gateway_id", "")),
+            str(d.get("name", "")),
+            result if result in RESULTS else "failed",
+            str(d.get("detail", "")),
+            withheld=tuple(str(k) for k in d.get("withheld") or ()),
+        )
 
 
 def remote_config_path(settings: Settings) -> str:
@@ -75,7 +96,8 @@ async def push_one(
     *,
     token: FenceToken | None = None,
 ) -> PushOutcome:
-    """Write our config.json to one peer unless it already has the same content.
+    """Write our config.json, shaped for the peer's trust (peer_config.py), to one peer
+    unless it already has the same content.
 
     Only where claw-clan is installed ("skipped" otherwise). The peer's fence is claimed
     first with `token` (default: `settings_token`).
@@ -98,6 +120,8 @@ async def push_one(
                 claimed.kind is FenceKind.STALE
                 and stored is not None
                 and stored.gateway_id == (token.gateway_id)
+                # Not an epoch we could have reached: a lie, not our own later claim.
+                and stored.epoch <= token.epoch + MAX_EPOCH_STEP
             ):
                 # Our own later claim (`clawd config push` at epoch 0 after our daemon led
                 # in epoch N): we are that leader, so push in its epoch.
@@ -108,16 +132,20 @@ async def push_one(
             if claimed.kind is FenceKind.STALE and claimed.stored is not None:
                 return _fenced(peer, token, claimed.stored)
             current = await host.read(path)
-            wanted = config_for_peer(ours, current)
-            if current == wanted:
-                return PushOutcome(peer.gateway_id, peer.name, "unchanged")
-            # Into the install folder as it is: creating it would fake an install.
-            await host.write_atomic(path, wanted, 0o600, make_parents=False)
+            wanted = config_for_peer(ours, current, peer.trust)
+            result: Result = "unchanged" if current == wanted.data else "pushed"
+            if result == "pushed":
+                # Into the install folder as it is: creating it would fake an install.
+                await host.write_atomic(path, wanted.data, 0o600, make_parents=False)
     except TimeoutError:
         return PushOutcome(peer.gateway_id, peer.name, "failed", f"timed out after {seconds:g}s")
     except RemoteError as exc:  # FenceError included
         return PushOutcome(peer.gateway_id, peer.name, "failed", str(exc))
-    return PushOutcome(peer.gateway_id, peer.name, "pushed")
+    withheld = tuple(w.key for w in wanted.withheld)
+    note = wanted.note(peer.gateway_id)
+    return PushOutcome(
+        peer.gateway_id, peer.name, result, note, withheld=withheld, trust=peer.trust
+    )
 
 
 def _fenced(peer: PeerAddress, ours: FenceToken, stored: FenceToken) -> PushOutcome:
@@ -181,7 +209,7 @@ class ConfigDistributor(LeaderLoop):
         connector: Connector,
         borrow: Borrow | None = None,
         *,
-        on_fenced: Callable[[FenceToken], None] | None = None,
+        on_fenced: OnFenced | None = None,
         recheck: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(settings)
@@ -193,7 +221,10 @@ class ConfigDistributor(LeaderLoop):
         # is then reinstalled by the recoverer.
         self.recheck = recheck
         self._fenced_by: dict[str, FenceToken] = {}  # gateway id -> last logged token
-        self._delivered: dict[str, str] = {}  # gateway id -> hash of our config it has
+        self._guard = FenceGuard(self.name)  # refuses poisoned tokens peers report
+        # gateway id -> (hash of our config, trust it was shaped for) the peer has: a peer
+        # trusted further later (`clawd peer trust`) is due again, for the secrets.
+        self._delivered: dict[str, tuple[str, Trust]] = {}
         self._problems = LogLimiter(REPEAT_SECONDS)  # (gateway id, reason) logged lately
         self.pushes = 0
 
@@ -212,17 +243,17 @@ class ConfigDistributor(LeaderLoop):
     def _pending(self, view: FleetView, config_hash: str) -> list[PeerAddress]:
         now = time.monotonic()
         # A peer without claw-clan gets config.json with its reinstall, not before: a
-        # pushed file would make it look installed.
+        # pushed file would make it look installed. Only to peers that proved who they are.
         online = {
             gid
             for gid, r in view.peers.items()
-            if r.state.status is PeerStatus.ONLINE and r.state.claw_clan_installed
+            if r.state.status is PeerStatus.ONLINE and r.state.claw_clan_installed and r.verified
         }
         return [
             peer
             for gid, peer in addresses(view, self.settings.instance.ssh_user).items()
             if gid in online
-            and self._delivered.get(gid) != config_hash
+            and self._delivered.get(gid) != (config_hash, peer.trust)
             and self._backoff.due(gid, now)
         ]
 
@@ -236,15 +267,22 @@ class ConfigDistributor(LeaderLoop):
             outcomes = await push_many(
                 self.reach, pending, ours.data, self.settings, token=fence.token_for(view)
             )
-            self._note(outcomes, ours.digest)
+            self._note(view, outcomes, ours.digest)
 
-    def _note(self, outcomes: Sequence[PushOutcome], config_hash: str) -> None:
+    def _note(
+        self, view: FleetView, outcomes: Sequence[PushOutcome], config_hash: str
+    ) -> list[PushOutcome]:
+        """Record what happened; the outcomes as they stand (a refused fence: failed)."""
         now = time.monotonic()
+        noted: list[PushOutcome] = []
         for o in outcomes:
             if o.result == "fenced" and o.fenced_by is not None:
-                self._fenced(o, o.fenced_by, now)
+                o = self._screened(view, o, o.fenced_by, now)
+                noted.append(o)
                 continue
+            noted.append(o)
             self._fenced_by.pop(o.gateway_id, None)
+            self._guard.forget(o.gateway_id)
             if o.result == "failed":
                 self._backoff.failed(o.gateway_id, o.detail, now)
                 # Retries of a peer that stays down fail alike: one line per reason.
@@ -255,10 +293,28 @@ class ConfigDistributor(LeaderLoop):
                 self._skipped(o, now)
                 continue
             self._backoff.forget(o.gateway_id)
-            self._delivered[o.gateway_id] = config_hash
+            self._delivered[o.gateway_id] = (config_hash, o.trust)
             if o.result == "pushed":
                 self.pushes += 1
-                log.info("config_pushed", gateway=o.gateway_id, name=o.name)
+                log.info(
+                    "config_pushed", gateway=o.gateway_id, name=o.name, withheld=list(o.withheld)
+                )
+        return noted
+
+    def _screened(
+        self, view: FleetView, o: PushOutcome, stored: FenceToken, now: float
+    ) -> PushOutcome:
+        """A peer says a stronger leader claimed it: believe it, or refuse the report."""
+        refused = self._guard.screen(view, o.gateway_id, stored)
+        if refused is None:
+            self._fenced(o, stored, now)
+            return o
+        # Not delivered, and not adopted: the token goes nowhere, the daemon never sees it.
+        if not refused.soon:
+            self._backoff.failed(o.gateway_id, refused.reason, now)
+        return dataclasses.replace(
+            o, result="failed", detail=refused.detail(stored), fenced_by=None
+        )
 
     def _skipped(self, o: PushOutcome, now: float) -> None:
         """No claw-clan there: have the pinger look again, so the recoverer reinstalls it."""
@@ -281,7 +337,7 @@ class ConfigDistributor(LeaderLoop):
                 name=o.name,
                 **fence.stored_fields(stored),
             )
-        fence.notify_fenced(self.on_fenced, stored)
+        fence.notify_fenced(self.on_fenced, stored, o.gateway_id)
 
     async def push_now(self, view: FleetView) -> list[PushOutcome]:
         """Every known peer with an address, leader or not (a person asked for it)."""
@@ -290,8 +346,7 @@ class ConfigDistributor(LeaderLoop):
         outcomes = await push_many(
             self.reach, peers, ours.data, self.settings, token=fence.token_for(view)
         )
-        self._note(outcomes, ours.digest)
-        return outcomes
+        return self._note(view, outcomes, ours.digest)
 
     async def handle_control(self, _request: Mapping[str, Any]) -> dict[str, Any]:
         if self._view is None:

@@ -125,12 +125,16 @@ def stored_fields(stored: FenceToken) -> dict[str, object]:
     }
 
 
-def notify_fenced(callback: Callable[[FenceToken], None] | None, stored: FenceToken) -> None:
+# Told a stronger token and the gateway id of the peer whose fence reported it.
+OnFenced = Callable[[FenceToken, str], None]
+
+
+def notify_fenced(callback: OnFenced | None, stored: FenceToken, reported_by: str) -> None:
     """Pass a peer's stronger token to the daemon's callback, if any."""
     if callback is None:
         return
     try:
-        callback(stored)
+        callback(stored, reported_by)
     except Exception:
         # A faulty callback must not end the leader loop that noticed the fence.
         log.exception("on_fenced_failed", stored_epoch=stored.epoch)

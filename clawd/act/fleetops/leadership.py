@@ -16,7 +16,8 @@ def acting_leader(view: FleetView) -> bool:
     """This instance leads, and every peer that could outrank it is known to be down.
 
     A peer still `unknown` (not pinged yet, e.g. just after start) might be a better
-    leader that is up: acting before it is seen would race it.
+    leader that is up: acting before it is seen would race it. One that answered but has
+    not proven who it is (unverified) cannot lead, so it cannot hold us back either.
     """
     me = view.me
     if view.leader != me.gateway_id or me.lead_number is None:
@@ -26,7 +27,8 @@ def acting_leader(view: FleetView) -> bool:
         if rank is None:
             continue
         outranks = (rank, record.instance.gateway_id) < (me.lead_number, me.gateway_id)
-        if outranks and record.state.status not in DOWN:
+        unproven = not record.verified and record.state.status is not PeerStatus.UNKNOWN
+        if outranks and record.state.status not in DOWN and not unproven:
             return False
     return True
 

@@ -1,4 +1,7 @@
-"""What the leader sends: config.json (per-machine keys kept) and the install payload."""
+"""What the leader sends: config.json as read for it, and the install payload.
+
+The config.json each peer receives is shaped in peer_config.py.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,6 @@ from typing import Any
 from clawd.config.document import digest
 from clawd.core.errors import ConfigError
 
-# Keys that describe one machine, not the fleet: a peer keeps its own.
-PER_MACHINE_KEYS = ("instance", "peers", "home")
 MAX_PAYLOAD_FILES = 1000
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 
@@ -31,19 +32,6 @@ def read_config(path: Path) -> tuple[dict[str, Any], str]:
     if not isinstance(parsed, dict):
         raise ConfigError(f"{path}: must hold a JSON object")
     return parsed, digest(data)
-
-
-def config_for_peer(ours: dict[str, Any], theirs: bytes | None) -> bytes:
-    """Our fleet-wide settings with the peer's own identity, static peers and home."""
-    merged = {k: v for k, v in ours.items() if k not in PER_MACHINE_KEYS}
-    if theirs is not None:
-        try:
-            remote = json.loads(theirs)
-        except ValueError:
-            remote = None
-        if isinstance(remote, dict):
-            merged.update({k: remote[k] for k in PER_MACHINE_KEYS if k in remote})
-    return (json.dumps(merged, indent=2) + "\n").encode()
 
 
 @dataclass(frozen=True, slots=True)

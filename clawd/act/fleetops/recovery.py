@@ -4,8 +4,8 @@ Only the acting leader reinstalls, so peers never race each other. Each attempt:
 again on the peer, claim the peer's fence (see fence.py: two leaders that cannot see each
 other reinstall a peer at most once per epoch, and a stale leader is refused by the peer),
 copy `<home>/scripts/` and the config.json in force (validated, never the file as it
-reads now) over SFTP, run the install command, check the
-result; one `reinstall` incident per success and per new failure.
+reads now; shaped for the peer's trust, see peer_config.py) over SFTP, run the install
+command, check the result; one `reinstall` incident per success and per new failure.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from clawd.act.fleetops.fence import (
     FenceKind,
     FenceResult,
     FenceToken,
+    OnFenced,
     claim,
     fence_dir,
     notify_fenced,
@@ -29,9 +30,11 @@ from clawd.act.fleetops.fence import (
     stored_fields,
     token_for,
 )
+from clawd.act.fleetops.fenceguard import FenceGuard
 from clawd.act.fleetops.leadership import acting_leader, addresses, is_older
 from clawd.act.fleetops.loop import LeaderLoop, new_backoff
-from clawd.act.fleetops.payload import collect_scripts, config_for_peer
+from clawd.act.fleetops.payload import collect_scripts
+from clawd.act.fleetops.peer_config import config_for_peer
 from clawd.act.fleetops.remote import Borrow, PeerAddress, Reach, RemoteError
 from clawd.config.document import ConfigDocument
 from clawd.config.settings import Settings
@@ -58,6 +61,8 @@ class ReinstallOutcome:
     already_installed: bool = False
     # Set when the peer's fence turned us away (ALREADY or STALE): nothing was copied.
     fenced: FenceResult | None = None
+    # Our config.json keys left out of the peer's copy (peer_config.py).
+    withheld: list[str] = field(default_factory=list)
 
     def details(self, peer: PeerAddress) -> dict[str, object]:
         out: dict[str, object] = {
@@ -69,17 +74,22 @@ class ReinstallOutcome:
             "bytes": self.bytes,
             "duration_s": round(self.seconds, 3),
         }
+        if self.withheld:
+            out["withheld"] = self.withheld
         if self.error:
             out["error"] = self.error
         return out
 
 
 def needs_reinstall(view: FleetView, ours: str | None) -> dict[str, str]:
-    """Peers reachable over SSH that lack claw-clan or run an older one: id -> reason."""
+    """Verified peers reachable over SSH that lack claw-clan or run an older one: id ->
+    reason. (A peer lost claw-clan's state.json with it is still proven by its pinned key.)"""
     wanted: dict[str, str] = {}
     for gid, record in view.peers.items():
         state = record.state
         if state.status is not PeerStatus.ONLINE or not state.ssh_connectivity:
+            continue
+        if not record.verified:
             continue
         if not state.claw_clan_installed:
             wanted[gid] = "claw-clan not installed"
@@ -132,10 +142,12 @@ async def reinstall(
                 outcome.files.append(f.relative)
                 outcome.bytes += len(f.data)
             current = await host.read(f"{base}/config.json")
-            config = config_for_peer(ours, current)
-            await host.write_atomic(f"{base}/config.json", config, 0o600)
+            # Shaped for the peer's trust: a peer trusted on first use gets no secrets.
+            config = config_for_peer(ours, current, peer.trust)
+            await host.write_atomic(f"{base}/config.json", config.data, 0o600)
             outcome.files.append("config.json")
-            outcome.bytes += len(config)
+            outcome.bytes += len(config.data)
+            outcome.withheld = [w.key for w in config.withheld]
             done = await host.run(r.install_command, r.timeout_seconds)
             if not done.ok:
                 status = "timed out" if done.exit_status is None else f"exit {done.exit_status}"
@@ -171,7 +183,7 @@ class Recoverer(LeaderLoop):
         recheck: Callable[[str], None],
         borrow: Borrow | None = None,
         *,
-        on_fenced: Callable[[FenceToken], None] | None = None,
+        on_fenced: OnFenced | None = None,
     ) -> None:
         super().__init__(settings)
         self.document = document  # the configuration in force: the one installed
@@ -183,6 +195,7 @@ class Recoverer(LeaderLoop):
         self.on_fenced = on_fenced
         self._busy: set[str] = set()
         self._fenced_by: dict[str, FenceToken] = {}  # gateway id -> last logged token
+        self._guard = FenceGuard(self.name)  # refuses poisoned tokens peers report
         self.reinstalls = 0
 
     async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
@@ -218,13 +231,15 @@ class Recoverer(LeaderLoop):
 
         async def one(peer: PeerAddress, reason: str) -> None:
             async with gate:
-                await self._attempt(peer, reason, token)
+                await self._attempt(peer, reason, token, view)
 
         async with asyncio.TaskGroup() as tg:
             for peer, reason in todo:
                 tg.create_task(one(peer, reason))
 
-    async def _attempt(self, peer: PeerAddress, reason: str, token: FenceToken) -> None:
+    async def _attempt(
+        self, peer: PeerAddress, reason: str, token: FenceToken, view: FleetView
+    ) -> None:
         gid = peer.gateway_id
         self._busy.add(gid)
         try:
@@ -241,9 +256,10 @@ class Recoverer(LeaderLoop):
             self._busy.discard(gid)
         now = time.monotonic()
         if outcome.fenced is not None:
-            self._fenced(peer, reason, outcome.fenced, token, now)
+            self._fenced(peer, reason, outcome.fenced, token, view, now)
             return
         self._fenced_by.pop(gid, None)
+        self._guard.forget(gid)
         if outcome.ok:
             self.recheck(gid)
             # The pinger confirms the install within a ping round or two; until then the
@@ -265,7 +281,13 @@ class Recoverer(LeaderLoop):
         self._backoff.hold(gid, now + hold)
 
     def _fenced(
-        self, peer: PeerAddress, reason: str, fence: FenceResult, token: FenceToken, now: float
+        self,
+        peer: PeerAddress,
+        reason: str,
+        fence: FenceResult,
+        token: FenceToken,
+        view: FleetView,
+        now: float,
     ) -> None:
         """The peer's fence turned us away: nothing was copied, so no incident."""
         gid = peer.gateway_id
@@ -280,12 +302,19 @@ class Recoverer(LeaderLoop):
             return
         stored = fence.stored
         assert stored is not None  # parse_answer guarantees one for STALE
+        refused = self._guard.screen(view, gid, stored)
+        if refused is not None:
+            # Neither adopted nor a claim: nothing copied; retried as a failure would be
+            # (on the next round when the reporter is only not verified yet).
+            if not refused.soon:
+                self._backoff.failed(gid, refused.detail(stored), now)
+            return
         self._backoff.failed(gid, f"fenced by {stored}", now)
         if self._fenced_by.get(gid) != stored:
             self._fenced_by[gid] = stored
             fields = _fenced_fields(peer, "stale_leader", token)
             log.warning("reinstall_fenced", **fields, **stored_fields(stored))
-        notify_fenced(self.on_fenced, stored)
+        notify_fenced(self.on_fenced, stored, gid)
 
 
 def _fenced_fields(peer: PeerAddress, reason: str, token: FenceToken) -> dict[str, object]:

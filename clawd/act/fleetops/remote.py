@@ -94,7 +94,9 @@ class RemoteHost:
             self._conn = self._borrowed
         else:
             try:
-                self._conn = await self.connector.open_connection(p.host, p.port, p.user)
+                self._conn = await self.connector.open_connection(
+                    p.host, p.port, p.user, gateway_id=p.gateway_id
+                )
             except SshConnectError as exc:
                 raise RemoteError(exc.error) from None
         try:

@@ -123,6 +123,27 @@ def _iter_jsonl(path: Path, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield offset, obj
 
 
+def _without_instance(path: Path, gateway_id: str) -> dict[str, Any] | None:
+    """fleet.json's body without `gateway_id`; None when absent (or no readable file)."""
+    try:
+        body = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        log.warning("fleet_file_unreadable", path=str(path), reason="not JSON")
+        return None
+    instances = body.get("instances") if isinstance(body, dict) else None
+    if not isinstance(instances, list):
+        return None
+    kept = [i for i in instances if not (isinstance(i, dict) and i.get("gatewayId") == gateway_id)]
+    if len(kept) == len(instances):
+        return None
+    body["instances"] = kept
+    if body.get("leader") == gateway_id:
+        body["leader"] = None  # the daemon elects again at its start
+    return dict(body)
+
+
 class JsonStore:
     """Reads and writes the JSON files under `home`."""
 
@@ -159,6 +180,35 @@ class JsonStore:
     async def write_peer(self, inst: Instance, state: PeerState) -> None:
         path = self.peers_dir / peer_file_name(inst.gateway_id)
         await self._write(path, _dumps(codec.peer_file_to_json(inst, state)))
+
+    async def remove_peer(self, gateway_id: str) -> bool:
+        """Delete peers/<gateway_id>.json (under that file's lock: no write overtakes it);
+        False when there was none."""
+        path = self.peers_dir / peer_file_name(gateway_id)
+        lock = self._locks.setdefault(path, asyncio.Lock())
+        async with lock:
+            try:
+                await asyncio.to_thread(path.unlink)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise StoreError(f"cannot delete {path}: {exc}") from exc
+        return True
+
+    async def drop_from_fleet(self, gateway_id: str) -> bool:
+        """Take one instance out of fleet.json, the rest untouched (no daemon runs: the CLI
+        edits the file); False when it was not there."""
+        path = self.home / "fleet.json"
+        lock = self._locks.setdefault(path, asyncio.Lock())
+        async with lock:
+            try:
+                body = await asyncio.to_thread(_without_instance, path, gateway_id)
+                if body is None:
+                    return False
+                await asyncio.to_thread(write_atomic, path, _dumps(body))
+            except OSError as exc:
+                raise StoreError(f"cannot rewrite {path}: {exc}") from exc
+        return True
 
     async def write_fleet(self, instances: list[Instance], leader: str | None) -> None:
         body = {

@@ -43,6 +43,8 @@ class Repository(Protocol):
 
     async def set_leader(self, gateway_id: str | None) -> None: ...
 
+    async def forget_peer(self, gateway_id: str) -> None: ...
+
     async def flush(self) -> None: ...
 
 
@@ -264,6 +266,14 @@ class FleetRepository:
             self._snapshot.leader = gateway_id
             await self._write_fleet()
 
+    async def forget_peer(self, gateway_id: str) -> None:
+        """`clawd peer forget`: its peer file and fleet.json entry go; PostgreSQL keeps its
+        rows (history), so nothing is sent to the sink."""
+        self._snapshot.instances.pop(gateway_id, None)
+        self._snapshot.peers.pop(gateway_id, None)
+        await self._json("peer", self.json.remove_peer(gateway_id))
+        await self._write_fleet()
+
     async def flush(self) -> None:
         if self.sink is not None:
             await self.sink.flush()
@@ -272,7 +282,7 @@ class FleetRepository:
         instances = sorted(self._snapshot.instances.values(), key=lambda i: i.gateway_id)
         await self._json("fleet", self.json.write_fleet(instances, self._snapshot.leader))
 
-    async def _json(self, kind: str, write: Awaitable[None]) -> None:
+    async def _json(self, kind: str, write: Awaitable[object]) -> None:
         """A failed JSON write (disk full, read-only file system) is one error line per
         kind, not the end of monitoring; the next write of that kind tries again."""
         try:
