@@ -231,7 +231,10 @@ def write_config(home: Path, keys: Path, service_type: str) -> None:
 def held(home: Path) -> tuple[int, int]:
     """(unverified rows in the daemon's `status`, unverified peer files)."""
     status, _ = live_status(home)
-    rows = sum(1 for row in status["peers"] if str(row.get("gatewayId", "")).startswith("unv-"))
+    # As peers (the baseline makes every announcement one), or held as candidates until
+    # proven (the `unverified` list of the new code): both are the daemon holding them.
+    listed = [*status["peers"], *status.get("unverified", [])]
+    rows = sum(1 for row in listed if str(row.get("gatewayId", "")).startswith("unv-"))
     files = sum(1 for _ in (home / "peers").glob("unv-*.json"))
     return rows, files
 
@@ -514,7 +517,8 @@ def render(r: Result, quick: bool) -> str:
         "unverified one starts when their count in `status` has been steady "
         f"{SETTLE_S:g} s), RSS sampled every {SAMPLE_S:g} s. Forget time: from the last "
         "goodbye sent until no `unv-*` row in "
-        "the daemon's `status` answer and no `<home>/peers/unv-*.json`.\n\n"
+        "the daemon's `status` answer (peers, or `unverified` candidates) and no "
+        "`<home>/peers/unv-*.json`.\n\n"
         "| figure | goal | measured | ratio |\n|---|---|---|---|\n"
     )
     return head + "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in rows(r))
