@@ -222,6 +222,8 @@ async def test_a_flood_of_unverified_announcements_is_bounded_and_forgotten(
     flood = [claw_peer(f"rogue-{n}", ip=f"{NET}.{100 + n}", ssh_port=22) for n in range(120)]
     async with MdnsPeers(SERVICE, flood) as announcers:
         answer, _ = await until(proc, lambda s: len(s.get("unverified", [])) >= 50, 20)
+        shown = await asyncio.to_thread(proc.cli, "status")
+        assert "50 announcement(s) not proven yet, not peers" in shown.stdout, shown.stdout
         seen = await watch(home, 2.0)
         assert max(len(s["unverified"]) for s in [*seen, answer]) <= 50
         assert all(s["peers"] == [] for s in seen)

@@ -45,6 +45,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"announced over mDNS as {mdns.get('name')!r}: another machine announces "
             f"{mdns.get('wanted')!r}"
         )
+    unproven = [p["gatewayId"] for p in answer.get("peers", []) if p.get("verified") is False]
+    if unproven:
+        # Pinged and shown, but never leader, helper or recipient of leader work.
+        print(f"not proven over SSH (never lead): {', '.join(unproven)}")
+    if held := answer.get("unverified"):
+        print(f"{len(held)} announcement(s) not proven yet, not peers: see `clawd peer list`")
     return 0
 
 
