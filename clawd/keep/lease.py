@@ -42,10 +42,10 @@ _RETAKE = (
     "UPDATE fleet_leader SET acquired_at = now(), renewed_at = now()"
     " WHERE id = 1 AND gateway_id = $1"
 )
-# Past every epoch this instance knows of (a fence's, or one from the JSON backend's days).
-_NEXT_EPOCH = (
-    "SELECT setval('fleet_leader_epoch', GREATEST(nextval('fleet_leader_epoch'), $1::bigint + 1))"
-)
+_NEXT_EPOCH = "SELECT nextval('fleet_leader_epoch')"
+# Past an epoch this instance knows of that the sequence has not reached (a fence's, or one
+# from the JSON backend's days): rare, and the one use of UPDATE on the sequence.
+_SKIP_TO = "SELECT setval('fleet_leader_epoch', $1::bigint)"
 _WRITE = (
     "INSERT INTO fleet_leader (id, gateway_id, epoch, acquired_at, renewed_at)"
     " VALUES (1, $1, $2, now(), now()) ON CONFLICT (id) DO UPDATE SET"
@@ -81,6 +81,7 @@ class LeaderLease:
         self._held = False
         self._down = False  # the last connect failed (logged once until one succeeds)
         self._reported: tuple[str | None, int, bool] | None = None
+        self._schema_missing = False
 
     @property
     def held(self) -> bool:
@@ -135,6 +136,12 @@ class LeaderLease:
             # whose session hangs must not go on acting.
             async with asyncio.timeout(self.interval):
                 await self._round(conn)
+        except asyncpg.UndefinedTableError:
+            # Read before the repository's migrations ran (they go in the background when
+            # the database came late): nothing held yet, the next round reads again.
+            if not self._schema_missing:
+                self._schema_missing = True
+                log.info("lease_schema_missing", table="fleet_leader")
         except (*TRANSIENT, asyncpg.PostgresError) as exc:
             await self._lost(exc)
 
@@ -195,7 +202,9 @@ class LeaderLease:
                 await conn.execute(_RETAKE, me)
                 new = False
             else:
-                epoch = int(await conn.fetchval(_NEXT_EPOCH, max(floor, view.epoch)))
+                epoch = int(await conn.fetchval(_NEXT_EPOCH))
+                if epoch <= (known := max(floor, view.epoch)):
+                    epoch = int(await conn.fetchval(_SKIP_TO, known + 1))
                 await conn.execute(_WRITE, me, epoch)
                 new = True
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(epoch))
@@ -217,7 +226,7 @@ class LeaderLease:
     async def _lost(self, exc: BaseException) -> None:
         if self._conn is not None or self._held:
             log.warning("lease_session_lost", error=type(exc).__name__, held=self._held)
-        await self._close()
+        await self._close(graceful=False)
 
     def _terminated(self, conn: object) -> None:
         # Called by asyncpg when the session ends (killed, server gone): the lock went
@@ -233,11 +242,14 @@ class LeaderLease:
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
         self._wake.set()  # the lease changed hands: read it now
 
-    async def _close(self) -> None:
+    async def _close(self, graceful: bool = True) -> None:
         conn, self._conn = self._conn, None
         if self._held:
             self._report_loss()
         if conn is None:
+            return
+        if not graceful:  # a broken or hung session: no goodbye to wait for
+            conn.terminate()
             return
         try:
             await conn.close(timeout=CLOSE_TIMEOUT_S)
