@@ -91,6 +91,9 @@ class LeaderLease:
     def interval(self) -> float:
         return self.settings.ping.interval_seconds
 
+    def _pace(self) -> float:
+        return self.interval / 2 if self._held else self.interval
+
     def update_view(self, view: FleetView) -> None:
         """A new view: act now if it changes whether we should hold the lease (the leader
         went offline, a better one came up), not at the next interval."""
@@ -114,7 +117,7 @@ class LeaderLease:
                 self._wake.clear()
                 await self._step()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.interval):
+                    async with asyncio.timeout(self._pace()):
                         await self._wake.wait()
         finally:
             await self._close()
@@ -132,9 +135,9 @@ class LeaderLease:
         self._active = True
         try:
             conn = self._conn or await self._connect()
-            # A round that does not finish within one interval loses the lease: a leader
-            # whose session hangs must not go on acting.
-            async with asyncio.timeout(self.interval):
+            # A holder renews every half interval, each round bounded by half an interval:
+            # one whose session hangs stops acting within one interval of its last renewal.
+            async with asyncio.timeout(self._pace()):
                 await self._round(conn)
         except asyncpg.UndefinedTableError:
             # Read before the repository's migrations ran (they go in the background when
