@@ -4,7 +4,8 @@ one shared PostgreSQL database): leadership is a lease in the database.
 * five machines agree on one leader and one epoch, and the fleet records one
   leader_change; the leader powered off, the survivors agree on the next one in one new
   epoch, with exactly one new leader_change row in incident_log (main, 8 machines: 8 rows,
-  and the survivors reported epochs 5 1 3 6 4 4 6);
+  and the survivors reported epochs 5 1 3 6 4 4 6); powered on, it takes the lease back
+  (the next epoch, one more row);
 * the leader's lease session killed in the database (pg_terminate_backend): it stops
   acting at once (within one interval), then takes the lease back in the same epoch;
 * the leader's lease session hung (its backend stopped): it stops acting within one
@@ -172,7 +173,15 @@ async def test_five_machines_one_leader_one_epoch_and_one_row_per_leader_change(
             assert s.epoch in (1, 2), (s.gateway_id, s.epoch)
         by_observer = {g: len(fleet.incidents(g, "leader_change")) for g in survivors}
         assert by_observer == {"m2": 1, "m3": 0, "m4": 0, "m5": 0}, by_observer
-        assert await fleet.stop_all() == {g: 0 for g in survivors}
+
+        # Back: m2 lets go once m1 is verified online here, and m1 takes the next epoch.
+        await fleet.power_on("m1", ready_timeout=60)
+        _, took = await fleet.until(one_leader("m1", ids), AGREE_TIMEOUT)
+        print(f"m1 powered on: all five agree on m1 again after {took:.2f} s")
+        await settle(fleet, peers=4)
+        assert {s.epoch for s in await fleet.statuses()} == {3}
+        assert await delivered_changes(fleet, 3) == [("m1", 1), ("m2", 2), ("m1", 3)]
+        assert await fleet.stop_all() == {g: 0 for g in ids}
         no_tracebacks(fleet)
 
 

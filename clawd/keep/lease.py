@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import time
 from collections.abc import Callable
 
 import asyncpg
@@ -35,6 +37,7 @@ log = structlog.get_logger("clawd.keep.lease")
 CHANNEL = "clawd_leader"
 APPLICATION_NAME = "clawd-lease"
 CLOSE_TIMEOUT_S = 5.0
+MAX_ROUNDS = 8  # per interval, at most
 
 _READ = "SELECT gateway_id, epoch FROM fleet_leader WHERE id = 1"
 _RENEW = "UPDATE fleet_leader SET renewed_at = now() WHERE id = 1 AND gateway_id = $1"
@@ -54,9 +57,32 @@ _WRITE = (
 )
 
 
-def wants_lead(view: FleetView) -> bool:
+# Who has a lease session open on this database: the instances that could take the lease.
+_CANDIDATES = (
+    "SELECT application_name FROM pg_stat_activity"
+    " WHERE datname = current_database() AND application_name LIKE 'clawd-lease %'"
+)
+
+
+def session_name(gateway_id: str) -> str:
+    """The lease session's application_name (PostgreSQL keeps 63 bytes of it)."""
+    return f"{APPLICATION_NAME} {gateway_id}".encode()[:63].decode(errors="ignore")
+
+
+def lease_leader(view: FleetView, sessions: frozenset[str] | None = None) -> str | None:
+    """The election's rule among the instances that could take the lease: this one and
+    the online verified peers with a lease session open (`sessions`: their
+    application_names; None: every peer). A peer that does not run clawd, or cannot reach
+    the database, cannot hold the lease: waiting for it would leave the fleet leaderless."""
+    if sessions is not None:
+        peers = {g: r for g, r in view.peers.items() if session_name(g) in sessions}
+        view = dataclasses.replace(view, peers=peers)
+    return elect_leader(view)
+
+
+def wants_lead(view: FleetView, sessions: frozenset[str] | None = None) -> bool:
     """Would this instance elect itself (once the start-up wait is over)?"""
-    return view.settle is None and elect_leader(view) == view.me.gateway_id
+    return view.settle is None and lease_leader(view, sessions) == view.me.gateway_id
 
 
 class LeaderLease:
@@ -82,6 +108,7 @@ class LeaderLease:
         self._down = False  # the last connect failed (logged once until one succeeds)
         self._reported: tuple[str | None, int, bool] | None = None
         self._schema_missing = False
+        self._sessions: frozenset[str] = frozenset()  # lease sessions seen at the last round
 
     @property
     def held(self) -> bool:
@@ -97,7 +124,7 @@ class LeaderLease:
     def update_view(self, view: FleetView) -> None:
         """A new view: act now if it changes whether we should hold the lease (the leader
         went offline, a better one came up), not at the next interval."""
-        if self._active and wants_lead(view) != self._held:
+        if self._active and wants_lead(view, self._sessions) != self._held:
             self._wake.set()
 
     def stop(self) -> None:
@@ -115,10 +142,16 @@ class LeaderLease:
         try:
             while not self._stopping:
                 self._wake.clear()
+                started = time.monotonic()
                 await self._step()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._pace()):
                         await self._wake.wait()
+                # Woken early (a new view, a NOTIFY): still at most a few rounds per
+                # interval, however fast views come (one per ping batch).
+                gap = self.interval / MAX_ROUNDS - (time.monotonic() - started)
+                if gap > 0 and not self._stopping:
+                    await asyncio.sleep(gap)
         finally:
             await self._close()
 
@@ -153,7 +186,7 @@ class LeaderLease:
         try:
             conn: asyncpg.Connection = await asyncpg.connect(
                 **self.settings.postgres.connect_kwargs(),
-                server_settings={"application_name": f"{APPLICATION_NAME} {me}"[:63]},
+                server_settings={"application_name": session_name(me)},
             )
         except (*TRANSIENT, asyncpg.PostgresError):
             if not self._down:
@@ -173,7 +206,8 @@ class LeaderLease:
         me = view.me.gateway_id
         row = await conn.fetchrow(_READ)
         leader, epoch = (str(row["gateway_id"]), int(row["epoch"])) if row else (None, 0)
-        want, new = wants_lead(view), False
+        self._sessions = frozenset(r["application_name"] for r in await conn.fetch(_CANDIDATES))
+        want, new = wants_lead(view, self._sessions), False
         if want and not self._held:
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_ID):
                 self._held = True
@@ -183,7 +217,7 @@ class LeaderLease:
             await conn.fetchval("SELECT pg_advisory_unlock($1)", LEADER_LOCK_ID)
             self._held = False
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, "released")
-            log.info("lease_released", epoch=epoch, leader=elect_leader(view))
+            log.info("lease_released", epoch=epoch, leader=lease_leader(view, self._sessions))
         elif self._held:
             floor = view.lease.floor if view.lease is not None else 0
             if leader != me or floor >= epoch:  # a fence holds an epoch as new as ours
