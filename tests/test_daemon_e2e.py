@@ -86,7 +86,8 @@ async def test_fleet_story_end_to_end(
         # Backend postgres: the leader lease decides (issue 15). The SSH peers run no
         # clawd (no lease session in the database), so gw-a, the one instance that can
         # take the lease, leads although gw-b's lead 1 beats its 5.
-        await daemon.wait_incident("gw-a", "leader_change", 5)
+        # (After the grace a peer without a lease session gets: 5 s.)
+        await daemon.wait_incident("gw-a", "leader_change", 15)
         # fleet.json follows the incident on the keeper's next write: bounded wait.
         for _ in range(100):
             if json.loads((home / "fleet.json").read_text())["leader"] == "gw-a":

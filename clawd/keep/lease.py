@@ -38,6 +38,9 @@ CHANNEL = "clawd_leader"
 APPLICATION_NAME = "clawd-lease"
 CLOSE_TIMEOUT_S = 5.0
 MAX_ROUNDS = 8  # per interval, at most
+# A peer with no lease session is passed over after this long (its daemon may be starting).
+GRACE_INTERVALS = 3
+GRACE_MIN_S = 5.0
 
 _READ = "SELECT gateway_id, epoch FROM fleet_leader WHERE id = 1"
 _RENEW = "UPDATE fleet_leader SET renewed_at = now() WHERE id = 1 AND gateway_id = $1"
@@ -69,20 +72,19 @@ def session_name(gateway_id: str) -> str:
     return f"{APPLICATION_NAME} {gateway_id}".encode()[:63].decode(errors="ignore")
 
 
-def lease_leader(view: FleetView, sessions: frozenset[str] | None = None) -> str | None:
+def lease_leader(view: FleetView, able: frozenset[str] | None = None) -> str | None:
     """The election's rule among the instances that could take the lease: this one and
-    the online verified peers with a lease session open (`sessions`: their
-    application_names; None: every peer). A peer that does not run clawd, or cannot reach
-    the database, cannot hold the lease: waiting for it would leave the fleet leaderless."""
-    if sessions is not None:
-        peers = {g: r for g, r in view.peers.items() if session_name(g) in sessions}
-        view = dataclasses.replace(view, peers=peers)
+    the online verified peers in `able` (None: every peer). A peer that does not run clawd,
+    or cannot reach the database, cannot hold the lease: waiting for it would leave the
+    fleet leaderless."""
+    if able is not None:
+        view = dataclasses.replace(view, peers={g: r for g, r in view.peers.items() if g in able})
     return elect_leader(view)
 
 
-def wants_lead(view: FleetView, sessions: frozenset[str] | None = None) -> bool:
+def wants_lead(view: FleetView, able: frozenset[str] | None = None) -> bool:
     """Would this instance elect itself (once the start-up wait is over)?"""
-    return view.settle is None and lease_leader(view, sessions) == view.me.gateway_id
+    return view.settle is None and lease_leader(view, able) == view.me.gateway_id
 
 
 class LeaderLease:
@@ -108,7 +110,10 @@ class LeaderLease:
         self._down = False  # the last connect failed (logged once until one succeeds)
         self._reported: tuple[str | None, int, bool] | None = None
         self._schema_missing = False
-        self._sessions: frozenset[str] = frozenset()  # lease sessions seen at the last round
+        # Peers that could take the lease (a lease session open, or not missed for long),
+        # and since when each has had none (time.monotonic()).
+        self._able: frozenset[str] = frozenset()
+        self._absent: dict[str, float] = {}
 
     @property
     def held(self) -> bool:
@@ -124,7 +129,7 @@ class LeaderLease:
     def update_view(self, view: FleetView) -> None:
         """A new view: act now if it changes whether we should hold the lease (the leader
         went offline, a better one came up), not at the next interval."""
-        if self._active and wants_lead(view, self._sessions) != self._held:
+        if self._active and wants_lead(view, self._able) != self._held:
             self._wake.set()
 
     def stop(self) -> None:
@@ -206,8 +211,9 @@ class LeaderLease:
         me = view.me.gateway_id
         row = await conn.fetchrow(_READ)
         leader, epoch = (str(row["gateway_id"]), int(row["epoch"])) if row else (None, 0)
-        self._sessions = frozenset(r["application_name"] for r in await conn.fetch(_CANDIDATES))
-        want, new = wants_lead(view, self._sessions), False
+        sessions = {str(r["application_name"]) for r in await conn.fetch(_CANDIDATES)}
+        self._able = self._could_lead(view, sessions)
+        want, new = wants_lead(view, self._able), False
         if want and not self._held:
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_ID):
                 self._held = True
@@ -217,7 +223,7 @@ class LeaderLease:
             await conn.fetchval("SELECT pg_advisory_unlock($1)", LEADER_LOCK_ID)
             self._held = False
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, "released")
-            log.info("lease_released", epoch=epoch, leader=lease_leader(view, self._sessions))
+            log.info("lease_released", epoch=epoch, leader=lease_leader(view, self._able))
         elif self._held:
             floor = view.lease.floor if view.lease is not None else 0
             if leader != me or floor >= epoch:  # a fence holds an epoch as new as ours
@@ -225,6 +231,22 @@ class LeaderLease:
             else:
                 await conn.execute(_RENEW, me)
         self._report(leader, epoch, new)
+
+    def _could_lead(self, view: FleetView, sessions: set[str]) -> frozenset[str]:
+        """The peers with a lease session, and those without one for less than the grace
+        (a daemon still starting, a session reconnecting): not passed over at once."""
+        now, grace = time.monotonic(), max(GRACE_INTERVALS * self.interval, GRACE_MIN_S)
+        for gid in list(self._absent):
+            if gid not in view.peers:
+                del self._absent[gid]
+        able = set()
+        for gid in view.peers:
+            if session_name(gid) in sessions:
+                self._absent.pop(gid, None)
+                able.add(gid)
+            elif now - self._absent.setdefault(gid, now) < grace:
+                able.add(gid)
+        return frozenset(able)
 
     async def _take(
         self, conn: asyncpg.Connection, view: FleetView, leader: str | None, epoch: int
