@@ -112,6 +112,19 @@ class EpochSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseSeen:
+    """The leader lease in PostgreSQL (backend postgres): its leader and epoch decide the
+    view's, whoever this instance would elect itself (keep/lease.py reads and takes it)."""
+
+    at: datetime
+    leader: str | None  # the lease row's gateway id; None: no row yet
+    epoch: int
+    held: bool  # this instance holds the leader lock (only then may it act as leader)
+    new: bool = False  # this instance just took `epoch`: the one leader_change to record
+    active: bool = True  # False: the backend is json again; the view's own election runs
+
+
+@dataclass(frozen=True, slots=True)
 class SelfChanged:
     """This instance's own identity changed (a live edit of `instance.*`)."""
 
@@ -149,6 +162,7 @@ Observation = (
     | ProbeResult
     | SelfHealth
     | EpochSeen
+    | LeaseSeen
     | SelfChanged
     | Started
     | Tick

@@ -37,10 +37,11 @@ from clawd.daemon.status import StatusAnswer
 from clawd.decide.from_settings import guard_settings, static_peers, thresholds
 from clawd.decide.guard import SelfHealthGuard
 from clawd.decide.reconciler import Reconciler
-from clawd.decide.view import FleetView, initial_view
+from clawd.decide.view import FleetView, Lease, initial_view
 from clawd.keep.history.rollup import RollupMaintainer
 from clawd.keep.incidents import IncidentRecorder
 from clawd.keep.keeper import FleetKeeper, KeeperHooks
+from clawd.keep.lease import LeaderLease
 from clawd.keep.retention.connect import dedicated_connection
 from clawd.keep.retention.dbjob import LeaderDb
 from clawd.keep.retention.pruner import RetentionPruner
@@ -93,7 +94,7 @@ class _ViewFollowers:
         status: Callable[[FleetView], str],
         pinger: Pinger,
         guard: SelfHealthGuard,
-        leader_work: tuple[Recoverer, ConfigDistributor],
+        leader_work: tuple[Recoverer | ConfigDistributor | LeaderLease, ...],
     ) -> None:
         self.live, self.notifier, self.status = live, notifier, status
         self.pinger, self.guard, self.leader_work = pinger, guard, leader_work
@@ -129,6 +130,8 @@ async def assemble(
     snap = loaded.snapshot
     me = repo.me
     view = initial_view(me, snap.instances, snap.peers, snap.leader)
+    if s.backend == "postgres":  # the leader lease decides leader and epoch
+        view = dataclasses.replace(view, lease=Lease())
     loop_monitor = LoopMonitor()
     recorder = IncidentRecorder(repo, JournalSender.if_attached())
     guard = SelfHealthGuard(guard_settings(s))
@@ -180,6 +183,7 @@ async def assemble(
     )
     for instance in static_peers(s):
         keeper.emit(PeerConfigured(instance, utcnow()))
+    lease = LeaderLease(s, lambda: keeper.view, keeper.emit)
     metrics = FleetMetrics(
         DaemonSource(
             view=lambda: keeper.view,
@@ -205,7 +209,7 @@ async def assemble(
     keeper.hooks = dataclasses.replace(
         keeper.hooks,
         on_change=_ViewFollowers(
-            live, notifier, status.text, pinger, guard, (recoverer, distributor)
+            live, notifier, status.text, pinger, guard, (recoverer, distributor, lease)
         ),
     )
     skills = SkillSyncer(s, repo, recorder)
@@ -247,6 +251,7 @@ async def assemble(
         *discovery,
         ConfigWatcher(config_path, lambda: reload("file")),
         control,
+        lease,  # before the leader work: it decides who may act
         backups,  # at stop a running pg_dump is killed, its partial removed
         recoverer,
         distributor,

@@ -65,6 +65,10 @@ class StatusAnswer:
             "pinger": self.pinger.counters(),
             "observations": self.keeper.observations,
             "epoch": view.epoch,
+            # Backend postgres: the lease row as last read, and whether we hold its lock.
+            "lease": None
+            if view.lease is None
+            else {"leader": view.lease.leader, "epoch": view.lease.epoch, "held": view.lease.held},
             "doubting": view.doubting,
             "partition": sorted(view.partition.members) if view.partition else None,
             "detector": t.detector.kind,

@@ -21,7 +21,8 @@ through the documented rule table. Around that:
   raises the epoch (a Lamport clock, also raised past any higher epoch a peer's fence
   holds) that fences a stale leader's actions off on the peers. At start the election
   waits for the known peers' first ping results (bounded), then runs once against the
-  stored leader; a live edit of this instance's lead number re-runs it at once.
+  stored leader; a live edit of this instance's lead number re-runs it at once. With
+  backend postgres the leader lease decides leader and epoch instead (decide/lease.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 from clawd.core.model import EventType, Incident, Instance, PeerState, PeerStatus
 from clawd.core.observations import (
     EpochSeen,
+    LeaseSeen,
     MdnsGone,
     MdnsSeen,
     Observation,
@@ -52,6 +54,7 @@ from clawd.decide.accrual import record_heartbeat
 from clawd.decide.election import elect, epoch_seen
 from clawd.decide.flap import flapping_now, percent_state_change, remember
 from clawd.decide.forget import forget
+from clawd.decide.lease import lease_seen
 from clawd.decide.proof import apply_proof, hint_lead_differs, merge_identity
 from clawd.decide.rules import Probes, decide
 from clawd.decide.suspicion import Suspicion, suspicion
@@ -90,6 +93,8 @@ class Reconciler:
                 decision.view = dataclasses.replace(view, doubting=obs.doubting)
         elif isinstance(obs, EpochSeen):
             epoch_seen(decision, obs, now)
+        elif isinstance(obs, LeaseSeen):
+            lease_seen(decision, obs, now)
         elif isinstance(obs, SelfChanged):
             self._on_self(decision, obs)
         elif isinstance(obs, Started):

@@ -104,6 +104,18 @@ class Partition:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """Leadership decided through PostgreSQL: the lease row as last read, and whether this
+    instance holds the lock. `floor`: the highest epoch a peer's fence refused us with (the
+    holder then takes an epoch past it)."""
+
+    leader: str | None = None
+    epoch: int = 0
+    held: bool = False
+    floor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class FleetView:
     me: Instance
     peers: Mapping[str, PeerRecord] = field(default_factory=dict)
@@ -114,6 +126,8 @@ class FleetView:
     doubting: bool = False
     partition: Partition | None = None
     settle: Settle | None = None  # set while the start-up election waits
+    # Set with backend postgres: the lease decides leader and epoch (decide/lease.py).
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True, slots=True)
