@@ -47,7 +47,11 @@ pytestmark = [
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, pg: BasePg, specs: Sequence[MachineSpec]) -> AsyncIterator[Fleet]:
-    async with Fleet(tmp_path / "fleet", pg, specs, timings=TIMINGS) as fleet:
+    # The lease is opt-in (storage.leaderLease) until the fleet-wide record is complete.
+    lease_on = {"storage": {"flushIntervalSeconds": 0.1, "leaderLease": True}}
+    async with Fleet(
+        tmp_path / "fleet", pg, specs, timings=TIMINGS, extra_config=lease_on
+    ) as fleet:
         try:
             yield fleet
         finally:

@@ -292,6 +292,9 @@ class StorageSettings(Section):
     queue_max_rows: int = Field(default=200_000, ge=1000)
     # A peer file is rewritten at once on a status change, otherwise at most this often.
     peer_file_interval_seconds: float = Field(default=60.0, ge=0, le=3600)
+    # With backend postgres: leader and epoch from a lease in the shared database
+    # (clawd/keep/lease.py). Off until the fleet-wide record (issue 15) is complete.
+    leader_lease: bool = False
 
 
 class LogSettings(Section):

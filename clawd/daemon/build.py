@@ -41,7 +41,7 @@ from clawd.decide.view import FleetView, Lease, initial_view
 from clawd.keep.history.rollup import RollupMaintainer
 from clawd.keep.incidents import IncidentRecorder
 from clawd.keep.keeper import FleetKeeper, KeeperHooks
-from clawd.keep.lease import LeaderLease
+from clawd.keep.lease import LeaderLease, lease_on
 from clawd.keep.retention.connect import dedicated_connection
 from clawd.keep.retention.dbjob import LeaderDb
 from clawd.keep.retention.pruner import RetentionPruner
@@ -130,7 +130,7 @@ async def assemble(
     snap = loaded.snapshot
     me = repo.me
     view = initial_view(me, snap.instances, snap.peers, snap.leader)
-    if s.backend == "postgres":  # the leader lease decides leader and epoch
+    if lease_on(s):  # the leader lease decides leader and epoch
         view = dataclasses.replace(view, lease=Lease())
     loop_monitor = LoopMonitor()
     recorder = IncidentRecorder(repo, JournalSender.if_attached())

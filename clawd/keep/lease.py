@@ -67,6 +67,11 @@ _CANDIDATES = (
 )
 
 
+def lease_on(settings: Settings) -> bool:
+    """Does the lease decide leader and epoch (backend postgres, `storage.leaderLease`)?"""
+    return settings.backend == "postgres" and settings.storage.leader_lease
+
+
 def session_name(gateway_id: str) -> str:
     """The lease session's application_name (PostgreSQL keeps 63 bytes of it)."""
     return f"{APPLICATION_NAME} {gateway_id}".encode()[:63].decode(errors="ignore")
@@ -138,7 +143,7 @@ class LeaderLease:
 
     async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
         self.settings = settings
-        if changed & {"backend", "postgres"}:
+        if changed & {"backend", "postgres", "storage"}:
             self._reconnect = True
             self._wake.set()
 
@@ -164,7 +169,7 @@ class LeaderLease:
         if self._reconnect:
             self._reconnect = False
             await self._close()
-        if self.settings.backend != "postgres":
+        if not lease_on(self.settings):
             if self._active:  # back to JSON: the view's own election decides again
                 self._active = False
                 self._reported = None
