@@ -33,6 +33,7 @@ from typing import Any
 from clawd.core.model import EventType, Incident, Instance, PeerState, PeerStatus
 from clawd.core.observations import (
     EpochSeen,
+    MdnsFresh,
     MdnsGone,
     MdnsSeen,
     Observation,
@@ -52,6 +53,7 @@ from clawd.decide.accrual import record_heartbeat
 from clawd.decide.election import elect, epoch_seen
 from clawd.decide.flap import flapping_now, percent_state_change, remember
 from clawd.decide.forget import forget
+from clawd.decide.mdns_fresh import ask, take_answer
 from clawd.decide.proof import apply_proof, hint_lead_differs, merge_identity
 from clawd.decide.rules import Probes, decide
 from clawd.decide.suspicion import Suspicion, suspicion
@@ -83,6 +85,9 @@ class Reconciler:
             self._on_announce(decision, obs.instance, False, now, static=True)
         elif isinstance(obs, MdnsGone):
             self._on_mdns_gone(decision, obs, now)
+        elif isinstance(obs, MdnsFresh):
+            if take_answer(decision, obs):
+                self._redecide(decision, obs.gateway_id, now)
         elif isinstance(obs, ProbeResult):
             self._on_probe(decision, obs, now)
         elif isinstance(obs, SelfHealth):
@@ -142,6 +147,7 @@ class Reconciler:
                 probes_at=None,
                 reachable_by=(),
                 unreachable_reported=False,
+                mdns_answered_at=None,  # a new failure streak asks afresh
             )
         else:
             state = dataclasses.replace(
@@ -159,6 +165,7 @@ class Reconciler:
                 ok_streak=0,
                 failing_since=record.failing_since or obs.at,
             )
+            ask(d, record)
         if obs.success:
             record = apply_proof(d, record, obs.proof)
         hold = record.partition_hold_until
@@ -372,7 +379,7 @@ class Reconciler:
 
     def _redecide(self, d: Decision, gid: str, now: datetime) -> None:
         record = d.view.peers[gid]
-        new, rule = decide(evidence(d.view, record, self.t))
+        new, rule = decide(evidence(d.view, record, self.t, now))
         if rule.name != record.rule:
             record = dataclasses.replace(record, rule=rule.name)
         transition(d, record, new, now)
