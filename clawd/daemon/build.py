@@ -198,7 +198,7 @@ async def assemble(
         membership = build_membership(me.gateway_id, live, keeper, ops_connector)
         finder = Discovery(me, s.discovery, membership.offer)
         # Whether a peer failing SSH still answers mDNS: fresh evidence, not the cache.
-        asker = MdnsAsker(s.ping, s.discovery, finder.service_names, keeper.emit)
+        asker = MdnsAsker(s.ping, s.discovery, finder, keeper.emit)
         discovery = [membership, finder, asker]
     status = StatusAnswer(
         keeper, backups, repo, pinger, loop_monitor, finder.announced if finder else None

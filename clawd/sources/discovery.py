@@ -158,6 +158,10 @@ class Discovery:
         """The service names (lower-cased) that announce this gateway id, as last resolved."""
         return tuple(sorted(k for k, peer in self._peers.items() if peer.gateway_id == gateway_id))
 
+    def zeroconf(self) -> Zeroconf | None:
+        """The running zeroconf (None before run() and after stop()), for mDNS queries."""
+        return self._aiozc.zeroconf if self._aiozc is not None else None
+
     def announced(self) -> dict[str, str] | None:
         """The instance name announced and the one wanted (they differ after a conflict)."""
         if self._registered is None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
+from zeroconf import Zeroconf
 
 from clawd.config.sections import DiscoverySettings, PingSettings
 from clawd.config.settings import Settings
@@ -30,6 +32,14 @@ ROUND_SLACK = 0.9  # rounds land on a tick grid: a round may come a little early
 FAILURE_LOG_SECONDS = 600.0  # the same send failure is logged at most this often
 
 
+class Announcements(Protocol):
+    """What Discovery knows: who announces a gateway id, and its running zeroconf."""
+
+    def service_names(self, gateway_id: str) -> tuple[str, ...]: ...
+
+    def zeroconf(self) -> Zeroconf | None: ...
+
+
 class MdnsAsker:
     """Component: `ask()` from the keeper; answers go to `emit` as `MdnsFresh`."""
 
@@ -39,10 +49,10 @@ class MdnsAsker:
         self,
         ping: PingSettings,
         discovery: DiscoverySettings,
-        names: Callable[[str], tuple[str, ...]],
+        announcements: Announcements,
         emit: Callable[[Observation], None],
     ) -> None:
-        self._names = names
+        self._announcements = announcements
         self._emit = emit
         self._configure(ping, discovery)
         self._tg: asyncio.TaskGroup | None = None
@@ -83,7 +93,7 @@ class MdnsAsker:
         tg, gid = self._tg, query.gateway_id
         if tg is None or gid in self._asking:
             return
-        names = self._names(gid)
+        names = self._announcements.service_names(gid)
         if not names:  # its record went away: nobody announces it
             self._emit(MdnsFresh(gid, utcnow(), answered=False))
             return
@@ -95,7 +105,13 @@ class MdnsAsker:
         try:
             self.queries += 1
             try:
-                answered = await instance_answers(names, query.ip, self._interfaces, self._wait)
+                answered = await instance_answers(
+                    names,
+                    query.ip,
+                    self._interfaces,
+                    self._wait,
+                    self._announcements.zeroconf(),
+                )
             except OSError as exc:
                 if self._failures.fresh(str(exc), started):
                     log.warning("mdns_query_failed", gateway=gid, error=str(exc))

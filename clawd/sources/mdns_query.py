@@ -1,10 +1,13 @@
 """One mDNS question for a peer's own instance, answered by the peer itself or not at all.
 
 It is a "legacy unicast" query (RFC 6762 section 6.7): sent to the mDNS group from a port
-of its own, not 5353, so the responder that holds the record answers straight back to this
-socket, at once. No cache answers it (ours, or another host's), and neither known-answer
-suppression nor the one-multicast-per-second limit (RFC 6762 sections 7.1 and 6) can hold
-the answer back: an answer means the peer's announcer is running now.
+of its own, not 5353, with no known answers. No cache answers it (ours, or another
+host's): only the responder that holds the record does, twice -- straight back to this
+socket, at once, and by multicast to the group (python-zeroconf answers both ways). The
+multicast copy reaches clawd's own zeroconf even where a host firewall admits only UDP
+5353 and drops the unicast reply; it is held back only when the record went out less than
+a second ago (RFC 6762 section 6), which the unicast reply is not. Either one, carrying
+the instance's SRV record, means the peer's announcer is running now.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ import asyncio
 import ipaddress
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-# zeroconf's package exports these for its users (kept "for backwards compat"), outside
-# its __all__: the attr-defined ignore is only mypy's re-export check; the types are checked.
+# zeroconf's package exports the DNS* classes for its users ("for backwards compat"), outside
+# its __all__: the attr-defined ignore is only mypy's re-export check; types are checked.
 from zeroconf import (  # type: ignore[attr-defined]
     DNSAddress,
     DNSIncoming,
     DNSOutgoing,
     DNSQuestion,
     DNSService,
+    RecordUpdate,
+    RecordUpdateListener,
+    Zeroconf,
 )
 
 MDNS_PORT = 5353
@@ -43,15 +49,14 @@ def query_packet(names: Sequence[str], query_id: int) -> bytes:
     return packet
 
 
-def names_instance(data: bytes, query_id: int, names: Sequence[str], ip: str | None) -> bool:
-    """Is this packet the answer to our query: the SRV of one of `names`, and when it says
-    where that instance lives, the address we ping?"""
-    msg = DNSIncoming(data)
-    if not msg.valid or msg.id != query_id or not msg.is_response():
-        return False
+def names_instance(records: Iterable[object], names: Sequence[str], ip: str | None) -> bool:
+    """Do these records answer for one of `names` (its SRV, not a goodbye), and when they
+    say where that instance lives, at the address we ping?"""
     wanted = {name.lower() for name in names}
-    records = msg.answers()
-    servers = {r.server_key for r in records if isinstance(r, DNSService) and r.key in wanted}
+    records = list(records)
+    servers = {
+        r.server_key for r in records if isinstance(r, DNSService) and r.key in wanted and r.ttl > 0
+    }
     if not servers:
         return False
     addresses = [r.address for r in records if isinstance(r, DNSAddress) and r.key in servers]
@@ -64,24 +69,47 @@ def names_instance(data: bytes, query_id: int, names: Sequence[str], ip: str | N
     return packed in addresses
 
 
+def is_answer(data: bytes, query_id: int, names: Sequence[str], ip: str | None) -> bool:
+    """Is this packet the reply to our query (RFC 6762 6.7: it echoes the query's id)?"""
+    msg = DNSIncoming(data)
+    if not msg.valid or msg.id != query_id or not msg.is_response():
+        return False
+    return names_instance(msg.answers(), names, ip)
+
+
 class _Replies(asyncio.DatagramProtocol):
-    def __init__(self, check: _Check, done: asyncio.Future[bool]) -> None:
-        self._check, self._done = check, done
+    """The unicast replies to our own socket."""
+
+    def __init__(
+        self, query_id: int, names: Sequence[str], ip: str | None, done: asyncio.Future[bool]
+    ) -> None:
+        self._query = (query_id, names, ip)
+        self._done = done
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if not self._done.done() and self._check(data):
+        if not self._done.done() and is_answer(data, *self._query):
             self._done.set_result(True)
 
     def error_received(self, exc: Exception) -> None:
-        pass  # an ICMP error for one send: the timeout decides
+        pass  # an ICMP error for one send: the wait decides
 
 
-class _Check:
-    def __init__(self, query_id: int, names: Sequence[str], ip: str | None) -> None:
-        self.query_id, self.names, self.ip = query_id, names, ip
+class _Heard(RecordUpdateListener):
+    """The multicast answers, as clawd's own zeroconf receives them: each record as it
+    arrives (one the cache holds already, too: it is being said now)."""
 
-    def __call__(self, data: bytes) -> bool:
-        return names_instance(data, self.query_id, self.names, self.ip)
+    def __init__(self, names: Sequence[str], ip: str | None, done: asyncio.Future[bool]) -> None:
+        super().__init__()
+        self._names, self._ip, self._done = names, ip, done
+
+    def async_update_records(self, zc: Zeroconf, now: float, records: list[RecordUpdate]) -> None:
+        if not self._done.done() and names_instance(
+            (u.new for u in records), self._names, self._ip
+        ):
+            self._done.set_result(True)
+
+    def async_update_records_complete(self) -> None:
+        pass
 
 
 async def sources_for(ip: str | None, interfaces: Sequence[str] | None) -> list[str | None]:
@@ -147,25 +175,29 @@ async def instance_answers(
     ip: str | None,
     interfaces: Sequence[str] | None,
     wait_seconds: float,
+    zc: Zeroconf | None = None,
 ) -> bool:
     """Does the peer answer a query for its own instance (`names`) within `wait_seconds`?
+    `zc`: clawd's running zeroconf, which hears the multicast copy of the answer.
 
     OSError when no query could be sent at all (no usable interface, the network is down).
     """
     sources = await sources_for(ip, interfaces)
-    query_id = secrets.randbelow(0xFFFF) + 1  # an answer must echo it (RFC 6762 6.7)
+    query_id = secrets.randbelow(0xFFFF) + 1
     packet = query_packet(names, query_id)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[bool] = loop.create_future()
-    check = _Check(query_id, names, ip)
+    heard = _Heard(names, ip, done) if zc is not None else None
     transports: list[asyncio.DatagramTransport] = []
     failure: OSError | None = None
     try:
+        if zc is not None and heard is not None:
+            zc.async_add_listener(heard, None)  # None: no replay of what the cache holds
         for source in sources:
             v6 = _version(source or ip) == 6
             try:
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _Replies(check, done), sock=_socket(source, v6)
+                    lambda: _Replies(query_id, names, ip, done), sock=_socket(source, v6)
                 )
                 transports.append(transport)
                 transport.sendto(packet, (GROUP_V6 if v6 else GROUP_V4, MDNS_PORT))
@@ -181,3 +213,5 @@ async def instance_answers(
     finally:
         for transport in transports:
             transport.close()
+        if zc is not None and heard is not None:
+            zc.async_remove_listener(heard)
