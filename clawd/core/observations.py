@@ -182,10 +182,14 @@ class ProbeRequest:
     helpers: tuple[str, ...]
 
 
+MDNS_QUERY_WAIT_SECONDS = 1.0  # the longest an `MdnsQuery` waits: a live announcer answers in ms
+
+
 @dataclass(frozen=True, slots=True)
 class MdnsQuery:
     """Ask whether this peer still answers for its own mDNS instance (its SSH fails); the
-    answer comes back as an `MdnsFresh`. `ip`: the address the answer must name."""
+    answer comes back as an `MdnsFresh` within `MDNS_QUERY_WAIT_SECONDS` (at most half the
+    ping interval). `ip`: the address the answer must name."""
 
     gateway_id: str
     ip: str | None

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from clawd.config.settings import Settings
 from clawd.core.model import Instance
+from clawd.core.observations import MDNS_QUERY_WAIT_SECONDS
 from clawd.decide.guard import GuardSettings
 from clawd.decide.suspicion import DetectorSettings
 from clawd.decide.view import Thresholds
@@ -16,7 +17,6 @@ from clawd.decide.view import Thresholds
 # the answers): with discovery on, the start-up election waits this long at least for
 # peers the store does not know yet.
 DISCOVERY_SETTLE_SECONDS = 3.0
-MDNS_QUERY_WAIT_SECONDS = 1.0  # the longest an mDNS query waits (clawd/sources/mdns_ask.py)
 
 
 def thresholds(settings: Settings) -> Thresholds:

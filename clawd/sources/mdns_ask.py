@@ -21,13 +21,12 @@ from zeroconf import Zeroconf
 from clawd.config.sections import DiscoverySettings, PingSettings
 from clawd.config.settings import Settings
 from clawd.core.model import utcnow
-from clawd.core.observations import MdnsFresh, MdnsQuery, Observation
+from clawd.core.observations import MDNS_QUERY_WAIT_SECONDS, MdnsFresh, MdnsQuery, Observation
 from clawd.core.ratelog import LogLimiter
 from clawd.sources.mdns_query import instance_answers
 
 log = structlog.get_logger("clawd.sources.mdns_ask")
 
-MAX_WAIT_SECONDS = 1.0  # a live announcer answers within milliseconds
 ROUND_SLACK = 0.9  # rounds land on a tick grid: a round may come a little early
 FAILURE_LOG_SECONDS = 600.0  # the same send failure is logged at most this often
 
@@ -63,7 +62,7 @@ class MdnsAsker:
         self.queries = 0  # queries sent (for tests and benchmarks)
 
     def _configure(self, ping: PingSettings, discovery: DiscoverySettings) -> None:
-        self._wait = min(MAX_WAIT_SECONDS, ping.interval_seconds / 2)
+        self._wait = min(MDNS_QUERY_WAIT_SECONDS, ping.interval_seconds / 2)
         self._round = ping.interval_seconds * (1 - ping.jitter_fraction) * ROUND_SLACK
         self._interfaces = discovery.interfaces
 
