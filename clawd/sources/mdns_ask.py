@@ -111,7 +111,7 @@ class MdnsAsker:
                     self._wait,
                     self._announcements.zeroconf(),
                 )
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # no interface to ask from, a bad scope
                 if self._failures.fresh(str(exc), started):
                     log.warning("mdns_query_failed", gateway=gid, error=str(exc))
                 answered = False
