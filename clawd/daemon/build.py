@@ -56,6 +56,7 @@ from clawd.serve.notify import Notifier, Watchdog
 from clawd.sources.discovery import Discovery
 from clawd.sources.indirect import IndirectProber
 from clawd.sources.loopmon import LoopMonitor
+from clawd.sources.mdns_ask import MdnsAsker
 from clawd.sources.ping_peer import PingTarget
 from clawd.sources.pinger import Pinger
 from clawd.sources.ssh_client import Connector
@@ -195,11 +196,14 @@ async def assemble(
     recorder.listeners.append(metrics.count_incident)
     discovery: list[Component] = []
     finder: Discovery | None = None
+    asker: MdnsAsker | None = None
     if s.discovery.enabled:
         # Announcements reach the keeper through membership: only once proven over SSH.
         membership = build_membership(me.gateway_id, live, keeper, ops_connector)
         finder = Discovery(me, s.discovery, membership.offer)
-        discovery = [membership, finder]
+        # Whether a peer failing SSH still answers mDNS: fresh evidence, not the cache.
+        asker = MdnsAsker(s.ping, s.discovery, finder, keeper.emit)
+        discovery = [membership, finder, asker]
     status = StatusAnswer(
         keeper, backups, repo, pinger, loop_monitor, finder.announced if finder else None
     )
@@ -211,6 +215,7 @@ async def assemble(
         on_change=_ViewFollowers(
             live, notifier, status.text, pinger, guard, (recoverer, distributor, lease)
         ),
+        on_mdns_query=asker.ask if asker else None,
     )
     skills = SkillSyncer(s, repo, recorder)
 
