@@ -43,7 +43,7 @@ PEERS = (  # name, address, lead number (lower leads; clawd itself has SELF_LEAD
 SELF_ID = "clawd"
 SELF_LEAD = 100  # above every peer: clawd never leads, so it never reinstalls or pushes
 MISSED = 3
-MDNS_GRACE = MISSED + 1  # a cached mDNS record keeps a silent peer unresponsive this long
+MDNS_GRACE = MISSED + 1  # its mDNS answers keep a peer with SSH down unresponsive this long
 DB_USER = "claw"
 DB_NAME = "claw_clan"
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
@@ -308,7 +308,9 @@ class Demo:
         for name, *_ in PEERS:
             status = self.peer_status(name)
             if status == "unresponsive" and self.statuses.get(name) != status:
-                self.screen.say(f"  · {name} unresponsive: SSH refused, still in mDNS caches")
+                self.screen.say(
+                    f"  · {name} unresponsive: SSH refused, its mDNS announcer still answers"
+                )
             if status is not None:
                 self.statuses[name] = status
 

@@ -11,6 +11,7 @@ from clawd.config.settings import Settings
 from clawd.core.model import EventType, Instance, PeerStatus
 from clawd.core.observations import (
     EpochSeen,
+    MdnsFresh,
     MdnsGone,
     MdnsSeen,
     Observation,
@@ -124,7 +125,8 @@ def test_mdns_withdrawn_while_ssh_fails_is_offline_at_once() -> None:
     fleet.feed(verified_seen(Instance("gw-b", "b", 10, "127.0.9.9"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     fleet.ping("gw-b", 2, ok=False)
-    assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE  # still announced
+    fleet.feed(MdnsFresh("gw-b", at(2.01), answered=True))
+    assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE  # its announcer still answers
     fleet.feed(MdnsGone("gw-b", at(3)))
     assert fleet.status("gw-b") is PeerStatus.OFFLINE
     assert fleet.view.peers["gw-b"].rule == "mdns-gone"
@@ -138,6 +140,7 @@ def test_mdns_withdrawn_while_ssh_answers_stays_online() -> None:
     assert fleet.status("gw-b") is PeerStatus.ONLINE  # the machine answers; only the announcer left
     fleet.feed(MdnsSeen(Instance("gw-b", "b", 10, "127.0.9.9"), at(3)))
     fleet.ping("gw-b", 4, ok=False)
+    fleet.feed(MdnsFresh("gw-b", at(4.01), answered=True))
     assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE
     assert fleet.view.peers["gw-b"].rule == "mdns-present"
 
@@ -424,7 +427,7 @@ def test_why_names_the_rule_and_the_evidence() -> None:
     fleet.ping("gw-00", 2, ok=False, tcp=True)
     record = find_peer(fleet.view, "peer-0")
     assert record is not None
-    detail = explain(fleet.view, record, fleet.reconciler.t)
+    detail = explain(fleet.view, record, fleet.reconciler.t, at(2))
     assert detail["status"] == "unresponsive"
     assert detail["rule"] == "tcp-answers"
     assert detail["evidence"]["tcp_reachable"] is True

@@ -8,6 +8,7 @@ import pytest
 
 from clawd.core.model import EventType, Instance, PeerState, PeerStatus
 from clawd.core.observations import (
+    MdnsFresh,
     MdnsGone,
     MdnsSeen,
     Observation,
@@ -71,6 +72,10 @@ class Fleet:
         return self.feed(
             PingResult(gid, at(t), ok, 3 if ok else None, tcp_reachable=tcp, proof=proof)
         )
+
+    def answered(self, gid: str, t: float, answered: bool = True) -> Decision:
+        """The peer's announcer answered (or not) the mDNS query after a failed ping."""
+        return self.feed(MdnsFresh(gid, at(t), answered))
 
     def status(self, gid: str) -> PeerStatus:
         return self.view.peers[gid].state.status
@@ -152,12 +157,13 @@ def test_ssh_failing_while_tcp_answers_is_unresponsive_not_offline() -> None:
     assert fleet.notes().count("peer_unresponsive") == 1
 
 
-def test_mdns_presence_keeps_a_silent_peer_unresponsive_until_it_goes() -> None:
+def test_mdns_answers_keep_a_silent_peer_unresponsive_until_it_goes() -> None:
     fleet = Fleet()
     fleet.feed(verified_seen(peer("gw-b"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     for t in (2, 3, 4, 5):
         fleet.ping("gw-b", t, ok=False)
+        fleet.answered("gw-b", t + 0.01)  # its announcer answers each round's query
     assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE
     fleet.feed(MdnsGone("gw-b", at(6)))
     assert fleet.status("gw-b") is PeerStatus.OFFLINE
@@ -165,15 +171,16 @@ def test_mdns_presence_keeps_a_silent_peer_unresponsive_until_it_goes() -> None:
     assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE]
 
 
-def test_mdns_cache_alone_is_trusted_only_for_a_grace_period() -> None:
+def test_mdns_answers_alone_are_trusted_only_for_a_grace_period() -> None:
     fleet = Fleet(thresholds=Thresholds(detector=missed(3), mdns_grace_misses=6))
     fleet.feed(verified_seen(peer("gw-b"), at(0)))
     fleet.ping("gw-b", 1, ok=True)
     for t in range(2, 7):
         fleet.ping("gw-b", t, ok=False)
-    assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE  # 5 misses, still in mDNS
+        fleet.answered("gw-b", t + 0.01)
+    assert fleet.status("gw-b") is PeerStatus.UNRESPONSIVE  # 5 misses, still answering mDNS
     fleet.ping("gw-b", 7, ok=False)
-    assert fleet.status("gw-b") is PeerStatus.OFFLINE  # died without a goodbye
+    assert fleet.status("gw-b") is PeerStatus.OFFLINE  # however it answers: a bounded hint
     assert fleet.events("gw-b") == [EventType.ONLINE, EventType.OFFLINE]
 
 

@@ -146,7 +146,8 @@ class PingSettings(Section):
     timeout_seconds: float = Field(default=DEFAULT_PING_TIMEOUT, gt=0, le=600)
     jitter_fraction: float = Field(default=0.1, ge=0, le=0.5)
     offline_after_missed: int = Field(default=3, ge=1, le=1000)
-    # mDNS presence alone keeps a silent peer "unresponsive" for this many misses.
+    # The peer's own mDNS answers (asked while SSH fails; a cached record does not count)
+    # keep a silent peer "unresponsive" for at most this many misses: an answer is a hint.
     mdns_grace_misses: int = Field(default=10, ge=1, le=100_000)
     # Replaced by detection.flapHighPercent / flapLowPercent; accepted (and reported as
     # unused) so that an older config.json still starts the daemon.
@@ -292,6 +293,9 @@ class StorageSettings(Section):
     queue_max_rows: int = Field(default=200_000, ge=1000)
     # A peer file is rewritten at once on a status change, otherwise at most this often.
     peer_file_interval_seconds: float = Field(default=60.0, ge=0, le=3600)
+    # With backend postgres: leader and epoch from a lease in the shared database
+    # (clawd/keep/lease.py). Off until the fleet-wide record (issue 15) is complete.
+    leader_lease: bool = False
 
 
 class LogSettings(Section):

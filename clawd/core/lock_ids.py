@@ -11,5 +11,7 @@ MIGRATION_LOCK_ID = 0x636C6177
 PRUNE_LOCK_ID = 0x636C61777072756E
 # "clawroll": one hourly roller per database, even with two self-declared leaders.
 ROLLUP_LOCK_ID = 0x636C6177726F6C6C
+# "clawlead": the fleet leader's lease (backend postgres), held on a session of its own.
+LEADER_LOCK_ID = 0x636C61776C656164
 
-assert len({MIGRATION_LOCK_ID, PRUNE_LOCK_ID, ROLLUP_LOCK_ID}) == 3
+assert len({MIGRATION_LOCK_ID, PRUNE_LOCK_ID, ROLLUP_LOCK_ID, LEADER_LOCK_ID}) == 4

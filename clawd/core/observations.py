@@ -60,6 +60,20 @@ class MdnsGone:
 
 
 @dataclass(frozen=True, slots=True)
+class MdnsFresh:
+    """Whether the peer answered an mDNS query for its own instance just now.
+
+    Asked while its SSH fails (`MdnsQuery`): a record in the cache says only that the peer
+    announced itself once (it stays there for up to 75 minutes after a power-off); an
+    answer says its announcer is running now.
+    """
+
+    gateway_id: str
+    at: datetime
+    answered: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PeerConfigured:
     """A static peer from config.json (networks without multicast)."""
 
@@ -112,6 +126,19 @@ class EpochSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseSeen:
+    """The leader lease in PostgreSQL (backend postgres): its leader and epoch decide the
+    view's, whoever this instance would elect itself (keep/lease.py reads and takes it)."""
+
+    at: datetime
+    leader: str | None  # the lease row's gateway id; None: no row yet
+    epoch: int
+    held: bool  # this instance holds the leader lock (only then may it act as leader)
+    new: bool = False  # this instance just took `epoch`: the one leader_change to record
+    active: bool = True  # False: the backend is json again; the view's own election runs
+
+
+@dataclass(frozen=True, slots=True)
 class SelfChanged:
     """This instance's own identity changed (a live edit of `instance.*`)."""
 
@@ -145,10 +172,12 @@ Observation = (
     PingResult
     | MdnsSeen
     | MdnsGone
+    | MdnsFresh
     | PeerConfigured
     | ProbeResult
     | SelfHealth
     | EpochSeen
+    | LeaseSeen
     | SelfChanged
     | Started
     | Tick
@@ -165,3 +194,16 @@ class ProbeRequest:
     host: str
     port: int
     helpers: tuple[str, ...]
+
+
+MDNS_QUERY_WAIT_SECONDS = 1.0  # the longest an `MdnsQuery` waits: a live announcer answers in ms
+
+
+@dataclass(frozen=True, slots=True)
+class MdnsQuery:
+    """Ask whether this peer still answers for its own mDNS instance (its SSH fails); the
+    answer comes back as an `MdnsFresh` within `MDNS_QUERY_WAIT_SECONDS` (at most half the
+    ping interval). `ip`: the address the answer must name."""
+
+    gateway_id: str
+    ip: str | None

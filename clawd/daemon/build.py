@@ -37,10 +37,11 @@ from clawd.daemon.status import StatusAnswer
 from clawd.decide.from_settings import guard_settings, static_peers, thresholds
 from clawd.decide.guard import SelfHealthGuard
 from clawd.decide.reconciler import Reconciler
-from clawd.decide.view import FleetView, initial_view
+from clawd.decide.view import FleetView, Lease, initial_view
 from clawd.keep.history.rollup import RollupMaintainer
 from clawd.keep.incidents import IncidentRecorder
 from clawd.keep.keeper import FleetKeeper, KeeperHooks
+from clawd.keep.lease import LeaderLease, lease_on
 from clawd.keep.retention.connect import dedicated_connection
 from clawd.keep.retention.dbjob import LeaderDb
 from clawd.keep.retention.pruner import RetentionPruner
@@ -55,6 +56,7 @@ from clawd.serve.notify import Notifier, Watchdog
 from clawd.sources.discovery import Discovery
 from clawd.sources.indirect import IndirectProber
 from clawd.sources.loopmon import LoopMonitor
+from clawd.sources.mdns_ask import MdnsAsker
 from clawd.sources.ping_peer import PingTarget
 from clawd.sources.pinger import Pinger
 from clawd.sources.ssh_client import Connector
@@ -93,7 +95,7 @@ class _ViewFollowers:
         status: Callable[[FleetView], str],
         pinger: Pinger,
         guard: SelfHealthGuard,
-        leader_work: tuple[Recoverer, ConfigDistributor],
+        leader_work: tuple[Recoverer | ConfigDistributor | LeaderLease, ...],
     ) -> None:
         self.live, self.notifier, self.status = live, notifier, status
         self.pinger, self.guard, self.leader_work = pinger, guard, leader_work
@@ -129,6 +131,8 @@ async def assemble(
     snap = loaded.snapshot
     me = repo.me
     view = initial_view(me, snap.instances, snap.peers, snap.leader)
+    if lease_on(s):  # the leader lease decides leader and epoch
+        view = dataclasses.replace(view, lease=Lease())
     loop_monitor = LoopMonitor()
     recorder = IncidentRecorder(repo, JournalSender.if_attached())
     guard = SelfHealthGuard(guard_settings(s))
@@ -180,6 +184,7 @@ async def assemble(
     )
     for instance in static_peers(s):
         keeper.emit(PeerConfigured(instance, utcnow()))
+    lease = LeaderLease(s, lambda: keeper.view, keeper.emit)
     metrics = FleetMetrics(
         DaemonSource(
             view=lambda: keeper.view,
@@ -191,11 +196,14 @@ async def assemble(
     recorder.listeners.append(metrics.count_incident)
     discovery: list[Component] = []
     finder: Discovery | None = None
+    asker: MdnsAsker | None = None
     if s.discovery.enabled:
         # Announcements reach the keeper through membership: only once proven over SSH.
         membership = build_membership(me.gateway_id, live, keeper, ops_connector)
         finder = Discovery(me, s.discovery, membership.offer)
-        discovery = [membership, finder]
+        # Whether a peer failing SSH still answers mDNS: fresh evidence, not the cache.
+        asker = MdnsAsker(s.ping, s.discovery, finder, keeper.emit)
+        discovery = [membership, finder, asker]
     status = StatusAnswer(
         keeper, backups, repo, pinger, loop_monitor, finder.announced if finder else None
     )
@@ -205,8 +213,9 @@ async def assemble(
     keeper.hooks = dataclasses.replace(
         keeper.hooks,
         on_change=_ViewFollowers(
-            live, notifier, status.text, pinger, guard, (recoverer, distributor)
+            live, notifier, status.text, pinger, guard, (recoverer, distributor, lease)
         ),
+        on_mdns_query=asker.ask if asker else None,
     )
     skills = SkillSyncer(s, repo, recorder)
 
@@ -247,6 +256,7 @@ async def assemble(
         *discovery,
         ConfigWatcher(config_path, lambda: reload("file")),
         control,
+        lease,  # before the leader work: it decides who may act
         backups,  # at stop a running pg_dump is killed, its partial removed
         recoverer,
         distributor,

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from clawd.act.backup.manager import BackupManager
+from clawd.core.model import utcnow
 from clawd.decide.explain import explain, find_peer
 from clawd.decide.view import FleetView
 from clawd.keep.keeper import FleetKeeper, summary
@@ -44,7 +45,7 @@ class StatusAnswer:
             record = find_peer(view, str(wanted))
             if record is None:
                 return {"ok": False, "error": f"no peer with gateway id or name {wanted!r}"}
-            return {"ok": True, "why": explain(view, record, t)}
+            return {"ok": True, "why": explain(view, record, t, utcnow())}
         rows = peer_rows(
             {g: r.instance for g, r in view.peers.items()},
             {g: r.state for g, r in view.peers.items()},
@@ -65,6 +66,10 @@ class StatusAnswer:
             "pinger": self.pinger.counters(),
             "observations": self.keeper.observations,
             "epoch": view.epoch,
+            # Backend postgres: the lease row as last read, and whether we hold its lock.
+            "lease": None
+            if view.lease is None
+            else {"leader": view.lease.leader, "epoch": view.lease.epoch, "held": view.lease.held},
             "doubting": view.doubting,
             "partition": sorted(view.partition.members) if view.partition else None,
             "detector": t.detector.kind,

@@ -10,6 +10,7 @@ from datetime import datetime
 from clawd.core.model import EventType, Incident
 from clawd.core.observations import EpochSeen
 from clawd.decide.fencing import MAX_EPOCH_STEP
+from clawd.decide.lease import lease_epoch_seen
 from clawd.decide.view import Decision, elect_leader, settled
 
 
@@ -18,6 +19,8 @@ def elect(d: Decision, now: datetime) -> None:
         if not settled(d.view, now):
             return
         d.view = dataclasses.replace(d.view, settle=None)
+    if d.view.lease is not None:
+        return  # PostgreSQL decides: the lease's leader and epoch (decide/lease.py)
     leader = elect_leader(d.view)
     if leader == d.view.leader:
         return
@@ -35,6 +38,9 @@ def elect(d: Decision, now: datetime) -> None:
 
 def epoch_seen(d: Decision, obs: EpochSeen, now: datetime) -> None:
     view = d.view
+    if view.lease is not None:
+        lease_epoch_seen(d, obs)
+        return
     if obs.epoch < view.epoch:
         return
     # The leader loops refuse (and log) poisoned reports before they get here (see

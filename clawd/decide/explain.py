@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from clawd.core.text import printable
@@ -18,9 +19,10 @@ def find_peer(view: FleetView, wanted: str) -> PeerRecord | None:
     return named[0] if len(named) == 1 else None
 
 
-def explain(view: FleetView, record: PeerRecord, t: Thresholds) -> dict[str, Any]:
+def explain(view: FleetView, record: PeerRecord, t: Thresholds, now: datetime) -> dict[str, Any]:
     """Everything `--why` prints, as JSON-ready values."""
-    e = evidence(view, record, t)
+    e = evidence(view, record, t, now)
+    answered = record.mdns_answered_at
     rule = RULES_BY_NAME.get(record.rule)
     state = record.state
     return {
@@ -36,6 +38,9 @@ def explain(view: FleetView, record: PeerRecord, t: Thresholds) -> dict[str, Any
         "phiOffline": t.detector.phi_offline,
         "heartbeats": record.arrivals.learned,
         "evidence": e.as_dict(),
+        "mdnsAnsweredSecondsAgo": (
+            None if answered is None else round((now - answered).total_seconds(), 1)
+        ),
         "lastSeen": state.last_seen.isoformat() if state.last_seen else None,
         "installed": state.claw_clan_installed,
         "flapPercent": round(record.flap_percent, 1),
@@ -58,7 +63,7 @@ def render(detail: dict[str, Any]) -> str:
         f"  ssh       last ping {_ok(ev.get('last_ping_ok'))}, "
         f"{ev.get('missed')} missed in a row, {ev.get('ok_streak')} ok in a row",
         f"  tcp       port {'accepts connections' if ev.get('tcp_reachable') else 'no answer'}",
-        f"  mdns      {_mdns(ev)}",
+        f"  mdns      {_mdns(ev, detail.get('mdnsAnsweredSecondsAgo'))}",
         f"  probes    {ev.get('probes')}{_reached(detail)}",
         f"  fleet     {'partition' if ev.get('partitioned') else 'no partition'}; "
         f"{'doubting itself' if ev.get('doubting') else 'trusts itself'}",
@@ -81,9 +86,15 @@ def _ok(value: object) -> str:
     return "ok" if value else "failed"
 
 
-def _mdns(ev: dict[str, Any]) -> str:
+def _mdns(ev: dict[str, Any], answered_ago: object) -> str:
     if ev.get("mdns"):
-        return "announced"
+        return f"announced; answered a query for its instance {answered_ago} s ago"
     if ev.get("mdns_withdrawn"):
         return "withdrawn (goodbye or expired)"
+    if ev.get("mdns_cached"):
+        if answered_ago is not None:
+            return f"in the cache only: its last answer came {answered_ago} s ago"
+        if ev.get("last_ping_ok") is False:
+            return "in the cache only: no answer to a query for its instance this round"
+        return "announced (asked only while SSH fails)"
     return "not announced"

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from clawd.config.settings import Settings
 from clawd.core.model import Instance
+from clawd.core.observations import MDNS_QUERY_WAIT_SECONDS
 from clawd.decide.guard import GuardSettings
 from clawd.decide.suspicion import DetectorSettings
 from clawd.decide.view import Thresholds
@@ -24,8 +25,12 @@ def thresholds(settings: Settings) -> Thresholds:
     # Two rounds: a peer whose first round came before its SSH link was up gets another.
     settle = 2 * ping.interval_seconds + ping.timeout_seconds
     discovery = DISCOVERY_SETTLE_SECONDS if settings.discovery.enabled else 0.0
+    # An mDNS answer counts for one ping round: the longest gap between two failed pings
+    # (jitter, one failing at once and the next by timeout) and the query's own wait.
+    round_seconds = ping.interval_seconds * (1 + ping.jitter_fraction) + ping.timeout_seconds
     return Thresholds(
         mdns_grace_misses=ping.mdns_grace_misses,
+        mdns_fresh=timedelta(seconds=round_seconds + MDNS_QUERY_WAIT_SECONDS),
         detector=DetectorSettings(
             kind=d.detector,
             phi_suspect=d.phi_suspect,

@@ -21,7 +21,8 @@ through the documented rule table. Around that:
   raises the epoch (a Lamport clock, also raised past any higher epoch a peer's fence
   holds) that fences a stale leader's actions off on the peers. At start the election
   waits for the known peers' first ping results (bounded), then runs once against the
-  stored leader; a live edit of this instance's lead number re-runs it at once.
+  stored leader; a live edit of this instance's lead number re-runs it at once. With
+  backend postgres the leader lease decides leader and epoch instead (decide/lease.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from typing import Any
 from clawd.core.model import EventType, Incident, Instance, PeerState, PeerStatus
 from clawd.core.observations import (
     EpochSeen,
+    LeaseSeen,
+    MdnsFresh,
     MdnsGone,
     MdnsSeen,
     Observation,
@@ -52,7 +55,10 @@ from clawd.decide.accrual import record_heartbeat
 from clawd.decide.election import elect, epoch_seen
 from clawd.decide.flap import flapping_now, percent_state_change, remember
 from clawd.decide.forget import forget
+from clawd.decide.lease import lease_seen
+from clawd.decide.mdns_fresh import ask, take_answer
 from clawd.decide.proof import apply_proof, hint_lead_differs, merge_identity
+from clawd.decide.rhythm import rhythm_learnable
 from clawd.decide.rules import Probes, decide
 from clawd.decide.suspicion import Suspicion, suspicion
 from clawd.decide.transitions import report, transition
@@ -63,7 +69,6 @@ from clawd.decide.view import (
     Settle,
     Thresholds,
     evidence,
-    partitioned,
 )
 
 
@@ -83,6 +88,9 @@ class Reconciler:
             self._on_announce(decision, obs.instance, False, now, static=True)
         elif isinstance(obs, MdnsGone):
             self._on_mdns_gone(decision, obs, now)
+        elif isinstance(obs, MdnsFresh):
+            if take_answer(decision, obs):
+                self._redecide(decision, obs.gateway_id, now)
         elif isinstance(obs, ProbeResult):
             self._on_probe(decision, obs, now)
         elif isinstance(obs, SelfHealth):
@@ -90,6 +98,8 @@ class Reconciler:
                 decision.view = dataclasses.replace(view, doubting=obs.doubting)
         elif isinstance(obs, EpochSeen):
             epoch_seen(decision, obs, now)
+        elif isinstance(obs, LeaseSeen):
+            lease_seen(decision, obs, now)
         elif isinstance(obs, SelfChanged):
             self._on_self(decision, obs)
         elif isinstance(obs, Started):
@@ -133,7 +143,7 @@ class Reconciler:
                     record.arrivals,
                     obs.at,
                     window=self.t.detector.window,
-                    learn=_rhythm(d.view, record),
+                    learn=rhythm_learnable(d.view, record),
                 ),
                 results=remember(record.results, True),
                 ok_streak=record.ok_streak + 1,
@@ -142,6 +152,7 @@ class Reconciler:
                 probes_at=None,
                 reachable_by=(),
                 unreachable_reported=False,
+                mdns_answered_at=None,  # a new failure streak asks afresh
             )
         else:
             state = dataclasses.replace(
@@ -159,6 +170,7 @@ class Reconciler:
                 ok_streak=0,
                 failing_since=record.failing_since or obs.at,
             )
+            ask(d, record)
         if obs.success:
             record = apply_proof(d, record, obs.proof)
         hold = record.partition_hold_until
@@ -372,21 +384,7 @@ class Reconciler:
 
     def _redecide(self, d: Decision, gid: str, now: datetime) -> None:
         record = d.view.peers[gid]
-        new, rule = decide(evidence(d.view, record, self.t))
+        new, rule = decide(evidence(d.view, record, self.t, now))
         if rule.name != record.rule:
             record = dataclasses.replace(record, rule=rule.name)
         transition(d, record, new, now)
-
-
-def _rhythm(view: FleetView, record: PeerRecord) -> bool:
-    """Does the gap ending now say how this peer's heartbeats come (learn it)?
-
-    Not when it spans our own stall, a partition, or an outage others confirmed (probes
-    failed too, or claw-clan withdrew its mDNS record): learning those would excuse the
-    next real crash for hours. Lost pings that only we saw are learned: they are the
-    peer's link, and excusing them is what keeps a bursty peer from false offlines.
-    """
-    if view.doubting or partitioned(view, record):
-        return False
-    outage = record.probes is Probes.UNREACHABLE or record.rule == "mdns-gone"
-    return not (record.state.status is PeerStatus.OFFLINE and outage)

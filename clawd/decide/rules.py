@@ -1,12 +1,13 @@
 """Evidence fusion: what is known about a peer, and the rule table that turns it into a status.
 
-Every source clawd has says something different about a peer: mDNS (is claw-clan's
-announcer there?), a TCP connect to its SSH port (is the machine and network there?), the
-SSH echo (does sshd answer in time?), the failure detector over its heartbeat history
-(how unusual is this silence for *this* peer?), other peers' indirect probes (is it only
-unreachable from here?), and clawd's view of itself (is it us that is slow, is it a
-partition?). :func:`decide` reads them in one fixed order; the first rule that matches
-decides, and its name is what `clawd status --why PEER` prints.
+Every source clawd has says something different about a peer: mDNS (does claw-clan's
+announcer answer a query for its own instance now? -- its record in a cache is no proof:
+it stays there for up to 75 minutes after a power-off), a TCP connect to its SSH port (is
+the machine and network there?), the SSH echo (does sshd answer in time?), the failure
+detector over its heartbeat history (how unusual is this silence for *this* peer?), other
+peers' indirect probes (is it only unreachable from here?), and clawd's view of itself (is
+it us that is slow, is it a partition?). :func:`decide` reads them in one fixed order; the
+first rule that matches decides, and its name is what `clawd status --why PEER` prints.
 
 In order (first match decides; "held" keeps the current status):
 
@@ -16,7 +17,7 @@ In order (first match decides; "held" keeps the current status):
   self-doubt          clawd's own loop stalled, or nearly every peer failed at once  -> held
   mdns-gone           mDNS record withdrawn and the last SSH ping failed             -> offline
   tcp-answers         SSH fails but the SSH port accepts TCP connections             -> unresponsive
-  mdns-present        SSH fails but still announced (for `mdnsGraceMisses` misses)   -> unresponsive
+  mdns-present        SSH fails, it answered mDNS this round (`mdnsGraceMisses` max) -> unresponsive
   reachable-by-peers  detector says offline, but most peers asked reach it           -> unresponsive
   probing             detector says offline; other peers are probing it now          -> held
   detector-offline    detector says offline and nothing else answers                 -> offline
@@ -56,7 +57,8 @@ class Evidence:
     ok_streak: int  # successful pings in a row
     missed: int  # failed pings in a row
     tcp_reachable: bool  # the SSH port accepted a connection in the last round
-    mdns: bool  # announced over mDNS right now
+    mdns: bool  # answered an mDNS query for its own instance within the last round
+    mdns_cached: bool  # its record is announced (in the cache; proves nothing about now)
     mdns_withdrawn: bool  # was announced, then the record went away
     suspicion: Suspicion
     phi: float
@@ -132,7 +134,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "mdns-present",
-        "SSH fails but claw-clan still announces itself over mDNS",
+        "SSH fails but claw-clan still answers mDNS queries for its own instance",
         lambda e: _failing(e) and e.mdns and e.missed < e.mdns_grace_misses,
         PeerStatus.UNRESPONSIVE,
     ),

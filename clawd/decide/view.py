@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from clawd.core.model import Incident, Instance, PeerState, PeerStatus
-from clawd.core.observations import ProbeRequest
+from clawd.core.observations import MdnsQuery, ProbeRequest
 from clawd.core.trust import Trust
 from clawd.decide.accrual import ArrivalHistory
 from clawd.decide.rules import Evidence, Probes
@@ -23,6 +23,9 @@ REPORTED = (PeerStatus.ONLINE, PeerStatus.OFFLINE)
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     mdns_grace_misses: int = 10
+    # How long an mDNS answer counts as "still announcing": one ping round (the interval
+    # with its jitter, the ping's timeout, the query's own wait). The next round asks again.
+    mdns_fresh: timedelta = timedelta(seconds=17)
     detector: DetectorSettings = field(default_factory=lambda: DetectorSettings(kind="threshold"))
     interval_seconds: float = 10.0
     recover_after: int = 1
@@ -63,6 +66,9 @@ class PeerRecord:
     ok_streak: int = 0
     failing_since: datetime | None = None  # first failed ping of the current streak
     mdns_withdrawn: bool = False
+    # When it last answered an mDNS query for its own instance (asked while SSH fails);
+    # None: not asked in this failure streak, or the last query went unanswered.
+    mdns_answered_at: datetime | None = None
     probes: Probes = Probes.NONE
     probes_at: datetime | None = None
     reachable_by: tuple[str, ...] = ()
@@ -104,6 +110,18 @@ class Partition:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """Leadership decided through PostgreSQL: the lease row as last read, and whether this
+    instance holds the lock. `floor`: the highest epoch a peer's fence refused us with (the
+    holder then takes an epoch past it)."""
+
+    leader: str | None = None
+    epoch: int = 0
+    held: bool = False
+    floor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class FleetView:
     me: Instance
     peers: Mapping[str, PeerRecord] = field(default_factory=dict)
@@ -114,6 +132,8 @@ class FleetView:
     doubting: bool = False
     partition: Partition | None = None
     settle: Settle | None = None  # set while the start-up election waits
+    # Set with backend postgres: the lease decides leader and epoch (decide/lease.py).
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +153,8 @@ class Decision:
     instances: list[Instance] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     probes: list[ProbeRequest] = field(default_factory=list)
+    # Peers failing SSH to ask over mDNS whether their announcer still answers.
+    mdns_queries: list[MdnsQuery] = field(default_factory=list)
     # Peers whose identity (state.json) should be read again at their next round.
     rechecks: list[str] = field(default_factory=list)
     # Peers the operator forgot (`clawd peer forget`): the keeper deletes their files.
@@ -233,7 +255,14 @@ def partitioned(view: FleetView, record: PeerRecord) -> bool:
     )
 
 
-def evidence(view: FleetView, record: PeerRecord, t: Thresholds) -> Evidence:
+def mdns_fresh(record: PeerRecord, t: Thresholds, now: datetime) -> bool:
+    """Did it answer an mDNS query for its own instance within the last round? A record
+    in the cache is not enough: a powered-off peer's stays there for up to 75 minutes."""
+    answered = record.mdns_answered_at
+    return answered is not None and now - answered <= t.mdns_fresh
+
+
+def evidence(view: FleetView, record: PeerRecord, t: Thresholds, now: datetime) -> Evidence:
     state = record.state
     return Evidence(
         status=state.status,
@@ -241,7 +270,8 @@ def evidence(view: FleetView, record: PeerRecord, t: Thresholds) -> Evidence:
         ok_streak=record.ok_streak,
         missed=state.missed_pings,
         tcp_reachable=record.tcp_reachable,
-        mdns=state.mdns_broadcasting,
+        mdns=mdns_fresh(record, t, now),
+        mdns_cached=state.mdns_broadcasting,
         mdns_withdrawn=record.mdns_withdrawn,
         suspicion=record.suspicion,
         phi=record.phi,

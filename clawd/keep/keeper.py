@@ -19,6 +19,7 @@ import structlog
 from clawd.config.settings import Settings, self_instance
 from clawd.core.model import Ping, utcnow
 from clawd.core.observations import (
+    MdnsQuery,
     Observation,
     PeerConfigured,
     PeerForgotten,
@@ -64,6 +65,8 @@ class KeeperHooks:
     loop_stall: Callable[[], float] | None = None
     # Sends the reconciler's indirect-probe requests out.
     on_probe: Callable[[ProbeRequest], None] | None = None
+    # Asks peers failing SSH whether their mDNS announcer still answers.
+    on_mdns_query: Callable[[MdnsQuery], None] | None = None
     # Asks the pinger to read these peers' identity (state.json) at their next round.
     on_recheck: Callable[[str], None] | None = None
     # Hears the guard's verdict flip (True: doubting itself).
@@ -214,6 +217,9 @@ class FleetKeeper:
         if self.hooks.on_probe is not None:
             for request in decision.probes:
                 self.hooks.on_probe(request)
+        if self.hooks.on_mdns_query is not None:
+            for query in decision.mdns_queries:
+                self.hooks.on_mdns_query(query)
         if self.hooks.on_recheck is not None:
             for gid in decision.rechecks:
                 self.hooks.on_recheck(gid)

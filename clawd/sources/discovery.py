@@ -154,6 +154,14 @@ class Discovery:
             self._registered = info
         log.info("mdns_reannounced", service=clean_text(info.name), gateway=me.gateway_id)
 
+    def service_names(self, gateway_id: str) -> tuple[str, ...]:
+        """The service names (lower-cased) that announce this gateway id, as last resolved."""
+        return tuple(sorted(k for k, peer in self._peers.items() if peer.gateway_id == gateway_id))
+
+    def zeroconf(self) -> Zeroconf | None:
+        """The running zeroconf (None before run() and after stop()), for mDNS queries."""
+        return self._aiozc.zeroconf if self._aiozc is not None else None
+
     def announced(self) -> dict[str, str] | None:
         """The instance name announced and the one wanted (they differ after a conflict)."""
         if self._registered is None:

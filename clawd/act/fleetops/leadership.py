@@ -18,10 +18,14 @@ def acting_leader(view: FleetView) -> bool:
     A peer still `unknown` (not pinged yet, e.g. just after start) might be a better
     leader that is up: acting before it is seen would race it. One that answered but has
     not proven who it is (unverified) cannot lead, so it cannot hold us back either.
+    With backend postgres, it must also hold the leader lease (keep/lease.py): a leader
+    that lost its database session stops acting at once.
     """
     me = view.me
     if view.leader != me.gateway_id or me.lead_number is None:
         return False
+    if view.lease is not None and not view.lease.held:
+        return False  # backend postgres: only the holder of the lease lock acts
     for record in view.peers.values():
         rank = record.instance.lead_number
         if rank is None:

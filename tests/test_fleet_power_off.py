@@ -1,0 +1,102 @@
+"""Issue 15's row "power-off -> first `offline` row" on a real fleet, the way the issue
+measured it: five machines (each its own OpenSSH sshd, unix user and `clawd run`), found
+over mDNS (every clawd announces itself), one shared PostgreSQL, pings every 2 s. Power-off
+= SIGKILL of the machine's clawd (no mDNS goodbye: its record stays in every cache) and of
+every sshd process. Measured on main: 18.3 s = 9 intervals; wanted: <= 3 intervals + 2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample
+from pgserver import BasePg
+from sshpeers import sshd_path
+
+INTERVAL = 2.0
+TIMINGS = FleetTimings(interval=INTERVAL, timeout=1.0, offline_after_missed=3)
+SPECS = tuple(MachineSpec(f"m{n}", n) for n in range(1, 6))
+IDS = tuple(s.gateway_id for s in SPECS)
+VICTIM = "m5"  # not the leader: one change at a time
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(sshd_path() is None, reason="OpenSSH server not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="a unix user per machine needs root"),
+]
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, pg_server: BasePg) -> AsyncIterator[Fleet]:
+    async with Fleet(
+        tmp_path / "fleet", pg_server, SPECS, timings=TIMINGS, peers_from="mdns"
+    ) as made:
+        try:
+            yield made
+        finally:
+            print(made.log_digest())  # shown when the test failed
+
+
+def all_online(samples: list[StatusSample]) -> bool:
+    return sorted(s.gateway_id for s in samples) == sorted(IDS) and all(
+        s.peer_status(g) == "online" for s in samples for g in IDS if g != s.gateway_id
+    )
+
+
+async def test_a_powered_off_machine_is_offline_within_three_intervals(fleet: Fleet) -> None:
+    await fleet.start_all()
+    await fleet.until(all_online, 60)
+    await fleet.until(all_online, 3 * INTERVAL)  # and still: every link up, heartbeats learned
+    killed_at = time.time()
+    await fleet.power_off(VICTIM)
+
+    async def offline_row() -> bool:
+        rows = await fleet.db_incidents("offline")
+        return any(r["gatewayId"] == VICTIM for r in rows)
+
+    await fleet.wait_for(offline_row, timeout=15 * INTERVAL, poll=0.1)
+    await asyncio.sleep(3 * INTERVAL)  # the other observers' verdicts, for the record
+    rows = [r for r in await fleet.db_incidents("offline") if r["gatewayId"] == VICTIM]
+    first = datetime.fromisoformat(rows[0]["timestamp"]).timestamp() - killed_at
+    observers = [g for g in IDS if g != VICTIM]
+    per_observer = {
+        g: datetime.fromisoformat(i["timestamp"]).timestamp() - killed_at
+        for g in observers
+        for i in fleet.incidents(g, "offline")
+        if i["gatewayId"] == VICTIM
+    }
+    print(
+        f"\npower-off -> first offline row after {first:.2f} s ({first / INTERVAL:.1f}"
+        f" intervals); per observer: { {g: round(t, 2) for g, t in per_observer.items()} }"
+    )
+    assert first <= 3 * INTERVAL + 2, rows
+
+
+async def test_sshd_killed_while_the_machine_runs_stays_unresponsive(fleet: Fleet) -> None:
+    """The protection kept: only sshd dies (sessions and all); the machine's clawd still
+    runs and answers mDNS -> every observer shows it `unresponsive` for 5 intervals, and
+    nobody records it `offline`."""
+    await fleet.start_all()
+    await fleet.until(all_online, 60)
+    machine = fleet.machines[VICTIM]
+    fleet._kill_sshd(machine)  # the harness's power-off, minus clawd
+    machine.sshd.stop()
+    killed_at = time.monotonic()
+    observers = [g for g in IDS if g != VICTIM]
+    seen: list[tuple[float, str | None]] = []
+    while time.monotonic() - killed_at < 5 * INTERVAL + 1:
+        for sample in await fleet.statuses(observers):
+            seen.append((time.monotonic() - killed_at, sample.peer_status(VICTIM)))
+        await asyncio.sleep(0.2)
+    rows = [r for r in await fleet.db_incidents("offline") if r["gatewayId"] == VICTIM]
+    late = {status for t, status in seen if t > 2 * INTERVAL + 1}
+    print(f"\nsshd killed: statuses seen {sorted({s or '-' for _, s in seen})}, later {late}")
+    assert "offline" not in {status for _, status in seen}, seen
+    assert late == {"unresponsive"}, seen
+    assert rows == []
