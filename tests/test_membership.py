@@ -180,6 +180,22 @@ async def test_at_most_max_unverified_are_held_and_the_limit_is_logged_once(
     assert fakes.emitted == []
 
 
+async def test_spent_candidates_make_room_for_a_new_announcement(fakes: Fakes) -> None:
+    # A flood that never says goodbye: its candidates are tried and spent; a real peer
+    # announced afterwards still gets its chance (it is not dropped at the limit).
+    async with running(membership(fakes, max_unverified=3, attempts=1)) as m:
+        for n in range(3):
+            m.offer(MdnsSeen(inst(f"junk-{n}"), at=utcnow()))
+        await until(lambda: all(u.last_error is not None for u in m.unverified()))
+        fakes.answer = lambda i: proof(i.gateway_id) if i.gateway_id == "gw-real" else None
+        m.offer(MdnsSeen(inst("gw-real"), at=utcnow()))
+        await until(lambda: bool(fakes.emitted))
+        held = [u.gateway_id for u in m.unverified()]
+    assert [s.instance.gateway_id for s in fakes.seen()] == ["gw-real"]
+    assert held == ["junk-1", "junk-2"]  # the oldest spent one made room
+    assert len(held) <= 3
+
+
 async def test_a_withdrawn_candidate_is_forgotten_at_once(fakes: Fakes) -> None:
     fakes.gate = asyncio.Event()
     async with running(membership(fakes)) as m:

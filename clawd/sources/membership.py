@@ -217,7 +217,8 @@ class Membership:
                 self._hold(self._moves, instance, moving_from=f"{known.ip}:{known.port}")
                 return
         self._drop(self._moves, gid)
-        if gid not in self._candidates and len(self._candidates) >= self._max:
+        full = gid not in self._candidates and len(self._candidates) >= self._max
+        if full and not self._evict_spent():
             if not self._at_limit:
                 self._at_limit = True
                 log.warning("mdns_unverified_limit", held=len(self._candidates), dropped=gid)
@@ -257,6 +258,16 @@ class Membership:
             candidate.instance = instance
             candidate.budget = max(candidate.budget, candidate.attempts + 1)
             self._wake.set()
+
+    def _evict_spent(self) -> bool:
+        """Make room for a new announcement by letting go of the oldest candidate whose
+        attempts are spent: it had its chances, and a flood that never says goodbye must
+        not keep a real new peer out. False when every held one may still be proven."""
+        for gid, candidate in self._candidates.items():
+            if candidate.task is None and candidate.attempts >= candidate.budget:
+                self._drop(self._candidates, gid)
+                return True  # the loop ends here: the dict changed under it
+        return False
 
     def _drop(self, held: dict[str, _Candidate], gid: str) -> bool:
         candidate = held.pop(gid, None)
