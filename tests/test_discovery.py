@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -11,7 +12,25 @@ from contextlib import asynccontextmanager
 import pytest
 from mdnspeers import FakePeer, MdnsPeers, MdnsWatcher, claw_peer, raw_txt, txt_record
 from structlog.testing import capture_logs
-from zeroconf import ServiceInfo
+from zeroconf import (
+    DNSAddress,
+    DNSIncoming,
+    DNSOutgoing,
+    DNSPointer,
+    DNSService,
+    DNSText,
+    ServiceInfo,
+)
+from zeroconf.const import (
+    _CLASS_IN,
+    _CLASS_UNIQUE,
+    _FLAGS_AA,
+    _FLAGS_QR_RESPONSE,
+    _TYPE_A,
+    _TYPE_PTR,
+    _TYPE_SRV,
+    _TYPE_TXT,
+)
 
 from clawd.config.sections import DiscoverySettings
 from clawd.core.errors import ClawdError
@@ -329,6 +348,75 @@ async def test_a_taken_name_is_renamed_and_peers_still_key_it_by_gateway_id(
     assert conflicts[0]["other_address"] == "127.0.0.1"
     # Both records carry gateway id gw-self: the watcher sees one peer, never "gw-self-2".
     assert set(observations.latest()) == {"gw-self"}
+
+
+class SlowHolder:
+    """A machine holding `name` that answers only after `delay` seconds, as a busy one does.
+
+    A raw responder (no zeroconf): it answers the first question for `name`, late, with the
+    records a holder announces (PTR, SRV, TXT, A), and no other question.
+    """
+
+    def __init__(self, name: str, address: str, delay: float) -> None:
+        self._name, self._address, self._delay = name, address, delay
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._sock.bind(("", 5353))
+        group = socket.inet_aton("224.0.0.251") + socket.inet_aton("127.0.0.1")
+        self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
+        self._sock.setsockopt(
+            socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1")
+        )
+        self._sock.setblocking(False)
+        self.asked = 0
+
+    def _answer(self) -> bytes:
+        host = "slow-holder.local."
+        out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+        unique = _CLASS_IN | _CLASS_UNIQUE
+        service_type = self._name.split(".", 1)[1]
+        out.add_answer_at_time(DNSPointer(service_type, _TYPE_PTR, _CLASS_IN, 4500, self._name), 0)
+        out.add_answer_at_time(DNSService(self._name, _TYPE_SRV, unique, 120, 0, 0, 22, host), 0)
+        out.add_answer_at_time(DNSText(self._name, _TYPE_TXT, unique, 4500, b"\x00"), 0)
+        address = socket.inet_aton(self._address)
+        out.add_answer_at_time(DNSAddress(host, _TYPE_A, unique, 120, address), 0)
+        (packet,) = out.packets()
+        return packet
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            data = await loop.sock_recv(self._sock, 9000)
+            message = DNSIncoming(data)
+            if message.is_query() and any(q.name == self._name for q in message.questions):
+                self.asked += 1
+                if self.asked == 1:
+                    await asyncio.sleep(self._delay)
+                    await loop.sock_sendto(self._sock, self._answer(), ("224.0.0.251", 5353))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+async def test_a_holder_that_answers_late_still_makes_us_rename(
+    settings: DiscoverySettings,
+) -> None:
+    # Answering 2.8 s after the question: when lookup and probe raced, the probe was over
+    # by then (about 2.2 s after the lookup began) and the taken name was announced.
+    taken = own_service_info(me(), settings.service_type, 0, 1).name
+    holder = SlowHolder(taken, "127.0.0.9", delay=2.8)
+    serving = asyncio.create_task(holder.serve())
+    try:
+        discovery = Discovery(me(), settings, lambda _: None)
+        with capture_logs() as logs:
+            async with running(discovery):
+                assert discovery.announced() == {"name": "gw-self-2", "wanted": "gw-self"}
+    finally:
+        serving.cancel()
+        holder.close()
+    conflicts = [e for e in logs if e["event"] == "mdns_name_conflict"]
+    assert [c["other_address"] for c in conflicts] == ["127.0.0.9"], logs
 
 
 @pytest.mark.timeout(60)

@@ -11,7 +11,6 @@ starts announcing our name after we registered, so neither does clawd.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,14 +23,14 @@ from clawd.core.text import clean_text
 
 log = structlog.get_logger("clawd.sources.discovery")
 
-# The wanted name, then -2 … -9: each free name costs about 2 s (lookup and probe), and
+# The wanted name, then -2 … -9: each name costs up to about 3.5 s (lookup and probe), and
 # the daemon's start waits for discovery; more than a few taken names is a flood, not a coincidence.
 MAX_INSTANCE_NUMBER = 9
 # A holder's multicast answer to a QM question takes about 1 s (its aggregation delay, and
-# up to 1 s more for a record it multicast in the last second): our lookup listens this
-# long, and zeroconf's probe (about 1 s) starts after the head start and ends within it.
+# up to 1 s more for a record it multicast in the last second), longer on a busy machine:
+# our lookup listens this long before zeroconf's probe (about 1 s) starts. Racing the two
+# lost on a loaded CI machine: the probe ended first and a taken name was announced.
 LOOKUP_TIMEOUT_MS = 2500
-PROBE_HEAD_START_SECONDS = 1.0
 
 
 def instance_part(info: AsyncServiceInfo) -> str:
@@ -62,30 +61,17 @@ async def _try_register(
 ) -> tuple[Awaitable[Any] | None, str]:
     """(the broadcast, "") once `info` is registered; (None, the holder's address) if taken.
 
-    Our QM lookup starts first, zeroconf's probe after a head start: a holder found before
-    the probe ends cancels the registration (nothing is announced until the probe ends).
+    The lookup ends before the probe starts: once registered, our own records answer any
+    lookup, so a holder's late answer could no longer be told from our echo.
     """
-    lookup = asyncio.ensure_future(_holder(aiozc, info))
-    register: asyncio.Future[Awaitable[Any]] | None = None
+    other = await _holder(aiozc, info)
+    if other is not None:
+        return None, _address(other)
     try:
-        await asyncio.wait({lookup}, timeout=PROBE_HEAD_START_SECONDS)
-        if lookup.done() and lookup.result() is not None:  # answered, or in the cache
-            return None, _address(lookup.result())
-        register = asyncio.ensure_future(aiozc.async_register_service(info))
-        await asyncio.wait({lookup, register}, return_when=asyncio.FIRST_COMPLETED)
-        if not register.done() and lookup.result() is None:
-            await asyncio.wait({register})  # nobody answered: the probe decides
-        if register.done():
-            try:
-                return register.result(), ""
-            except NonUniqueNameException:
-                pass
-        return None, _address(await lookup)
-    finally:
-        tasks: set[asyncio.Future[Any]] = {lookup} if register is None else {lookup, register}
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
+        return await aiozc.async_register_service(info), ""
+    except NonUniqueNameException:  # a holder's answer reached our cache during the probe
+        other = AsyncServiceInfo(info.type, info.name)
+        return None, _address(other if other.load_from_cache(aiozc.zeroconf) else None)
 
 
 async def register_unique(
