@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample
 from pgserver import BasePg
@@ -100,3 +101,63 @@ async def test_sshd_killed_while_the_machine_runs_stays_unresponsive(fleet: Flee
     assert "offline" not in {status for _, status in seen}, seen
     assert late == {"unresponsive"}, seen
     assert rows == []
+
+
+async def _evidence(fleet: Fleet, target: str, event: str) -> set[str]:
+    """The observers whose report of `event` about `target` reached the shared database."""
+    assert fleet.db is not None
+    conn = await asyncpg.connect(fleet.db.dsn, timeout=10)
+    try:
+        rows = await conn.fetch(
+            "SELECT observer FROM observer_evidence WHERE target = $1 AND event_type = $2",
+            target,
+            event,
+        )
+    finally:
+        await conn.close(timeout=5)
+    return {r["observer"] for r in rows}
+
+
+async def test_one_power_off_is_one_offline_row_and_one_recovery_naming_witnesses(
+    fleet: Fleet,
+) -> None:
+    """Issue 15's rows "offline rows for one power-off" (was 4 here, one per observer,
+    naming no witnesses) and "recovery rows when it boots" (was 4, downtimes disagreeing);
+    and at start one `online` row per machine, not one per observer."""
+    await fleet.start_all()
+    await fleet.until(all_online, 60)
+    observers = {g for g in IDS if g != VICTIM}
+    for target in IDS:  # every other machine saw it come online, and said so
+        others = {g for g in IDS if g != target}
+        await fleet.wait_for(
+            lambda t=target, o=others: _reported(fleet, t, "online", o), timeout=30, poll=0.2
+        )
+    online = [r["gatewayId"] for r in await fleet.db_incidents("online")]
+    assert sorted(online) == sorted(IDS), online
+
+    await fleet.power_off(VICTIM)
+    await fleet.wait_for(
+        lambda: _reported(fleet, VICTIM, "offline", observers), timeout=20 * INTERVAL, poll=0.2
+    )
+    offline = [r for r in await fleet.db_incidents("offline") if r["gatewayId"] == VICTIM]
+    assert len(offline) == 1, offline
+    named = {w["observer"] for w in offline[0]["details"]["witnesses"]}
+    print(f"\none power-off: 1 offline row, witnesses {sorted(named)}")
+    assert len(named) >= 2 and named <= observers, offline
+
+    await fleet.power_on(VICTIM)
+    await fleet.until(all_online, 60)
+    await fleet.wait_for(
+        lambda: _reported(fleet, VICTIM, "recovery", observers), timeout=30, poll=0.2
+    )
+    back = [
+        r
+        for r in await fleet.db_incidents()
+        if r["gatewayId"] == VICTIM and r["eventType"] in {"online", "recovery"}
+    ]
+    assert [r["eventType"] for r in back] == ["online", "recovery"], back
+    assert len(back[1]["details"]["witnesses"]) >= 2, back
+
+
+async def _reported(fleet: Fleet, target: str, event: str, observers: set[str]) -> bool:
+    return await _evidence(fleet, target, event) >= observers

@@ -28,7 +28,7 @@ from helpers_pg import (
 from pgserver import BasePg, PgDatabase
 
 from clawd.core.errors import DatabaseError
-from clawd.core.model import PeerStatus
+from clawd.core.model import EventType, PeerStatus
 from clawd.keep.store.migrations import migrate
 from clawd.keep.store.ops import PingBatch, WriteOp, decode_op
 from clawd.keep.store.pg_store import PgStore
@@ -260,12 +260,16 @@ async def test_rejected_batch_writes_nothing(store: PgStore, pg_db: PgDatabase) 
 
 
 async def test_one_bad_record_does_not_block_the_rest(pg_db: PgDatabase, tmp_path: Path) -> None:
-    """Through the repository: the refused incident is set aside, the others arrive."""
+    """Through the repository: the refused incident is set aside, the others arrive.
+
+    Reinstalls: each is its own event (two reports of one peer's `online` in a row would
+    be one fleet event with the second as a witness; see test_fleet_record.py)."""
     home = tmp_path / "home"
-    good_before = [make_incident("gw-a", n) for n in range(3)]
-    bad = make_incident("gw-a", 99)
+    reinstall = EventType.REINSTALL
+    good_before = [make_incident("gw-a", n, reinstall) for n in range(3)]
+    bad = make_incident("gw-a", 99, reinstall)
     bad.details["output"] = "binary\x00garbage"
-    good_after = [make_incident("gw-a", n) for n in range(3, 6)]
+    good_after = [make_incident("gw-a", n, reinstall) for n in range(3, 6)]
     async with running_repo(make_settings(pg_db, home)) as repo:
         for inc in [*good_before, bad, *good_after]:
             await repo.record_incident(inc)

@@ -59,7 +59,7 @@ WITH doomed AS (
 SELECT count(*)::int AS n, max("timestamp") AS last FROM doomed
 """
 
-TIMESTAMP_TABLES = ("incident_log", "skill_audit")
+TIMESTAMP_TABLES = ("observer_evidence", "incident_log", "skill_audit")
 
 
 class Tally:
@@ -163,7 +163,7 @@ async def prune_ping_history(
 async def prune_by_timestamp(
     conn: Conn, tally: Tally, policy: BatchPolicy, keep_going: KeepGoing
 ) -> bool:
-    """Delete rows of incident_log/skill_audit older than `tally.cutoff`; False if stopped."""
+    """Delete rows of a TIMESTAMP_TABLES table older than `tally.cutoff`; False if stopped."""
     if tally.table not in TIMESTAMP_TABLES:
         raise ValueError(f"{tally.table} is not pruned by timestamp")
     sql = _DELETE_BY_TIMESTAMP.format(table=tally.table)

@@ -37,6 +37,8 @@ def _plan(settings: HistorySettings, now: datetime) -> list[tuple[str, datetime]
     """(table, cut-off) for every table with a retention set, ping_history first."""
     days = {
         "ping_history": settings.retention_days,
+        # What each observer saw is kept as long as the incidents it is evidence for.
+        "observer_evidence": settings.incident_retention_days,
         "incident_log": settings.incident_retention_days,
         "skill_audit": settings.skill_audit_retention_days,
     }

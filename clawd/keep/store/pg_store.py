@@ -13,6 +13,7 @@ import structlog
 from clawd.config.sections import PostgresSettings
 from clawd.core.errors import DatabaseError, DatabaseUnavailable
 from clawd.core.model import Incident, Instance, PeerState, Ping, SkillAudit
+from clawd.keep.store.fleet_record import is_fleet_event, record_fleet_event
 from clawd.keep.store.migrations import Conn, migrate
 from clawd.keep.store.ops import PingBatch, WriteOp
 from clawd.keep.store.pg_errors import MIN_SERVER_MAJOR, TRANSIENT, connect_error, too_old_error
@@ -145,7 +146,12 @@ async def _write_group(conn: Conn, kind: type, ops: list[WriteOp]) -> None:
         await conn.executemany(ENSURE_INSTANCE, [(o.gateway_id,) for o in ops])  # type: ignore[union-attr]
         await conn.executemany(UPSERT_PEER, [_peer_args(o) for o in ops])  # type: ignore[arg-type]
     elif kind is Incident:
-        await conn.executemany(INSERT_INCIDENT, [_incident_args(o) for o in ops])  # type: ignore[arg-type]
+        incidents = [o for o in ops if isinstance(o, Incident)]
+        for incident in (i for i in incidents if is_fleet_event(i)):
+            await record_fleet_event(conn, incident)
+        plain = [_incident_args(i) for i in incidents if not is_fleet_event(i)]
+        if plain:
+            await conn.executemany(INSERT_INCIDENT, plain)
     elif kind is SkillAudit:
         await conn.executemany(INSERT_SKILL_AUDIT, [_audit_args(o) for o in ops])  # type: ignore[arg-type]
     else:  # pragma: no cover - WriteOp is closed

@@ -18,6 +18,7 @@ import structlog
 from clawd.config.settings import Settings
 from clawd.core.errors import StoreError
 from clawd.core.model import FleetSnapshot, Incident, Instance, PeerState, Ping, SkillAudit
+from clawd.keep.store.fleet_record import VERDICT_OF
 from clawd.keep.store.history_sync import HistorySync
 from clawd.keep.store.json_store import JsonStore, LoadResult
 from clawd.keep.store.ops import PingBatch, WriteOp
@@ -254,6 +255,10 @@ class FleetRepository:
     async def record_incident(self, incident: Incident) -> None:
         await self._json("incident", self.json.append_incident(incident))
         if self.sink is not None:
+            if incident.event_type in VERDICT_OF:
+                # The shared database keeps one row per real event: say who saw this one.
+                details = {**incident.details, "observer": self.me.gateway_id}
+                incident = dataclasses.replace(incident, details=details)
             await self.sink.submit(incident)
 
     async def record_skill_audit(self, audit: SkillAudit) -> None:

@@ -1,0 +1,126 @@
+"""One incident per real event when the whole fleet writes to one database.
+
+Every machine of a postgres fleet watches the others, so a machine that goes offline is
+seen by every observer. Each observer's report is kept as evidence (`observer_evidence`);
+the first report that changes the fleet's verdict for that machine (`fleet_verdict`:
+up or down) writes the one `incident_log` row, and later reports of the same verdict add
+their observer to that row's `witnesses`. A row lock on the verdict orders concurrent
+observers; a report older than the verdict (a spool replayed late) is evidence only.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from clawd.core.model import EventType, Incident
+from clawd.keep.store.migrations import Conn
+
+# The events of a machine's reachability: everything else is recorded as it comes.
+VERDICT_OF = {EventType.OFFLINE: "down", EventType.ONLINE: "up", EventType.RECOVERY: "up"}
+# Witnesses named in one incident: enough to show agreement, bounded for a large fleet
+# (every observer is still in observer_evidence).
+MAX_WITNESSES = 16
+
+INSERT_EVIDENCE = """
+INSERT INTO observer_evidence (observer, target, event_type, details, "timestamp", client_key)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6)
+ON CONFLICT (client_key) DO NOTHING
+RETURNING id
+"""
+ENSURE_VERDICT = """
+INSERT INTO fleet_verdict (gateway_id, verdict, since) VALUES ($1, $2, '-infinity')
+ON CONFLICT (gateway_id) DO NOTHING
+"""
+LOCK_VERDICT = """
+SELECT verdict, since, incident_id FROM fleet_verdict WHERE gateway_id = $1 FOR UPDATE
+"""
+ADD_WITNESS = """
+UPDATE incident_log
+SET details = jsonb_set(coalesce(details, '{}'), '{witnesses}',
+                        coalesce(details -> 'witnesses', '[]') || $2::jsonb)
+WHERE id = $1
+  AND jsonb_array_length(coalesce(details -> 'witnesses', '[]')) < $3
+  AND NOT coalesce(details -> 'witnesses', '[]') @> $4::jsonb
+"""
+INSERT_FLEET_INCIDENT = """
+INSERT INTO incident_log (gateway_id, event_type, details, "timestamp", client_key)
+VALUES ($1, $2, $3::jsonb, $4, $5)
+ON CONFLICT (client_key) DO NOTHING
+RETURNING id
+"""
+SET_VERDICT = """
+UPDATE fleet_verdict SET verdict = $2, since = $3, incident_id = $4 WHERE gateway_id = $1
+"""
+LINK_EVIDENCE = "UPDATE observer_evidence SET incident_id = $2 WHERE id = $1"
+
+
+def is_fleet_event(incident: Incident) -> bool:
+    """True for the reports that several observers make of one real event."""
+    return incident.event_type in VERDICT_OF and isinstance(incident.details.get("observer"), str)
+
+
+def _witness(observer: str, at: datetime) -> dict[str, str]:
+    return {"observer": observer, "first_seen": at.isoformat()}
+
+
+def _fleet_incident(
+    incident: Incident, observer: str, was: str, since: datetime
+) -> tuple[EventType, dict[str, Any]]:
+    """The row the fleet records: back up after a fleet-wide `down` is a recovery, whoever
+    reports it first (an observer that started during the outage says `online`)."""
+    details = {k: v for k, v in incident.details.items() if k != "observer"}
+    details["witnesses"] = [_witness(observer, incident.timestamp)]
+    event = incident.event_type
+    if was == "down" and VERDICT_OF[event] == "up":
+        event = EventType.RECOVERY
+        details.setdefault(
+            "downtime_seconds", round((incident.timestamp - since).total_seconds(), 1)
+        )
+    return event, details
+
+
+async def record_fleet_event(conn: Conn, incident: Incident) -> None:
+    """Evidence always; the incident row only when the fleet's verdict changes. In the
+    caller's transaction; idempotent (a replayed report finds its evidence and stops)."""
+    observer = str(incident.details["observer"])
+    target, verdict = incident.gateway_id, VERDICT_OF[incident.event_type]
+    evidence_id = await conn.fetchval(
+        INSERT_EVIDENCE,
+        observer,
+        target,
+        incident.event_type.value,
+        json.dumps(incident.details),
+        incident.timestamp,
+        incident.key,
+    )
+    if evidence_id is None:
+        return  # replayed: this report was recorded before
+    await conn.execute(ENSURE_VERDICT, target, verdict)
+    row = await conn.fetchrow(LOCK_VERDICT, target)
+    assert row is not None  # ENSURE_VERDICT made it
+    was, since, current = str(row["verdict"]), row["since"], row["incident_id"]
+    if was == verdict and current is not None:
+        await conn.execute(
+            ADD_WITNESS,
+            current,
+            json.dumps([_witness(observer, incident.timestamp)]),
+            MAX_WITNESSES,
+            json.dumps([{"observer": observer}]),
+        )
+        await conn.execute(LINK_EVIDENCE, evidence_id, current)
+        return
+    if current is not None and incident.timestamp <= since:
+        return  # older than the fleet's verdict: a late replay, evidence only
+    event, details = _fleet_incident(incident, observer, was if current is not None else "", since)
+    incident_id = await conn.fetchval(
+        INSERT_FLEET_INCIDENT,
+        target,
+        event.value,
+        json.dumps(details),
+        incident.timestamp,
+        incident.key,
+    )
+    await conn.execute(SET_VERDICT, target, verdict, incident.timestamp, incident_id)
+    await conn.execute(LINK_EVIDENCE, evidence_id, incident_id)

@@ -1,0 +1,139 @@
+"""One incident per real event when several observers write to one database (issue 15).
+
+Each observer is its own PgStore (its own pool) on one real PostgreSQL database, as each
+machine of a postgres fleet is; they report one machine's outage and return, and the
+record must hold one `offline` and one `recovery` row naming the observers as witnesses,
+with every report kept as evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from helpers_pg import connect, make_settings
+from pgserver import PgDatabase
+
+from clawd.core.model import EventType, Incident
+from clawd.keep.store.pg_store import PgStore
+
+OBSERVERS = ("m1", "m2", "m3")
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def stores(pg_db: PgDatabase, tmp_path: Path) -> AsyncIterator[dict[str, PgStore]]:
+    opened: dict[str, PgStore] = {}
+    try:
+        for observer in OBSERVERS:
+            settings = make_settings(pg_db, tmp_path / observer).postgres
+            opened[observer] = await PgStore.open(settings)
+        yield opened
+    finally:
+        for store in opened.values():
+            await store.close()
+
+
+def report(observer: str, event: EventType, seconds: float, target: str = "m5") -> Incident:
+    return Incident(
+        gateway_id=target,
+        event_type=event,
+        details={"name": target, "observer": observer, "missed_pings": 3},
+        timestamp=T0 + timedelta(seconds=seconds),
+    )
+
+
+async def rows(pg_db: PgDatabase, table: str = "incident_log") -> list[asyncpg.Record]:
+    order = "gateway_id" if table == "fleet_verdict" else '"timestamp", id'
+    async with connect(pg_db) as conn:
+        return list(await conn.fetch(f"SELECT * FROM {table} ORDER BY {order}"))
+
+
+def witnesses(row: asyncpg.Record) -> list[dict[str, Any]]:
+    return list(json.loads(row["details"])["witnesses"])
+
+
+async def test_three_observers_of_one_outage_make_one_offline_and_one_recovery_row(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    # All three report the outage at once (each in its own transaction, concurrently).
+    await asyncio.gather(
+        *(
+            stores[o].apply([report(o, EventType.OFFLINE, 6 + n * 0.4)])
+            for n, o in enumerate(OBSERVERS)
+        )
+    )
+    await asyncio.gather(
+        *(
+            stores[o].apply([report(o, EventType.RECOVERY, 40 + n * 0.3)])
+            for n, o in enumerate(OBSERVERS)
+        )
+    )
+    incidents = await rows(pg_db)
+    assert [(r["gateway_id"], r["event_type"]) for r in incidents] == [
+        ("m5", "offline"),
+        ("m5", "recovery"),
+    ]
+    for row in incidents:
+        named = witnesses(row)
+        assert sorted(w["observer"] for w in named) == sorted(OBSERVERS), named
+        assert all(w["first_seen"].startswith("2026-12-01T12:00:") for w in named)
+    evidence = await rows(pg_db, "observer_evidence")
+    assert len(evidence) == 6
+    assert {r["incident_id"] for r in evidence} == {r["id"] for r in incidents}
+    verdict = (await rows(pg_db, "fleet_verdict"))[0]
+    assert (verdict["verdict"], verdict["incident_id"]) == ("up", incidents[1]["id"])
+
+
+async def test_a_report_replayed_late_is_evidence_only(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """m3's spool held its `offline` while PostgreSQL was down; it arrives after the fleet
+    recorded the recovery: no second outage, and a replay of the same report is a no-op."""
+    await stores["m1"].apply([report("m1", EventType.OFFLINE, 6)])
+    await stores["m1"].apply([report("m1", EventType.RECOVERY, 40)])
+    late = report("m3", EventType.OFFLINE, 7)
+    await stores["m3"].apply([late])
+    await stores["m3"].apply([late])
+    incidents = await rows(pg_db)
+    assert [r["event_type"] for r in incidents] == ["offline", "recovery"]
+    assert [w["observer"] for w in witnesses(incidents[0])] == ["m1"]
+    evidence = await rows(pg_db, "observer_evidence")
+    assert [(r["observer"], r["event_type"]) for r in evidence] == [
+        ("m1", "offline"),
+        ("m3", "offline"),
+        ("m1", "recovery"),
+    ]
+
+
+async def test_back_up_after_a_fleet_outage_is_a_recovery_whoever_reports_it(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """An observer that started during the outage never saw m5 go down and says `online`;
+    for the fleet m5 was down, so the row is a recovery with the fleet's downtime."""
+    await stores["m1"].apply([report("m1", EventType.OFFLINE, 10)])
+    await stores["m2"].apply([report("m2", EventType.ONLINE, 70)])
+    await stores["m1"].apply([report("m1", EventType.RECOVERY, 71)])
+    incidents = await rows(pg_db)
+    assert [r["event_type"] for r in incidents] == ["offline", "recovery"]
+    details = json.loads(incidents[1]["details"])
+    assert details["downtime_seconds"] == 60.0
+    assert [w["observer"] for w in details["witnesses"]] == ["m2", "m1"]
+
+
+async def test_other_events_and_reports_without_an_observer_are_kept_as_they_come(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """A reinstall is one act of the leader; an imported JSON incident names no observer."""
+    reinstall = report("m1", EventType.REINSTALL, 1)
+    imported = Incident("m5", EventType.OFFLINE, {"name": "m5"}, T0 + timedelta(seconds=2))
+    again = Incident("m5", EventType.OFFLINE, {"name": "m5"}, T0 + timedelta(seconds=3))
+    await stores["m1"].apply([reinstall, imported, again])
+    assert [r["event_type"] for r in await rows(pg_db)] == ["reinstall", "offline", "offline"]
+    assert await rows(pg_db, "observer_evidence") == []
