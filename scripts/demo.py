@@ -186,7 +186,9 @@ class Demo:
                 "serviceType": self.service_type,
                 "interfaces": ["127.0.0.1"],
             },
-            "storage": {"peerFileIntervalSeconds": self.pace.interval},
+            # The demo's other machines are simulated and run no clawd: they cannot hold the
+            # leader lease, and the story shows a leader change among them.
+            "storage": {"peerFileIntervalSeconds": self.pace.interval, "leaderLease": False},
             "skills": {"syncInterval": "off"},
         }
         if self.pg is not None:

@@ -33,7 +33,8 @@ def _config(home: Path, db: PgDatabase, backend: str) -> None:
             "reconnectMaxSeconds": 0.2,
         },
         "discovery": {"enabled": False},
-        "storage": {"flushIntervalSeconds": 0.05},
+        # Its peer runs no clawd and cannot hold the leader lease (see test_fleet_lease.py).
+        "storage": {"flushIntervalSeconds": 0.05, "leaderLease": False},
     }
     tmp = home / ".config.json.new"
     tmp.write_text(json.dumps(data))

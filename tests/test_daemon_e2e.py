@@ -74,7 +74,13 @@ async def test_fleet_story_end_to_end(
             "reconnectMaxSeconds": 0.5,
         },
         "discovery": {"enabled": False},
-        "storage": {"flushIntervalSeconds": 0.05, "retryInitialSeconds": 0.2},
+        # Its peers are test SSH servers that run no clawd and cannot hold the leader
+        # lease; this story is about the fenced epochs, as in a fleet without the lease.
+        "storage": {
+            "flushIntervalSeconds": 0.05,
+            "retryInitialSeconds": 0.2,
+            "leaderLease": False,
+        },
     }
     home.mkdir()
     (home / "config.json").write_text(json.dumps(config))

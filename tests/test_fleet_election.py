@@ -40,10 +40,17 @@ pytestmark = [
 ]
 
 
+# These tests are about the fenced epochs (backend json, or the lease turned off); the
+# leader lease, on by default with backend postgres, has its own in test_fleet_lease.py.
+FENCED_EPOCHS = {"storage": {"flushIntervalSeconds": 0.1, "leaderLease": False}}
+
+
 @pytest.fixture
 async def fleet(tmp_path: Path, pg_server: BasePg) -> AsyncIterator[Fleet]:
     """Static peers, mDNS off."""
-    async with Fleet(tmp_path / "fleet", pg_server, SPECS, timings=TIMINGS) as made:
+    async with Fleet(
+        tmp_path / "fleet", pg_server, SPECS, timings=TIMINGS, extra_config=FENCED_EPOCHS
+    ) as made:
         try:
             yield made
         finally:
@@ -58,7 +65,12 @@ async def announcing_fleet(
     when the test's parameter says "both"."""
     peers_from = request.param
     async with Fleet(
-        tmp_path / "fleet", pg_server, SPECS, timings=TIMINGS, peers_from=peers_from
+        tmp_path / "fleet",
+        pg_server,
+        SPECS,
+        timings=TIMINGS,
+        peers_from=peers_from,
+        extra_config=FENCED_EPOCHS,
     ) as made:
         try:
             yield made

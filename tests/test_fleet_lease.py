@@ -47,7 +47,7 @@ pytestmark = [
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, pg: BasePg, specs: Sequence[MachineSpec]) -> AsyncIterator[Fleet]:
-    # The lease is opt-in (storage.leaderLease) until the fleet-wide record is complete.
+    # The lease is on by default with backend postgres; said here so these tests keep it.
     lease_on = {"storage": {"flushIntervalSeconds": 0.1, "leaderLease": True}}
     async with Fleet(
         tmp_path / "fleet", pg, specs, timings=TIMINGS, extra_config=lease_on

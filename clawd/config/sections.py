@@ -294,8 +294,8 @@ class StorageSettings(Section):
     # A peer file is rewritten at once on a status change, otherwise at most this often.
     peer_file_interval_seconds: float = Field(default=60.0, ge=0, le=3600)
     # With backend postgres: leader and epoch from a lease in the shared database
-    # (clawd/keep/lease.py). Off until the fleet-wide record (issue 15) is complete.
-    leader_lease: bool = False
+    # (clawd/keep/lease.py), so the fleet records one leader_change per real change.
+    leader_lease: bool = True
 
 
 class LogSettings(Section):
