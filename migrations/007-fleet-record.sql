@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS observer_evidence (
 
 CREATE INDEX IF NOT EXISTS idx_observer_evidence_timestamp
     ON observer_evidence ("timestamp");
+CREATE INDEX IF NOT EXISTS idx_observer_evidence_target_timestamp
+    ON observer_evidence (target, "timestamp");
 
 CREATE TABLE IF NOT EXISTS fleet_verdict (
     gateway_id  text        PRIMARY KEY,

@@ -40,11 +40,17 @@ async def stores(pg_db: PgDatabase, tmp_path: Path) -> AsyncIterator[dict[str, P
             await store.close()
 
 
-def report(observer: str, event: EventType, seconds: float, target: str = "m5") -> Incident:
+def report(
+    observer: str, event: EventType, seconds: float, target: str = "m5", observers: int = 1
+) -> Incident:
+    """`observers`: how many the reporter counts (itself and the peers it sees up)."""
+    details = {"name": target, "observer": observer, "missed_pings": 3}
+    if event is EventType.OFFLINE:
+        details["observers"] = observers
     return Incident(
         gateway_id=target,
         event_type=event,
-        details={"name": target, "observer": observer, "missed_pings": 3},
+        details=details,
         timestamp=T0 + timedelta(seconds=seconds),
     )
 
@@ -65,7 +71,7 @@ async def test_three_observers_of_one_outage_make_one_offline_and_one_recovery_r
     # All three report the outage at once (each in its own transaction, concurrently).
     await asyncio.gather(
         *(
-            stores[o].apply([report(o, EventType.OFFLINE, 6 + n * 0.4)])
+            stores[o].apply([report(o, EventType.OFFLINE, 6 + n * 0.4, observers=3)])
             for n, o in enumerate(OBSERVERS)
         )
     )
@@ -137,3 +143,28 @@ async def test_other_events_and_reports_without_an_observer_are_kept_as_they_com
     await stores["m1"].apply([reinstall, imported, again])
     assert [r["event_type"] for r in await rows(pg_db)] == ["reinstall", "offline", "offline"]
     assert await rows(pg_db, "observer_evidence") == []
+
+
+async def test_one_observer_that_cannot_reach_a_machine_is_no_fleet_outage(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """m1 counts three observers (itself, m2, m3); only it says m5 is down: evidence, no
+    offline row, and no recovery row when it reaches m5 again. When m2 agrees, the fleet
+    records the outage, naming both, at the time the majority was reached."""
+    await stores["m1"].apply([report("m1", EventType.ONLINE, 1)])
+    await stores["m1"].apply([report("m1", EventType.OFFLINE, 10, observers=3)])
+    await stores["m1"].apply([report("m1", EventType.RECOVERY, 20)])
+    assert [r["event_type"] for r in await rows(pg_db)] == ["online"]
+
+    await stores["m1"].apply([report("m1", EventType.OFFLINE, 30, observers=3)])
+    assert [r["event_type"] for r in await rows(pg_db)] == ["online"]
+    await stores["m2"].apply([report("m2", EventType.OFFLINE, 31, observers=3)])
+    incidents = await rows(pg_db)
+    assert [r["event_type"] for r in incidents] == ["online", "offline"]
+    details = json.loads(incidents[1]["details"])
+    assert [w["observer"] for w in details["witnesses"]] == ["m1", "m2"]
+    assert details["witnesses"][0]["first_seen"].startswith("2026-12-01T12:00:30")
+    assert details["quorum"] == 2
+    assert incidents[1]["timestamp"] == T0 + timedelta(seconds=31)
+    linked = [r["incident_id"] for r in await rows(pg_db, "observer_evidence")]
+    assert linked.count(incidents[1]["id"]) == 2

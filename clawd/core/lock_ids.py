@@ -15,3 +15,12 @@ ROLLUP_LOCK_ID = 0x636C6177726F6C6C
 LEADER_LOCK_ID = 0x636C61776C656164
 
 assert len({MIGRATION_LOCK_ID, PRUNE_LOCK_ID, ROLLUP_LOCK_ID, LEADER_LOCK_ID}) == 4
+
+# The leader lease's session is named after its instance, so `pg_stat_activity` lists the
+# instances running clawd on this database: lease candidates, and the fleet's observers.
+LEASE_APPLICATION_NAME = "clawd-lease"
+
+
+def lease_session_name(gateway_id: str) -> str:
+    """The lease session's application_name (PostgreSQL keeps 63 bytes of it)."""
+    return f"{LEASE_APPLICATION_NAME} {gateway_id}".encode()[:63].decode(errors="ignore")

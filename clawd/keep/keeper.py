@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from clawd.config.settings import Settings, self_instance
-from clawd.core.model import Ping, utcnow
+from clawd.core.model import EventType, PeerStatus, Ping, utcnow
 from clawd.core.observations import (
     MdnsQuery,
     Observation,
@@ -236,6 +236,17 @@ class FleetKeeper:
             for state in decision.states
         )
 
+    def _observers(self, target: str) -> int:
+        """This instance and the verified peers it sees up (not `target`)."""
+        up = (PeerStatus.ONLINE, PeerStatus.UNRESPONSIVE)
+        peers = self.view.peers.values()
+        seen = sum(
+            1
+            for p in peers
+            if p.instance.gateway_id != target and p.verified and p.state.status in up
+        )
+        return 1 + seen
+
     async def _persist(self, decision: Decision) -> None:
         for gid in decision.forgotten:
             self.peer_files.forget(gid)
@@ -246,6 +257,9 @@ class FleetKeeper:
         for state in decision.states:
             await self.peer_files.offer(state)
         for incident in decision.incidents:
+            if incident.event_type is EventType.OFFLINE:
+                # How many could have seen it: a shared record's fleet verdict needs most.
+                incident.details["observers"] = self._observers(incident.gateway_id)
             await self.recorder.record(incident)
         for note in decision.notes:
             self.recorder.note(note)

@@ -26,7 +26,7 @@ import asyncpg
 import structlog
 
 from clawd.config.settings import Settings
-from clawd.core.lock_ids import LEADER_LOCK_ID
+from clawd.core.lock_ids import LEADER_LOCK_ID, lease_session_name
 from clawd.core.model import utcnow
 from clawd.core.observations import LeaseSeen, Observation
 from clawd.decide.view import FleetView, elect_leader
@@ -35,7 +35,6 @@ from clawd.keep.store.pg_errors import TRANSIENT
 log = structlog.get_logger("clawd.keep.lease")
 
 CHANNEL = "clawd_leader"
-APPLICATION_NAME = "clawd-lease"
 CLOSE_TIMEOUT_S = 5.0
 MAX_ROUNDS = 8  # per interval, at most
 # A peer with no lease session is passed over after this long (its daemon may be starting).
@@ -70,11 +69,6 @@ _CANDIDATES = (
 def lease_on(settings: Settings) -> bool:
     """Does the lease decide leader and epoch (backend postgres, `storage.leaderLease`)?"""
     return settings.backend == "postgres" and settings.storage.leader_lease
-
-
-def session_name(gateway_id: str) -> str:
-    """The lease session's application_name (PostgreSQL keeps 63 bytes of it)."""
-    return f"{APPLICATION_NAME} {gateway_id}".encode()[:63].decode(errors="ignore")
 
 
 def lease_leader(view: FleetView, able: frozenset[str] | None = None) -> str | None:
@@ -196,7 +190,7 @@ class LeaderLease:
         try:
             conn: asyncpg.Connection = await asyncpg.connect(
                 **self.settings.postgres.connect_kwargs(),
-                server_settings={"application_name": session_name(me)},
+                server_settings={"application_name": lease_session_name(me)},
             )
         except (*TRANSIENT, asyncpg.PostgresError):
             if not self._down:
@@ -246,7 +240,7 @@ class LeaderLease:
                 del self._absent[gid]
         able = set()
         for gid in view.peers:
-            if session_name(gid) in sessions:
+            if lease_session_name(gid) in sessions:
                 self._absent.pop(gid, None)
                 able.add(gid)
             elif now - self._absent.setdefault(gid, now) < grace:

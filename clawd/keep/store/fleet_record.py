@@ -2,9 +2,12 @@
 
 Every machine of a postgres fleet watches the others, so a machine that goes offline is
 seen by every observer. Each observer's report is kept as evidence (`observer_evidence`);
-the first report that changes the fleet's verdict for that machine (`fleet_verdict`:
-up or down) writes the one `incident_log` row, and later reports of the same verdict add
-their observer to that row's `witnesses`. A row lock on the verdict orders concurrent
+the report that changes the fleet's verdict for that machine (`fleet_verdict`: up or
+down) writes the one `incident_log` row, and later reports of the same verdict add their
+observer to that row's `witnesses`. Down needs agreement: a majority of the observers
+the reporter counts (`details.observers`: itself and the peers it sees up), so one
+observer that cannot reach a machine is evidence, not a fleet outage; up needs one
+report (a machine that answered is up). A row lock on the verdict orders concurrent
 observers; a report older than the verdict (a spool replayed late) is evidence only.
 """
 
@@ -54,6 +57,23 @@ SET_VERDICT = """
 UPDATE fleet_verdict SET verdict = $2, since = $3, incident_id = $4 WHERE gateway_id = $1
 """
 LINK_EVIDENCE = "UPDATE observer_evidence SET incident_id = $2 WHERE id = $1"
+# The observers that say `target` is down since the verdict (no up from them after it),
+# each with the first report of this outage, earliest first.
+DOWN_WITNESSES = """
+SELECT e.observer, min(e."timestamp") AS first_seen
+FROM observer_evidence e
+WHERE e.target = $1 AND e."timestamp" > $2 AND e.event_type = 'offline'
+  AND NOT EXISTS (
+      SELECT 1 FROM observer_evidence u
+      WHERE u.target = e.target AND u.observer = e.observer
+        AND u.event_type <> 'offline' AND u."timestamp" > e."timestamp")
+GROUP BY e.observer
+ORDER BY first_seen, e.observer
+"""
+LINK_DOWN_EVIDENCE = """
+UPDATE observer_evidence SET incident_id = $3
+WHERE target = $1 AND "timestamp" >= $2 AND event_type = 'offline' AND incident_id IS NULL
+"""
 
 
 def is_fleet_event(incident: Incident) -> bool:
@@ -65,6 +85,13 @@ def _witness(observer: str, at: datetime) -> dict[str, str]:
     return {"observer": observer, "first_seen": at.isoformat()}
 
 
+def quorum(incident: Incident) -> int:
+    """Reports of down the fleet needs: a majority of the observers the reporter counts."""
+    counted = incident.details.get("observers")
+    observers = counted if isinstance(counted, int) and counted > 0 else 1
+    return observers // 2 + 1
+
+
 def _fleet_incident(
     incident: Incident, observer: str, was: str, since: datetime
 ) -> tuple[EventType, dict[str, Any]]:
@@ -72,6 +99,7 @@ def _fleet_incident(
     reports it first (an observer that started during the outage says `online`)."""
     details = {k: v for k, v in incident.details.items() if k != "observer"}
     details["witnesses"] = [_witness(observer, incident.timestamp)]
+    details["quorum"] = quorum(incident) if incident.event_type is EventType.OFFLINE else 1
     event = incident.event_type
     if was == "down" and VERDICT_OF[event] == "up":
         event = EventType.RECOVERY
@@ -114,6 +142,14 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
     if current is not None and incident.timestamp <= since:
         return  # older than the fleet's verdict: a late replay, evidence only
     event, details = _fleet_incident(incident, observer, was if current is not None else "", since)
+    outage_began = incident.timestamp
+    if verdict == "down":
+        witnesses = await conn.fetch(DOWN_WITNESSES, target, since)
+        if len(witnesses) < quorum(incident):
+            return  # not (yet) the fleet's verdict: unreachable from these observers only
+        named = witnesses[:MAX_WITNESSES]
+        details["witnesses"] = [_witness(str(w["observer"]), w["first_seen"]) for w in named]
+        outage_began = witnesses[0]["first_seen"]
     incident_id = await conn.fetchval(
         INSERT_FLEET_INCIDENT,
         target,
@@ -124,3 +160,5 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
     )
     await conn.execute(SET_VERDICT, target, verdict, incident.timestamp, incident_id)
     await conn.execute(LINK_EVIDENCE, evidence_id, incident_id)
+    if verdict == "down":
+        await conn.execute(LINK_DOWN_EVIDENCE, target, outage_began, incident_id)
