@@ -28,3 +28,20 @@ CREATE TABLE IF NOT EXISTS fleet_verdict (
     since       timestamptz NOT NULL,
     incident_id integer     REFERENCES incident_log (id) ON DELETE SET NULL
 );
+
+-- The fleet's incident stream: every incident_log row, whoever writes it, is one
+-- NOTIFY on channel clawd_incident (delivered at commit; a rolled-back insert sends
+-- nothing). Payload: {"id", "gateway_id", "event_type"}; read the row for the rest.
+-- What tells people (notifications) listens here: one message per real event.
+CREATE OR REPLACE FUNCTION clawd_incident_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('clawd_incident', json_build_object(
+        'id', NEW.id, 'gateway_id', NEW.gateway_id, 'event_type', NEW.event_type)::text);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS incident_log_notify ON incident_log;
+CREATE TRIGGER incident_log_notify AFTER INSERT ON incident_log
+    FOR EACH ROW EXECUTE FUNCTION clawd_incident_notify();

@@ -9,6 +9,7 @@ with every report kept as evidence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,9 @@ import pytest
 from helpers_pg import connect, make_settings
 from pgserver import PgDatabase
 
+from clawd.core.lock_ids import lease_session_name
 from clawd.core.model import EventType, Incident
+from clawd.keep.store.fleet_record import INCIDENT_CHANNEL
 from clawd.keep.store.pg_store import PgStore
 
 OBSERVERS = ("m1", "m2", "m3")
@@ -29,15 +32,24 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 async def stores(pg_db: PgDatabase, tmp_path: Path) -> AsyncIterator[dict[str, PgStore]]:
+    """A store per observer, and the lease session each running clawd holds (by which
+    the database counts the observers)."""
     opened: dict[str, PgStore] = {}
+    sessions: list[asyncpg.Connection] = []
     try:
         for observer in OBSERVERS:
             settings = make_settings(pg_db, tmp_path / observer).postgres
             opened[observer] = await PgStore.open(settings)
+            session = await asyncpg.connect(
+                pg_db.dsn, server_settings={"application_name": lease_session_name(observer)}
+            )
+            sessions.append(session)
         yield opened
     finally:
         for store in opened.values():
             await store.close()
+        for session in sessions:
+            await session.close()
 
 
 def report(
@@ -168,3 +180,57 @@ async def test_one_observer_that_cannot_reach_a_machine_is_no_fleet_outage(
     assert incidents[1]["timestamp"] == T0 + timedelta(seconds=31)
     linked = [r["incident_id"] for r in await rows(pg_db, "observer_evidence")]
     assert linked.count(incidents[1]["id"]) == 2
+
+
+async def test_the_fleet_incident_stream_has_one_message_per_real_event(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """What will tell people listens on one channel: three observers of one outage and
+    its end are two messages, not six; a rolled-back write sends none."""
+    heard: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    async with connect(pg_db) as listener:
+        await listener.add_listener(
+            INCIDENT_CHANNEL, lambda *args: heard.put_nowait(json.loads(args[3]))
+        )
+        for n, o in enumerate(OBSERVERS):
+            await stores[o].apply([report(o, EventType.OFFLINE, 6 + n, observers=3)])
+        for n, o in enumerate(OBSERVERS):
+            await stores[o].apply([report(o, EventType.RECOVERY, 40 + n)])
+        insert = "INSERT INTO incident_log (gateway_id, event_type) VALUES ($1, 'reinstall')"
+        with contextlib.suppress(asyncpg.DivisionByZeroError):
+            async with connect(pg_db) as conn, conn.transaction():
+                await conn.execute(insert, "m8")
+                await conn.execute("SELECT 1/0")  # rolled back: m8's row never was
+        async with connect(pg_db) as conn:
+            await conn.execute(insert, "m9")
+        incidents = await rows(pg_db)
+        messages = []
+        async with asyncio.timeout(10):
+            while len(messages) < len(incidents):
+                messages.append(await heard.get())
+        await asyncio.sleep(0.5)  # and nothing more arrives
+    assert heard.empty()
+    assert [(m["gateway_id"], m["event_type"]) for m in messages] == [
+        ("m5", "offline"),
+        ("m5", "recovery"),
+        ("m9", "reinstall"),
+    ]
+    assert [m["id"] for m in messages] == [r["id"] for r in incidents]
+
+
+async def test_peers_that_run_no_clawd_are_no_observers(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """m1 sees m5 and two more peers up (observers=3), but only m1 runs clawd here (one
+    lease session, the others closed): its report alone is the fleet's verdict."""
+    async with connect(pg_db) as conn:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name"
+            " IN ($1, $2)",
+            lease_session_name("m2"),
+            lease_session_name("m3"),
+        )
+    await stores["m1"].apply([report("m1", EventType.OFFLINE, 10, observers=3)])
+    incidents = await rows(pg_db)
+    assert [r["event_type"] for r in incidents] == ["offline"]
+    assert json.loads(incidents[0]["details"])["quorum"] == 1

@@ -5,10 +5,10 @@ seen by every observer. Each observer's report is kept as evidence (`observer_ev
 the report that changes the fleet's verdict for that machine (`fleet_verdict`: up or
 down) writes the one `incident_log` row, and later reports of the same verdict add their
 observer to that row's `witnesses`. Down needs agreement: a majority of the observers
-the reporter counts (`details.observers`: itself and the peers it sees up), so one
-observer that cannot reach a machine is evidence, not a fleet outage; up needs one
-report (a machine that answered is up). A row lock on the verdict orders concurrent
-observers; a report older than the verdict (a spool replayed late) is evidence only.
+(see `quorum`), so one observer that cannot reach a machine is evidence, not a fleet
+outage; up needs one report (a machine that answered is up). A row lock on the verdict
+orders concurrent observers; a report older than the verdict (a spool replayed late) is
+evidence only.
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ import json
 from datetime import datetime
 from typing import Any
 
+from clawd.core.lock_ids import lease_session_name
 from clawd.core.model import EventType, Incident
 from clawd.keep.store.migrations import Conn
 
 # The events of a machine's reachability: everything else is recorded as it comes.
 VERDICT_OF = {EventType.OFFLINE: "down", EventType.ONLINE: "up", EventType.RECOVERY: "up"}
+# Every incident_log row is one NOTIFY on this channel (a trigger, migration 007): the
+# fleet's incident stream, one message per real event, for whatever tells people.
+INCIDENT_CHANNEL = "clawd_incident"
 # Witnesses named in one incident: enough to show agreement, bounded for a large fleet
 # (every observer is still in observer_evidence).
 MAX_WITNESSES = 16
@@ -70,6 +74,12 @@ WHERE e.target = $1 AND e."timestamp" > $2 AND e.event_type = 'offline'
 GROUP BY e.observer
 ORDER BY first_seen, e.observer
 """
+# The instances running clawd on this database (each holds a lease session), but one.
+OBSERVER_SESSIONS = """
+SELECT count(DISTINCT application_name) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name LIKE 'clawd-lease %'
+  AND application_name <> $1
+"""
 LINK_DOWN_EVIDENCE = """
 UPDATE observer_evidence SET incident_id = $3
 WHERE target = $1 AND "timestamp" >= $2 AND event_type = 'offline' AND incident_id IS NULL
@@ -85,11 +95,15 @@ def _witness(observer: str, at: datetime) -> dict[str, str]:
     return {"observer": observer, "first_seen": at.isoformat()}
 
 
-def quorum(incident: Incident) -> int:
-    """Reports of down the fleet needs: a majority of the observers the reporter counts."""
+def quorum(incident: Incident, sessions: int) -> int:
+    """Reports of down the fleet needs: a majority of its observers. The reporter counts
+    itself and the verified peers it sees up (`details.observers`); only those that run
+    clawd on this database observe (`sessions`: lease sessions, the target's aside), and a
+    session of a machine that lost power may linger, so the smaller count is the fleet's.
+    """
     counted = incident.details.get("observers")
     observers = counted if isinstance(counted, int) and counted > 0 else 1
-    return observers // 2 + 1
+    return min(observers, max(sessions, 1)) // 2 + 1
 
 
 def _fleet_incident(
@@ -99,7 +113,6 @@ def _fleet_incident(
     reports it first (an observer that started during the outage says `online`)."""
     details = {k: v for k, v in incident.details.items() if k != "observer"}
     details["witnesses"] = [_witness(observer, incident.timestamp)]
-    details["quorum"] = quorum(incident) if incident.event_type is EventType.OFFLINE else 1
     event = incident.event_type
     if was == "down" and VERDICT_OF[event] == "up":
         event = EventType.RECOVERY
@@ -144,8 +157,10 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
     event, details = _fleet_incident(incident, observer, was if current is not None else "", since)
     outage_began = incident.timestamp
     if verdict == "down":
+        sessions = await conn.fetchval(OBSERVER_SESSIONS, lease_session_name(target))
+        needed = details["quorum"] = quorum(incident, int(sessions))
         witnesses = await conn.fetch(DOWN_WITNESSES, target, since)
-        if len(witnesses) < quorum(incident):
+        if len(witnesses) < needed:
             return  # not (yet) the fleet's verdict: unreachable from these observers only
         named = witnesses[:MAX_WITNESSES]
         details["witnesses"] = [_witness(str(w["observer"]), w["first_seen"]) for w in named]
