@@ -26,6 +26,7 @@ import structlog
 from clawd.config.ssh_files import read_text
 from clawd.core.atomic import write_atomic
 from clawd.core.errors import ConfigError
+from clawd.core.filesig import Signature, file_signature
 from clawd.core.trust import Trust
 
 log = structlog.get_logger("clawd.sources.pins")
@@ -112,21 +113,13 @@ def write_pins(path: Path, pins: dict[str, Pin]) -> None:
     write_atomic(path, (json.dumps(body, indent=2) + "\n").encode(), mode=0o600)
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 class PinStore:
     """The daemon's pins: read on the loop's behalf in threads, changed only on the loop."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._pins: dict[str, Pin] = {}
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: Signature | None = None
         self._lock = asyncio.Lock()
         self.error: str | None = None
 
@@ -142,7 +135,7 @@ class PinStore:
 
     async def refresh(self) -> None:
         """Re-read the file if it changed on disk (a `clawd peer trust/forget` meanwhile)."""
-        signature = await asyncio.to_thread(_signature, self.path)
+        signature = await asyncio.to_thread(file_signature, self.path)
         if signature == self._signature:
             return
         async with self._lock:
@@ -162,7 +155,7 @@ class PinStore:
             latest[pin.gateway_id] = pin
             await asyncio.to_thread(write_pins, self.path, latest)
             self._pins = latest
-            self._signature = await asyncio.to_thread(_signature, self.path)
+            self._signature = await asyncio.to_thread(file_signature, self.path)
 
 
 def _read_quietly(path: Path, fallback: dict[str, Pin]) -> dict[str, Pin]:

@@ -18,6 +18,7 @@ from clawd.config.ssh_files import (
 )
 from clawd.core.atomic import write_atomic
 from clawd.core.errors import ConfigError
+from clawd.core.filesig import Signature, file_signature
 
 log = structlog.get_logger("clawd.sources.pinger")
 T = TypeVar("T")
@@ -28,21 +29,10 @@ def _pattern(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-Signature = tuple[int, int, int]  # inode, size, mtime: has the file changed?
-
-
-def _file_signature(path: Path) -> Signature | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 def _signature_or_none(path: Path) -> Signature | None:
     """The signature of a file that just failed to load (None if it cannot even be stat'ed)."""
     try:
-        return _file_signature(path)
+        return file_signature(path)
     except OSError:
         return None
 
@@ -55,7 +45,7 @@ def _load_if_changed(
     Blocking (stat, read, parse): run it in a thread. ConfigError (naming the file) when
     it cannot be read or parsed.
     """
-    signature = _file_signature(path)
+    signature = file_signature(path)
     if signature == known:
         return signature, None
     return signature, parse(read_text(path) if signature else "")
@@ -83,7 +73,7 @@ def _write_tofu(path: Path, keys: Mapping[str, asyncssh.SSHKey]) -> Signature | 
     text = "".join(f"{pattern} {_key_text(key)}\n" for pattern, key in keys.items())
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomic(path, text.encode(), mode=0o600)
-    return _file_signature(path)
+    return file_signature(path)
 
 
 class TrustOnFirstUse:
