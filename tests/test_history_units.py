@@ -111,6 +111,20 @@ def test_summarise_is_one_line() -> None:
     assert summarise(["x", 1]) == '["x",1]'
 
 
+def test_a_fleet_incident_names_its_witnesses_first() -> None:
+    details = {
+        "name": "m5",
+        "witnesses": [
+            {"observer": "m2", "first_seen": "2026-12-01T12:00:06+00:00"},
+            {"observer": "m1", "first_seen": "2026-12-01T12:00:07+00:00"},
+        ],
+        "quorum": 2,
+    }
+    assert summarise(details) == "witnesses=m2,m1 name=m5 quorum=2"
+    # Anything else under that key is shown as it is.
+    assert summarise({"witnesses": [1]}) == "witnesses=[1]"
+
+
 def _hostile_report() -> Report:
     peer = PeerReport(
         "gw-\x1b[2J", "evil\nname\x07", 3, 2, 66.7, 50.0, 60.0, 30.0, 10.0, 5, 9, 9, {"offline": 1}

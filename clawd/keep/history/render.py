@@ -26,9 +26,27 @@ def summarise(details: Any) -> str:
     if details is None:
         return "-"
     if isinstance(details, dict):
-        parts = [f"{k}={_compact(v)}" for k, v in details.items()]
+        # A fleet incident's witnesses first, by name: who saw it matters more than the
+        # rest, which the column may cut.
+        witnesses = _witness_names(details.get("witnesses"))
+        parts = [f"witnesses={witnesses}"] if witnesses is not None else []
+        parts += [
+            f"{k}={_compact(v)}"
+            for k, v in details.items()
+            if not (k == "witnesses" and witnesses is not None)
+        ]
         return " ".join(parts)
     return _compact(details)
+
+
+def _witness_names(value: Any) -> str | None:
+    """`m1,m2,m3` of a fleet incident's witnesses; None when it is not such a list."""
+    if not isinstance(value, list) or not value:
+        return None
+    names = [w.get("observer") if isinstance(w, dict) else None for w in value]
+    if not all(isinstance(n, str) for n in names):
+        return None
+    return ",".join(str(n) for n in names)
 
 
 def _compact(value: Any) -> str:
