@@ -136,6 +136,14 @@ def test_random_config_documents_give_settings_or_one_config_error(data: Any) ->
     assert_clean_outcome(validate(data))
 
 
+def test_a_home_of_a_user_this_machine_lacks_is_one_config_error() -> None:
+    """Found by the fuzzer above: `~0` made pathlib raise RuntimeError (a stack trace)."""
+    outcome = validate({"home": "~0"})
+    assert isinstance(outcome, ConfigError)
+    assert_clean_outcome(outcome)
+    assert "home: names a user this machine does not have" in str(outcome)
+
+
 file_bodies = st.one_of(
     config_documents().map(lambda d: json.dumps(d, ensure_ascii=False).encode()),
     config_documents().map(lambda d: json.dumps(d)[: max(1, len(json.dumps(d)) // 2)].encode()),

@@ -114,7 +114,10 @@ class Settings(BaseSettings):
     @field_validator("home")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
-        return value.expanduser()
+        try:
+            return value.expanduser()
+        except RuntimeError:  # `~name` of a user this machine does not have
+            raise ValueError("names a user this machine does not have (~user)") from None
 
     @field_validator("peers")
     @classmethod
