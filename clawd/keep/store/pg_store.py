@@ -134,6 +134,10 @@ def _audit_args(a: SkillAudit) -> tuple[Any, ...]:
     return (a.gateway_id, a.skill_name, a.action.value, a.source, a.timestamp, a.key)
 
 
+def _target(incident: Incident) -> str:
+    return incident.gateway_id
+
+
 async def _write_group(conn: Conn, kind: type, ops: list[WriteOp]) -> None:
     if kind is PingBatch:
         records = [_ping_record(p) for op in ops if isinstance(op, PingBatch) for p in op.pings]
@@ -147,7 +151,11 @@ async def _write_group(conn: Conn, kind: type, ops: list[WriteOp]) -> None:
         await conn.executemany(UPSERT_PEER, [_peer_args(o) for o in ops])  # type: ignore[arg-type]
     elif kind is Incident:
         incidents = [o for o in ops if isinstance(o, Incident)]
-        for incident in (i for i in incidents if is_fleet_event(i)):
+        # Verdict rows are locked in one order (by machine; stable, so one machine's
+        # reports keep theirs): two observers' batches about the same machines cannot
+        # deadlock each other.
+        fleet_events = sorted((i for i in incidents if is_fleet_event(i)), key=_target)
+        for incident in fleet_events:
             await record_fleet_event(conn, incident)
         plain = [_incident_args(i) for i in incidents if not is_fleet_event(i)]
         if plain:
