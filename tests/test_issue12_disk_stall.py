@@ -166,8 +166,14 @@ async def test_full_disk_never_hides_or_loses_postgres_writes(
             lambda: _metrics(port)["clawd_postgres_write_stalled"] == 1,
             daemon,
         )
+        # A scrape taken while a batch is out on a write attempt sees 0 rows queued (seen
+        # once in 750 CI tests): the rows held in memory must show within the bound.
+        await _until(
+            "metrics show rows held in memory",
+            lambda: _metrics(port)["clawd_postgres_pending_rows"] > 0,
+            daemon,
+        )
         metrics = await asyncio.to_thread(_metrics, port)
-        assert metrics["clawd_postgres_pending_rows"] > 0, metrics
         assert metrics["clawd_postgres_write_wait_seconds"] >= 5, metrics
         live = _live(daemon)
         assert str(live["postgres"]).startswith("unavailable; spool not writable"), live
