@@ -19,6 +19,10 @@ assert len({MIGRATION_LOCK_ID, PRUNE_LOCK_ID, ROLLUP_LOCK_ID, LEADER_LOCK_ID}) =
 # The leader lease's session is named after its instance, so `pg_stat_activity` lists the
 # instances running clawd on this database: lease candidates, and the fleet's observers.
 LEASE_APPLICATION_NAME = "clawd-lease"
+# The pg_stat_activity rows of those sessions on the current database (a SQL condition).
+LEASE_SESSIONS = (
+    f"datname = current_database() AND application_name LIKE '{LEASE_APPLICATION_NAME} %'"
+)
 
 
 def lease_session_name(gateway_id: str) -> str:

@@ -26,7 +26,7 @@ import asyncpg
 import structlog
 
 from clawd.config.settings import Settings
-from clawd.core.lock_ids import LEADER_LOCK_ID, lease_session_name
+from clawd.core.lock_ids import LEADER_LOCK_ID, LEASE_SESSIONS, lease_session_name
 from clawd.core.model import utcnow
 from clawd.core.observations import LeaseSeen, Observation
 from clawd.decide.view import FleetView, elect_leader
@@ -60,10 +60,7 @@ _WRITE = (
 
 
 # Who has a lease session open on this database: the instances that could take the lease.
-_CANDIDATES = (
-    "SELECT application_name FROM pg_stat_activity"
-    " WHERE datname = current_database() AND application_name LIKE 'clawd-lease %'"
-)
+_CANDIDATES = f"SELECT application_name FROM pg_stat_activity WHERE {LEASE_SESSIONS}"  # noqa: S608
 
 
 def lease_on(settings: Settings) -> bool:

@@ -17,7 +17,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from clawd.core.lock_ids import lease_session_name
+from clawd.core.lock_ids import LEASE_SESSIONS, lease_session_name
 from clawd.core.model import EventType, Incident
 from clawd.keep.store.migrations import Conn
 
@@ -75,11 +75,10 @@ GROUP BY e.observer
 ORDER BY first_seen, e.observer
 """
 # The instances running clawd on this database (each holds a lease session), but one.
-OBSERVER_SESSIONS = """
+OBSERVER_SESSIONS = f"""
 SELECT count(DISTINCT application_name) FROM pg_stat_activity
-WHERE datname = current_database() AND application_name LIKE 'clawd-lease %'
-  AND application_name <> $1
-"""
+WHERE {LEASE_SESSIONS} AND application_name <> $1
+"""  # noqa: S608 - a fixed condition, no input
 LINK_DOWN_EVIDENCE = """
 UPDATE observer_evidence SET incident_id = $3
 WHERE target = $1 AND "timestamp" >= $2 AND event_type = 'offline' AND incident_id IS NULL
