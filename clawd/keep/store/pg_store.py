@@ -150,14 +150,19 @@ async def _write_group(conn: Conn, kind: type, ops: list[WriteOp]) -> None:
         await conn.executemany(ENSURE_INSTANCE, [(o.gateway_id,) for o in ops])  # type: ignore[union-attr]
         await conn.executemany(UPSERT_PEER, [_peer_args(o) for o in ops])  # type: ignore[arg-type]
     elif kind is Incident:
-        incidents = [o for o in ops if isinstance(o, Incident)]
+        fleet_events: list[Incident] = []
+        plain: list[tuple[Any, ...]] = []
+        for op in ops:
+            if isinstance(op, Incident):
+                if is_fleet_event(op):
+                    fleet_events.append(op)
+                else:
+                    plain.append(_incident_args(op))
         # Verdict rows are locked in one order (by machine; stable, so one machine's
         # reports keep theirs): two observers' batches about the same machines cannot
         # deadlock each other.
-        fleet_events = sorted((i for i in incidents if is_fleet_event(i)), key=_target)
-        for incident in fleet_events:
+        for incident in sorted(fleet_events, key=_target):
             await record_fleet_event(conn, incident)
-        plain = [_incident_args(i) for i in incidents if not is_fleet_event(i)]
         if plain:
             await conn.executemany(INSERT_INCIDENT, plain)
     elif kind is SkillAudit:
