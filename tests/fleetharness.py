@@ -637,18 +637,22 @@ class Fleet:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [r for r in rows if event is None or r["eventType"] == event]
 
-    async def db_incidents(self, event: str | None = None) -> list[dict[str, Any]]:
-        """Every incident in the shared database (all observers together), oldest first."""
+    async def db_fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """The rows of one query on the shared database, on a connection of its own."""
         assert self.db is not None
         conn = await asyncpg.connect(self.db.dsn, timeout=10)
         try:
-            rows = await conn.fetch(
-                "SELECT gateway_id, event_type, details, timestamp FROM incident_log"
-                " WHERE $1::text IS NULL OR event_type = $1 ORDER BY timestamp, id",
-                event,
-            )
+            return list(await conn.fetch(query, *args))
         finally:
             await conn.close(timeout=5)
+
+    async def db_incidents(self, event: str | None = None) -> list[dict[str, Any]]:
+        """Every incident in the shared database (all observers together), oldest first."""
+        rows = await self.db_fetch(
+            "SELECT gateway_id, event_type, details, timestamp FROM incident_log"
+            " WHERE $1::text IS NULL OR event_type = $1 ORDER BY timestamp, id",
+            event,
+        )
         return [
             {
                 "gatewayId": r["gateway_id"],

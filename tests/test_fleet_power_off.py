@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
-import asyncpg
 import pytest
 from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample
 from pgserver import BasePg
@@ -105,16 +104,11 @@ async def test_sshd_killed_while_the_machine_runs_stays_unresponsive(fleet: Flee
 
 async def _evidence(fleet: Fleet, target: str, event: str) -> set[str]:
     """The observers whose report of `event` about `target` reached the shared database."""
-    assert fleet.db is not None
-    conn = await asyncpg.connect(fleet.db.dsn, timeout=10)
-    try:
-        rows = await conn.fetch(
-            "SELECT observer FROM observer_evidence WHERE target = $1 AND event_type = $2",
-            target,
-            event,
-        )
-    finally:
-        await conn.close(timeout=5)
+    rows = await fleet.db_fetch(
+        "SELECT observer FROM observer_evidence WHERE target = $1 AND event_type = $2",
+        target,
+        event,
+    )
     return {r["observer"] for r in rows}
 
 
