@@ -56,6 +56,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     # drop_scratch() refuses any name but claw_clan_verify_<hex> (SCRATCH_DB), clawd's own
     ("act/backup/verify.py", "name"): "matches SCRATCH_DB first",
     ("act/backup/verify.py", "force"): "one of two literals",
+    # module constant (core/lock_ids.py): the lease sessions' condition, no values
+    ("keep/lease.py", "LEASE_SESSIONS"): "module constant",
+    ("keep/store/fleet_record.py", "LEASE_SESSIONS"): "module constant",
 }
 
 
