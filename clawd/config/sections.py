@@ -216,6 +216,11 @@ class DetectionSettings(Section):
     # as unused) so that an older config.json still starts the daemon.
     probe_command: str | None = Field(default=None, min_length=1)
     probe_timeout_seconds: float = Field(default=3.0, gt=0, le=120)
+    # With backend postgres: each machine is probed by this many others (rendezvous
+    # hashing over the verified members), the rest of the fleet reads their verdict from
+    # the shared database; 0 = every machine probes every peer (the full mesh). The JSON
+    # backend has no shared record: it always probes every peer.
+    observers: int = Field(default=3, ge=0, le=32)
     # Partition: at least this many peers, and this share of them, failing within the window.
     partition_min_peers: int = Field(default=3, ge=2, le=100_000)
     partition_fraction: float = Field(default=0.3, gt=0, le=1)

@@ -177,6 +177,12 @@ class Settings(BaseSettings):
         )
 
 
+def lease_on(settings: Settings) -> bool:
+    """Does the leader lease decide leader and epoch (backend postgres,
+    `storage.leaderLease`)? Its session also reads the fleet's verdicts (keep/verdicts.py)."""
+    return settings.backend == "postgres" and settings.storage.leader_lease
+
+
 def self_instance(settings: Settings) -> Instance:
     """This instance as the fleet knows it (from config.json's `instance`)."""
     me = settings.instance

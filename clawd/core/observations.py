@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -139,6 +140,26 @@ class LeaseSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class Verdict:
+    """The fleet's verdict on one machine, as the shared record holds it (fleet_verdict)."""
+
+    up: bool
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictsSeen:
+    """The shared record's verdicts (backend postgres), read when an incident is notified:
+    the status of the peers this machine does not probe itself. `sessions`: the lease
+    sessions open on the database (application names), i.e. the machines that run clawd
+    there and so can observe others."""
+
+    at: datetime
+    verdicts: Mapping[str, Verdict]
+    sessions: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class SelfChanged:
     """This instance's own identity changed (a live edit of `instance.*`)."""
 
@@ -178,6 +199,7 @@ Observation = (
     | SelfHealth
     | EpochSeen
     | LeaseSeen
+    | VerdictsSeen
     | SelfChanged
     | Started
     | Tick

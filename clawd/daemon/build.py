@@ -24,7 +24,7 @@ from clawd.act.fleetops.recovery import Recoverer
 from clawd.act.skills.syncer import SkillSyncer
 from clawd.config.document import ConfigDocument
 from clawd.config.reload import ConfigWatcher, InForce, Reloader
-from clawd.config.settings import Settings
+from clawd.config.settings import Settings, lease_on
 from clawd.core.journal import JournalSender
 from clawd.core.model import utcnow
 from clawd.core.observations import EpochSeen, Observation, PeerConfigured, PingResult
@@ -41,13 +41,14 @@ from clawd.decide.view import FleetView, Lease, initial_view
 from clawd.keep.history.rollup import RollupMaintainer
 from clawd.keep.incidents import IncidentRecorder
 from clawd.keep.keeper import FleetKeeper, KeeperHooks
-from clawd.keep.lease import LeaderLease, lease_on
+from clawd.keep.lease import LeaderLease
 from clawd.keep.retention.connect import dedicated_connection
 from clawd.keep.retention.dbjob import LeaderDb
 from clawd.keep.retention.pruner import RetentionPruner
 from clawd.keep.store.factory import build_repository
 from clawd.keep.store.migrations import install_migration_files
 from clawd.keep.store.repository import FleetRepository
+from clawd.keep.verdicts import FleetVerdicts
 from clawd.serve.control import ControlServer, socket_path
 from clawd.serve.metrics.adapter import DaemonSource, backup_state
 from clawd.serve.metrics.registry import FleetMetrics
@@ -65,10 +66,12 @@ Reload = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 def ping_targets(view: FleetView, default_user: str) -> dict[str, PingTarget]:
-    """The peers to ping: the same addresses leader work uses (one reading of the view)."""
+    """The peers to ping: those this machine probes (all, or its share when each machine
+    has k observers), at the same addresses leader work uses (one reading of the view)."""
     return {
         gid: PingTarget(a.gateway_id, a.host, a.port, a.user)
         for gid, a in addresses(view, default_user).items()
+        if view.probes(gid)
     }
 
 
@@ -184,7 +187,9 @@ async def assemble(
     )
     for instance in static_peers(s):
         keeper.emit(PeerConfigured(instance, utcnow()))
-    lease = LeaderLease(s, lambda: keeper.view, keeper.emit)
+    # The peers this machine does not probe take the fleet's verdict (k observers each).
+    verdicts = FleetVerdicts(keeper.emit, lambda: keeper.reconciler.t.observers > 0)
+    lease = LeaderLease(s, lambda: keeper.view, keeper.emit, riders=(verdicts,))
     metrics = FleetMetrics(
         DaemonSource(
             view=lambda: keeper.view,

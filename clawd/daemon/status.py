@@ -56,6 +56,8 @@ class StatusAnswer:
             row["rule"] = record.rule
             row["verified"] = record.verified
             row["trust"] = record.trust.value
+            # False: its status is the fleet's verdict (its observers are other machines).
+            row["probed"] = view.probes(record.instance.gateway_id)
         return {
             "ok": True,
             "summary": summary(view),

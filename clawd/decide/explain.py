@@ -19,6 +19,13 @@ def find_peer(view: FleetView, wanted: str) -> PeerRecord | None:
     return named[0] if len(named) == 1 else None
 
 
+def _not_a_rule(view: FleetView, record: PeerRecord) -> str:
+    if not view.probes(record.instance.gateway_id):
+        # decide/observing.py: its observers are other machines.
+        return "not probed from here: the fleet's verdict from the shared record"
+    return ""
+
+
 def explain(view: FleetView, record: PeerRecord, t: Thresholds, now: datetime) -> dict[str, Any]:
     """Everything `--why` prints, as JSON-ready values."""
     e = evidence(view, record, t, now)
@@ -31,7 +38,7 @@ def explain(view: FleetView, record: PeerRecord, t: Thresholds, now: datetime) -
         "ip": record.instance.ip,
         "status": state.status.value,
         "rule": record.rule,
-        "because": rule.explains if rule else "",
+        "because": rule.explains if rule else _not_a_rule(view, record),
         "detector": t.detector.kind,
         "phi": round(min(record.phi, 999.0), 2),
         "phiSuspect": t.detector.phi_suspect,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from clawd.config.settings import Settings
+from clawd.config.settings import Settings, lease_on
 from clawd.core.model import Instance
 from clawd.core.observations import MDNS_QUERY_WAIT_SECONDS
 from clawd.decide.guard import GuardSettings
@@ -52,6 +52,9 @@ def thresholds(settings: Settings) -> Thresholds:
         partition_window=timedelta(seconds=window),
         settle=timedelta(seconds=max(settle, discovery)),
         settle_min=timedelta(seconds=discovery),
+        # Only a shared record lets a machine learn the verdicts on peers it does not probe;
+        # they are read on the leader lease's session (keep/verdicts.py).
+        observers=d.observers if lease_on(settings) else 0,
     )
 
 

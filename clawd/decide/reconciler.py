@@ -49,6 +49,7 @@ from clawd.core.observations import (
     SelfHealth,
     Started,
     Tick,
+    VerdictsSeen,
 )
 from clawd.decide import partition
 from clawd.decide.accrual import record_heartbeat
@@ -57,6 +58,7 @@ from clawd.decide.flap import flapping_now, percent_state_change, remember
 from clawd.decide.forget import forget
 from clawd.decide.lease import lease_seen
 from clawd.decide.mdns_fresh import ask, take_answer
+from clawd.decide.observing import reassign, verdicts_seen
 from clawd.decide.proof import apply_proof, hint_lead_differs, merge_identity
 from clawd.decide.rhythm import rhythm_learnable
 from clawd.decide.rules import Probes, decide
@@ -100,6 +102,8 @@ class Reconciler:
             epoch_seen(decision, obs, now)
         elif isinstance(obs, LeaseSeen):
             lease_seen(decision, obs, now)
+        elif isinstance(obs, VerdictsSeen):
+            verdicts_seen(decision, obs, now)
         elif isinstance(obs, SelfChanged):
             self._on_self(decision, obs)
         elif isinstance(obs, Started):
@@ -112,6 +116,11 @@ class Reconciler:
         # While the start-up election waits, every later observation may be the one it
         # ends on (not Started itself: the static peers are still queued behind it).
         settling = decision.view.settle is not None and not isinstance(obs, Started)
+        if self.t.observers > 0 and (decision.moved or decision.instances):
+            reassign(decision, self.t.observers, now)
+        elif self.t.observers == 0 and view.assignment is not None:  # a reload: full mesh
+            decision.view = dataclasses.replace(decision.view, assignment=None, probed=frozenset())
+            decision.moved = True
         if decision.moved or decision.instances or settling:
             elect(decision, now)
         return decision
@@ -120,8 +129,10 @@ class Reconciler:
 
     def _on_ping(self, d: Decision, obs: PingResult, now: datetime) -> None:
         record = d.view.peers.get(obs.gateway_id)
-        if record is None:
-            return  # a peer we no longer track; its ping is still in ping_history
+        if record is None or not d.view.probes(obs.gateway_id):
+            # A peer we no longer track, or one handed to other observers (its last round
+            # was under way): the ping is still in ping_history.
+            return
         state = record.state
         if obs.success:
             state = dataclasses.replace(
@@ -370,6 +381,7 @@ class Reconciler:
                 for h, r in d.view.peers.items()
                 if h != gid
                 and r.verified  # an unverified peer's answer proves nothing
+                and d.view.probes(h)  # this machine holds a connection to it
                 and r.state.status is PeerStatus.ONLINE
                 and r.state.claw_clan_installed
                 and r.state.missed_pings == 0
@@ -383,6 +395,8 @@ class Reconciler:
     # -- status ---------------------------------------------------------------------
 
     def _redecide(self, d: Decision, gid: str, now: datetime) -> None:
+        if not d.view.probes(gid):
+            return  # its status is the fleet's verdict (decide/observing.py)
         record = d.view.peers[gid]
         new, rule = decide(evidence(d.view, record, self.t, now))
         if rule.name != record.rule:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from clawd.core.model import Incident, Instance, PeerState, PeerStatus
-from clawd.core.observations import MdnsQuery, ProbeRequest
+from clawd.core.observations import MdnsQuery, ProbeRequest, Verdict
 from clawd.core.trust import Trust
 from clawd.decide.accrual import ArrivalHistory
 from clawd.decide.rules import Evidence, Probes
@@ -42,6 +42,9 @@ class Thresholds:
     # one election against the stored leader, not one per peer as each answers.
     settle: timedelta = timedelta(0)
     settle_min: timedelta = timedelta(0)
+    # Observers per machine when the fleet shares one record (0: this machine probes every
+    # peer; see decide/assignment.py).
+    observers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,17 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Assignment:
+    """Which peers this machine probes (decide/assignment.py), and what it was computed
+    from: computed again only when the members or the verified peers change."""
+
+    members: frozenset[str]
+    targets: frozenset[str]
+    k: int
+    mine: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class FleetView:
     me: Instance
     peers: Mapping[str, PeerRecord] = field(default_factory=dict)
@@ -134,6 +148,25 @@ class FleetView:
     settle: Settle | None = None  # set while the start-up election waits
     # Set with backend postgres: the lease decides leader and epoch (decide/lease.py).
     lease: Lease | None = None
+    # Set when each machine is probed by k observers (backend postgres,
+    # `detection.observers`): the peers this one probes; the others' status is the fleet's
+    # verdict (`verdicts`), read from the shared record. None: this machine probes them all.
+    assignment: Assignment | None = None
+    verdicts: Mapping[str, Verdict] = field(default_factory=dict)
+    # The lease sessions on the shared database (the machines that can observe); None:
+    # not read yet, so no assignment yet (every peer is probed).
+    sessions: frozenset[str] | None = None
+
+    # The peers this machine pings when it has an assignment: its share, and as the leader
+    # every peer that runs no clawd (the reinstall candidates: the leader checks them).
+    probed: frozenset[str] = frozenset()
+
+    def probes(self, gateway_id: str) -> bool:
+        """Does this machine probe that peer (rather than follow the fleet's verdict)?"""
+        if self.assignment is None or gateway_id in self.probed:
+            return True
+        record = self.peers.get(gateway_id)
+        return record is None or not record.verified
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from clawd.core.observations import (
     Started,
     Tick,
 )
+from clawd.decide.assignment import observers_of
 from clawd.decide.from_settings import guard_settings, static_peers, thresholds
 from clawd.decide.guard import SelfHealthGuard
 from clawd.decide.reconciler import Reconciler
@@ -126,7 +127,7 @@ class FleetKeeper:
         """Live reload: new thresholds from the next observation on; configured peers and
         this instance's details go in as observations (the election re-runs, the epoch is
         kept)."""
-        if changed & {"ping", "ssh", "detection"}:
+        if changed & {"ping", "ssh", "detection", "backend", "storage"}:
             self.reconciler = Reconciler(thresholds(settings))
             if self.hooks.guard is not None:
                 self.hooks.guard.configure(guard_settings(settings))
@@ -237,7 +238,11 @@ class FleetKeeper:
         )
 
     def _observers(self, target: str) -> int:
-        """This instance and the verified peers it sees up (not `target`)."""
+        """The machines that probe `target`: its assigned observers, or (full mesh) this
+        instance and the verified peers it sees up."""
+        assignment = self.view.assignment
+        if assignment is not None:
+            return len(observers_of(target, assignment.members, assignment.k))
         up = (PeerStatus.ONLINE, PeerStatus.UNRESPONSIVE)
         peers = self.view.peers.values()
         seen = sum(

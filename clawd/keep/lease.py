@@ -21,11 +21,12 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import asyncpg
 import structlog
 
-from clawd.config.settings import Settings
+from clawd.config.settings import Settings, lease_on
 from clawd.core.lock_ids import LEADER_LOCK_ID, LEASE_SESSIONS, lease_session_name
 from clawd.core.model import utcnow
 from clawd.core.observations import LeaseSeen, Observation
@@ -63,11 +64,6 @@ _WRITE = (
 _CANDIDATES = f"SELECT application_name FROM pg_stat_activity WHERE {LEASE_SESSIONS}"  # noqa: S608
 
 
-def lease_on(settings: Settings) -> bool:
-    """Does the lease decide leader and epoch (backend postgres, `storage.leaderLease`)?"""
-    return settings.backend == "postgres" and settings.storage.leader_lease
-
-
 def lease_leader(view: FleetView, able: frozenset[str] | None = None) -> str | None:
     """The election's rule among the instances that could take the lease: this one and
     the online verified peers in `able` (None: every peer). A peer that does not run clawd,
@@ -83,6 +79,18 @@ def wants_lead(view: FleetView, able: frozenset[str] | None = None) -> bool:
     return view.settle is None and lease_leader(view, able) == view.me.gateway_id
 
 
+class SessionRider(Protocol):
+    """Reads more of the fleet's shared state on the lease's session (one session per
+    daemon for it, not one more): the fleet's verdicts (keep/verdicts.py)."""
+
+    async def attach(self, conn: asyncpg.Connection, wake: Callable[[], None]) -> None:
+        """A new session: listen on it; `wake` asks for a round now."""
+
+    async def ride(self, conn: asyncpg.Connection, sessions: frozenset[str]) -> None:
+        """After each lease round, within its time bound; `sessions`: the lease sessions
+        that round saw (application names: the instances running clawd on this database)."""
+
+
 class LeaderLease:
     """Takes, renews and lets go of the lease; reports what it reads to the keeper."""
 
@@ -93,8 +101,10 @@ class LeaderLease:
         settings: Settings,
         view: Callable[[], FleetView],
         emit: Callable[[Observation], None],
+        riders: tuple[SessionRider, ...] = (),
     ) -> None:
         self.settings = settings
+        self._riders = riders
         self._view = view
         self._emit = emit
         self._wake = asyncio.Event()
@@ -109,6 +119,7 @@ class LeaderLease:
         # Peers that could take the lease (a lease session open, or not missed for long),
         # and since when each has had none (time.monotonic()).
         self._able: frozenset[str] = frozenset()
+        self._sessions: frozenset[str] = frozenset()  # the last round's lease sessions
         self._absent: dict[str, float] = {}
 
     @property
@@ -173,6 +184,8 @@ class LeaderLease:
             # one whose session hangs stops acting within one interval of its last renewal.
             async with asyncio.timeout(self._pace()):
                 await self._round(conn)
+                for rider in self._riders:
+                    await rider.ride(conn, self._sessions)
         except asyncpg.UndefinedTableError:
             # Read before the repository's migrations ran (they go in the background when
             # the database came late): nothing held yet, the next round reads again.
@@ -199,6 +212,8 @@ class LeaderLease:
             log.info("lease_connected", target=self.settings.postgres.target())
         conn.add_termination_listener(self._terminated)
         await conn.add_listener(CHANNEL, self._notified)
+        for rider in self._riders:
+            await rider.attach(conn, self._wake.set)
         self._conn = conn
         return conn
 
@@ -208,6 +223,7 @@ class LeaderLease:
         row = await conn.fetchrow(_READ)
         leader, epoch = (str(row["gateway_id"]), int(row["epoch"])) if row else (None, 0)
         sessions = {str(r["application_name"]) for r in await conn.fetch(_CANDIDATES)}
+        self._sessions = frozenset(sessions)
         self._able = self._could_lead(view, sessions)
         want, new = wants_lead(view, self._able), False
         if want and not self._held:
