@@ -22,7 +22,7 @@ from helpers_pg import connect, make_settings
 from pgserver import PgDatabase
 
 from clawd.core.lock_ids import lease_session_name
-from clawd.core.model import EventType, Incident
+from clawd.core.model import EventType, Incident, PeerState, PeerStatus
 from clawd.keep.store.fleet_record import INCIDENT_CHANNEL
 from clawd.keep.store.pg_store import PgStore
 
@@ -234,3 +234,37 @@ async def test_peers_that_run_no_clawd_are_no_observers(
     incidents = await rows(pg_db)
     assert [r["event_type"] for r in incidents] == ["offline"]
     assert json.loads(incidents[0]["details"])["quorum"] == 1
+
+
+def seen_as(observer_status: PeerStatus, seconds: float, target: str = "m5") -> PeerState:
+    at = T0 + timedelta(seconds=seconds)
+    return PeerState(gateway_id=target, status=observer_status, updated_at=at)
+
+
+async def peer_status(pg_db: PgDatabase, target: str = "m5") -> str:
+    async with connect(pg_db) as conn:
+        return str(
+            await conn.fetchval("SELECT status FROM peer_status WHERE gateway_id = $1", target)
+        )
+
+
+async def test_peer_status_is_the_fleets_verdict_not_the_last_writers_opinion(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """m1 cannot reach m5 (no majority: the fleet says up) and writes its peer state last:
+    peer_status still says online; once the majority says down it says offline, also when
+    a slow observer writes `online` afterwards; the recovery moves it back at once."""
+    await stores["m2"].apply([report("m2", EventType.ONLINE, 1), seen_as(PeerStatus.ONLINE, 1)])
+    await stores["m1"].apply(
+        [report("m1", EventType.OFFLINE, 6, observers=3), seen_as(PeerStatus.OFFLINE, 6)]
+    )
+    assert await peer_status(pg_db) == "online"
+    await stores["m2"].apply([report("m2", EventType.OFFLINE, 7, observers=3)])
+    assert await peer_status(pg_db) == "offline"  # the verdict moved the row at once
+    await stores["m3"].apply([seen_as(PeerStatus.ONLINE, 8)])  # m3 has not seen it yet
+    assert await peer_status(pg_db) == "offline"
+    await stores["m3"].apply([report("m3", EventType.RECOVERY, 30)])
+    assert await peer_status(pg_db) == "online"
+    # Up and SSH failing is the observer's to tell: the verdict does not hide it.
+    await stores["m1"].apply([seen_as(PeerStatus.UNRESPONSIVE, 31)])
+    assert await peer_status(pg_db) == "unresponsive"

@@ -61,6 +61,12 @@ SET_VERDICT = """
 UPDATE fleet_verdict SET verdict = $2, since = $3, incident_id = $4 WHERE gateway_id = $1
 """
 LINK_EVIDENCE = "UPDATE observer_evidence SET incident_id = $2 WHERE id = $1"
+# The machine's peer_status row takes the new verdict at once (migration 008's rule), not
+# at its observers' next peer write.
+FOLLOW_VERDICT = """
+UPDATE peer_status SET status = clawd_fleet_status(gateway_id, status)
+WHERE gateway_id = $1 AND status IS DISTINCT FROM clawd_fleet_status(gateway_id, status)
+"""
 # The observers that say `target` is down since the verdict (no up from them after it),
 # each with the first report of this outage, earliest first.
 DOWN_WITNESSES = """
@@ -173,6 +179,7 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
         incident.key,
     )
     await conn.execute(SET_VERDICT, target, verdict, incident.timestamp, incident_id)
+    await conn.execute(FOLLOW_VERDICT, target)
     await conn.execute(LINK_EVIDENCE, evidence_id, incident_id)
     if verdict == "down":
         await conn.execute(LINK_DOWN_EVIDENCE, target, outage_began, incident_id)

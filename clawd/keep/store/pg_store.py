@@ -41,12 +41,13 @@ INSERT INTO fleet_instances (gateway_id, name, updated_at) VALUES ($1, $1, '-inf
 ON CONFLICT (gateway_id) DO NOTHING
 """
 
-# Replayed or reordered writes never move a peer's status backwards in time.
+# Replayed or reordered writes never move a peer's status backwards in time; where the
+# fleet has a verdict on the peer, the status is that verdict (migration 008).
 UPSERT_PEER = """
 INSERT INTO peer_status
     (gateway_id, status, last_seen, last_ping_attempt, missed_pings,
      ssh_connectivity, claw_clan_installed, mdns_broadcasting, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+VALUES ($1, clawd_fleet_status($1, $2), $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (gateway_id) DO UPDATE SET
     status = EXCLUDED.status, last_seen = EXCLUDED.last_seen,
     last_ping_attempt = EXCLUDED.last_ping_attempt, missed_pings = EXCLUDED.missed_pings,
