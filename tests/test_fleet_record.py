@@ -204,7 +204,7 @@ async def test_the_fleet_incident_stream_has_one_message_per_real_event(
         async with connect(pg_db) as conn:
             await conn.execute(insert, "m9")
         incidents = await rows(pg_db)
-        messages = []
+        messages: list[dict[str, Any]] = []
         async with asyncio.timeout(10):
             while len(messages) < len(incidents):
                 messages.append(await heard.get())
