@@ -53,7 +53,7 @@ async def test_json_to_postgres_to_json_and_back(pg_db: PgDatabase, tmp_path: Pa
         await repo.save_peer_state(make_peer("gw-a", PeerStatus.ONLINE))
         await repo.save_peer_state(make_peer("gw-b", PeerStatus.OFFLINE))
         await repo.save_peer_state(make_peer("gw-c", PeerStatus.UNRESPONSIVE))  # no identity
-        for n in range(3):
+        for n in (1, 0, 3):  # online, offline (as its state says), reinstall
             incidents.append(make_incident("gw-b", n))
             await repo.record_incident(incidents[-1])
         for audit in audits:

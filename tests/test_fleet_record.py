@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,9 +19,19 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers_pg import connect, make_settings
+from helpers_pg import (
+    assert_keys_exactly_once,
+    connect,
+    evidence_keys,
+    make_settings,
+    running_repo,
+    settings_data,
+    wait_delivered,
+)
 from pgserver import PgDatabase
 
+from clawd.config.load import settings_from_data
+from clawd.config.settings import Settings
 from clawd.core.lock_ids import lease_session_name
 from clawd.core.model import EventType, Incident, PeerState, PeerStatus
 from clawd.keep.store.fleet_record import INCIDENT_CHANNEL
@@ -268,3 +279,43 @@ async def test_peer_status_is_the_fleets_verdict_not_the_last_writers_opinion(
     # Up and SSH failing is the observer's to tell: the verdict does not hide it.
     await stores["m1"].apply([seen_as(PeerStatus.UNRESPONSIVE, 31)])
     assert await peer_status(pg_db) == "unresponsive"
+
+
+def machine_settings(pg_db: PgDatabase, home: Path, gateway_id: str, backend: str) -> Settings:
+    data = settings_data(pg_db, home, backend=backend)
+    data["instance"] = {**data["instance"], "gatewayId": gateway_id, "name": gateway_id}
+    return settings_from_data(data, environ={})
+
+
+async def test_a_whole_fleet_switching_from_json_keeps_one_record(
+    pg_db: PgDatabase, tmp_path: Path
+) -> None:
+    """Three machines saw m5 come up, go down and come back while on JSON, each recording
+    its own three incidents; the fleet then switches to the shared database (the seed:
+    the leader pushes config.json): one row per real event, every report as evidence."""
+    events = (EventType.ONLINE, EventType.OFFLINE, EventType.RECOVERY)
+    for n, observer in enumerate(OBSERVERS):
+        as_json = machine_settings(pg_db, tmp_path / observer, observer, "json")
+        async with running_repo(as_json) as repo:
+            for seconds, event in zip((1, 10, 40), events, strict=True):
+                at = T0 + timedelta(seconds=seconds + n * 0.5)
+                # As the reconciler writes it: no observer named (a JSON store has one).
+                await repo.record_incident(Incident("m5", event, {"name": "m5"}, timestamp=at))
+    keys = [
+        uuid.UUID(json.loads(line)["key"])
+        for observer in OBSERVERS
+        for line in (tmp_path / observer / "incidents.jsonl").read_text().splitlines()
+    ]
+    assert len(keys) == 9
+    for observer in OBSERVERS:  # one after the other, as config.json reaches each
+        as_pg = machine_settings(pg_db, tmp_path / observer, observer, "postgres")
+        async with running_repo(as_pg) as repo:
+            await wait_delivered(repo)
+    incidents = await rows(pg_db)
+    assert [r["event_type"] for r in incidents] == ["online", "offline", "recovery"]
+    # Reports older than the verdict the first machine's history left are evidence only
+    # (as a spool replayed late): the rows name the machine whose history came first.
+    assert all({w["observer"] for w in witnesses(r)} == {"m1"} for r in incidents), incidents
+    async with connect(pg_db) as conn:  # every report delivered: a row, or evidence
+        await assert_keys_exactly_once(conn, "incident_log", [r["client_key"] for r in incidents])
+        assert await evidence_keys(conn) == set(keys)

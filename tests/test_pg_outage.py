@@ -168,7 +168,9 @@ async def test_spooled_writes_survive_a_daemon_crash(private_pg: PgServer, tmp_p
     writer = Writer(repo)
     try:
         await repo.upsert_instance(make_instance("gw-a", 1))
-        await repo.save_peer_state(make_peer("gw-a", PeerStatus.OFFLINE))
+        # Unresponsive: the writer's incidents leave the fleet's verdict on gw-a up, which
+        # keeps an unresponsive status as written (an offline one would read online).
+        await repo.save_peer_state(make_peer("gw-a", PeerStatus.UNRESPONSIVE))
         await writer.rounds_n(40)
         for n in range(5):
             audit = make_audit("gw-a", n)
@@ -196,7 +198,7 @@ async def test_spooled_writes_survive_a_daemon_crash(private_pg: PgServer, tmp_p
     async with connect(db) as conn:
         peer = await conn.fetchrow("SELECT status FROM peer_status WHERE gateway_id = 'gw-a'")
         names = await conn.fetch("SELECT gateway_id, name FROM fleet_instances ORDER BY 1")
-    assert peer["status"] == "offline"
+    assert peer is not None and peer["status"] == "unresponsive"
     assert [(r["gateway_id"], r["name"]) for r in names] == [
         ("gw-a", "node-gw-a"),
         (SELF_ID, "self-node"),

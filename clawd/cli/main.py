@@ -72,11 +72,15 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_db_import_json(args: argparse.Namespace) -> int:
+    from clawd.config.settings import self_instance
     from clawd.keep.store.importer import import_json
     from clawd.keep.store.json_store import JsonStore
 
     async def work(settings: Settings, store: Any) -> int:
-        report = await import_json(JsonStore(settings.home), store, dry_run=args.dry_run)
+        me = self_instance(settings).gateway_id
+        report = await import_json(
+            JsonStore(settings.home), store, dry_run=args.dry_run, observer=me
+        )
         if args.dry_run:
             print(f"dry run: would import into {settings.postgres.target()}")
             print(f"{'table':<16} {'in JSON':>8} {'in PostgreSQL now':>18}")
@@ -88,6 +92,12 @@ def cmd_db_import_json(args: argparse.Namespace) -> int:
         for t in report.tables:
             check = "ok" if t.missing == 0 else f"MISSING {t.missing}"
             print(f"{t.table:<16} {t.in_json:>8} {t.before:>8} {t.after:>8}  {check}")
+        merged = sum(t.evidence_only for t in report.tables)
+        if merged:
+            print(
+                f"{merged} incident{'s' if merged != 1 else ''} of an event the shared"
+                " database had already recorded: kept as evidence (observer_evidence)"
+            )
         if not report.ok:
             print(
                 "error: some JSON records are not in PostgreSQL after the import", file=sys.stderr

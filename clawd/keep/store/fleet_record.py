@@ -13,6 +13,7 @@ evidence only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from typing import Any
@@ -89,6 +90,16 @@ LINK_DOWN_EVIDENCE = """
 UPDATE observer_evidence SET incident_id = $3
 WHERE target = $1 AND "timestamp" >= $2 AND event_type = 'offline' AND incident_id IS NULL
 """
+
+
+def observed_by(incident: Incident, observer: str) -> Incident:
+    """The report as the shared database takes it: a reachability event names the machine
+    that saw it (so several observers' reports of one event make one row); others as they
+    are. Live writes, the JSON history sent at a backend switch and `clawd db import-json`
+    all pass through here."""
+    if incident.event_type not in VERDICT_OF or "observer" in incident.details:
+        return incident
+    return dataclasses.replace(incident, details={**incident.details, "observer": observer})
 
 
 def is_fleet_event(incident: Incident) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from clawd.core.model import Incident, SkillAudit
+from clawd.keep.store.fleet_record import observed_by
 from clawd.keep.store.json_store import JsonStore
 from clawd.keep.store.ops import WriteOp
 from clawd.keep.store.pg_store import PgStore
@@ -21,6 +22,8 @@ class TableReport:
     before: int
     after: int | None = None
     missing: int = 0
+    # Reports of an event the shared record already had: kept as evidence, not as rows.
+    evidence_only: int = 0
 
 
 @dataclass(slots=True)
@@ -38,12 +41,17 @@ def _chunks(items: list[WriteOp]) -> Iterator[list[WriteOp]]:
         yield items[i : i + CHUNK]
 
 
-async def import_json(store: JsonStore, pg: PgStore, *, dry_run: bool) -> ImportReport:
-    """Idempotent: every write is an upsert or keyed insert, so a re-run adds nothing."""
+async def import_json(
+    store: JsonStore, pg: PgStore, *, dry_run: bool, observer: str | None = None
+) -> ImportReport:
+    """Idempotent: every write is an upsert or keyed insert, so a re-run adds nothing.
+    The reachability events are the reports of `observer` (this machine): in a fleet that
+    shares the database, one row per real event, every report kept as evidence."""
     loaded = await store.load(read_only=True)
     snapshot = loaded.snapshot
     incidents: list[Incident] = [
-        i for _, i in await asyncio.to_thread(lambda: list(store.read_incidents()))
+        observed_by(i, observer) if observer else i
+        for _, i in await asyncio.to_thread(lambda: list(store.read_incidents()))
     ]
     audits: list[SkillAudit] = [
         a for _, a in await asyncio.to_thread(lambda: list(store.read_skill_audits()))
@@ -75,6 +83,9 @@ async def import_json(store: JsonStore, pg: PgStore, *, dry_run: bool) -> Import
     for row in report.tables:
         row.after = after[row.table]
         row.missing = missing[row.table]
+        if row.table == "incident_log":
+            rows = await _held(pg, [i.key for i in incidents], evidence=False)
+            row.evidence_only = len(incidents) - row.missing - rows
     return report
 
 
@@ -84,3 +95,11 @@ async def _missing_keys(pg: PgStore, table: str, keys: list[object]) -> int:
         chunk = keys[i : i + CHUNK]
         missing += len(chunk) - len(await pg.existing_keys(table, chunk))
     return missing
+
+
+async def _held(pg: PgStore, keys: list[object], *, evidence: bool) -> int:
+    """How many of these incident keys are incident_log rows (or evidence too)."""
+    held = 0
+    for i in range(0, len(keys), CHUNK):
+        held += len(await pg.existing_keys("incident_log", keys[i : i + CHUNK], evidence=evidence))
+    return held

@@ -246,14 +246,19 @@ class PgStore:
         async with self.pool.acquire() as conn:
             return {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in TABLES}  # noqa: S608
 
-    async def existing_keys(self, table: str, keys: Sequence[Any]) -> set[Any]:
+    async def existing_keys(
+        self, table: str, keys: Sequence[Any], *, evidence: bool = True
+    ) -> set[Any]:
+        """The keys of `keys` that `table` holds; an observer's report of a reachability
+        event is held as evidence (observer_evidence), whether or not it made the row
+        (`evidence=False`: the rows' keys only)."""
         if table not in {"ping_history", "incident_log", "skill_audit"}:
             raise ValueError(f"no client keys in {table}")
+        query = f"SELECT client_key FROM {table} WHERE client_key = ANY($1::uuid[])"  # noqa: S608
+        if table == "incident_log" and evidence:
+            query += " UNION SELECT client_key FROM observer_evidence WHERE client_key = ANY($1)"
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                f"SELECT client_key FROM {table} WHERE client_key = ANY($1::uuid[])",  # noqa: S608
-                list(keys),
-            )
+            rows = await conn.fetch(query, list(keys))
         return {r["client_key"] for r in rows}
 
     async def gateway_ids(self, table: str) -> set[str]:

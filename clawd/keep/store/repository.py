@@ -18,7 +18,7 @@ import structlog
 from clawd.config.settings import Settings
 from clawd.core.errors import StoreError
 from clawd.core.model import FleetSnapshot, Incident, Instance, PeerState, Ping, SkillAudit
-from clawd.keep.store.fleet_record import VERDICT_OF
+from clawd.keep.store.fleet_record import observed_by
 from clawd.keep.store.history_sync import HistorySync
 from clawd.keep.store.json_store import JsonStore, LoadResult
 from clawd.keep.store.ops import PingBatch, WriteOp
@@ -122,6 +122,9 @@ class FleetRepository:
         history = HistorySync(self.json)
         ops: list[WriteOp] = [*self._snapshot.instances.values(), *self._snapshot.peers.values()]
         records = await asyncio.to_thread(history.pending_ops)
+        me = self.me.gateway_id
+        # What this machine saw while on JSON: its reports, like its live ones.
+        records = [observed_by(r, me) if isinstance(r, Incident) else r for r in records]
         await sink.preload(ops + records)
         await asyncio.to_thread(history.commit)
         if records:
@@ -255,11 +258,8 @@ class FleetRepository:
     async def record_incident(self, incident: Incident) -> None:
         await self._json("incident", self.json.append_incident(incident))
         if self.sink is not None:
-            if incident.event_type in VERDICT_OF:
-                # The shared database keeps one row per real event: say who saw this one.
-                details = {**incident.details, "observer": self.me.gateway_id}
-                incident = dataclasses.replace(incident, details=details)
-            await self.sink.submit(incident)
+            # The shared database keeps one row per real event: say who saw this one.
+            await self.sink.submit(observed_by(incident, self.me.gateway_id))
 
     async def record_skill_audit(self, audit: SkillAudit) -> None:
         await self._json("skill_audit", self.json.append_skill_audit(audit))
