@@ -313,9 +313,38 @@ async def test_a_whole_fleet_switching_from_json_keeps_one_record(
             await wait_delivered(repo)
     incidents = await rows(pg_db)
     assert [r["event_type"] for r in incidents] == ["online", "offline", "recovery"]
-    # Reports older than the verdict the first machine's history left are evidence only
-    # (as a spool replayed late): the rows name the machine whose history came first.
-    assert all({w["observer"] for w in witnesses(r)} == {"m1"} for r in incidents), incidents
+    # The others' reports of the recovery are its witnesses; their reports of the earlier
+    # periods are evidence only (as a spool replayed late), so the first machine's history
+    # names the others.
+    named = [{w["observer"] for w in witnesses(r)} for r in incidents]
+    assert named == [{"m1"}, {"m1"}, set(OBSERVERS)], named
     async with connect(pg_db) as conn:  # every report delivered: a row, or evidence
         await assert_keys_exactly_once(conn, "incident_log", [r["client_key"] for r in incidents])
         assert await evidence_keys(conn) == set(keys)
+
+
+async def test_a_machine_whose_clawd_talks_to_the_database_is_not_offline(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """Two of three observers cannot reach m5, but m5's own clawd runs queries on the
+    database: a cut between machines, not a machine that is down -- no `offline` row (the
+    reports are evidence). Once its clawd is gone (the session closed), the next report
+    makes the fleet's one `offline` row."""
+    alive = await asyncpg.connect(
+        pg_db.dsn, server_settings={"application_name": lease_session_name("m5")}
+    )
+    try:
+        await alive.fetchval("SELECT 1")  # a lease round, just now
+        for n, observer in enumerate(("m1", "m2")):
+            cut = report(observer, EventType.OFFLINE, 6 + n, observers=3)
+            cut.details["alive_window_s"] = 30.0
+            await stores[observer].apply([cut])
+        assert [r["event_type"] for r in await rows(pg_db)] == []
+        assert len(await rows(pg_db, "observer_evidence")) == 2
+    finally:
+        await alive.close()
+    await stores["m3"].apply([report("m3", EventType.OFFLINE, 9, observers=3)])
+    incidents = await rows(pg_db)
+    assert [r["event_type"] for r in incidents] == ["offline"]
+    assert {w["observer"] for w in witnesses(incidents[0])} == set(OBSERVERS)
+    assert "alive_window_s" not in json.loads(incidents[0]["details"])

@@ -42,6 +42,9 @@ from clawd.keep.store.repository import Repository
 log = structlog.get_logger("clawd.keep.keeper")
 
 TICK_SECONDS = 1.0
+# A machine whose clawd ran a query on the shared database within this many ping intervals
+# is alive (keep/store/fleet_record.py): not offline, however many observers cannot reach it.
+ALIVE_INTERVALS = 3
 MAX_BATCH = 1000
 
 
@@ -263,8 +266,12 @@ class FleetKeeper:
             await self.peer_files.offer(state)
         for incident in decision.incidents:
             if incident.event_type is EventType.OFFLINE:
-                # How many could have seen it: a shared record's fleet verdict needs most.
+                # How many could have seen it: a shared record's fleet verdict needs most;
+                # and how long a silence of its clawd on the database means it is down
+                # (its lease session queries every interval).
                 incident.details["observers"] = self._observers(incident.gateway_id)
+                interval = self.reconciler.t.interval_seconds
+                incident.details["alive_window_s"] = ALIVE_INTERVALS * interval
             await self.recorder.record(incident)
         for note in decision.notes:
             self.recorder.note(note)

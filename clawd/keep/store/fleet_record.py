@@ -42,7 +42,8 @@ INSERT INTO fleet_verdict (gateway_id, verdict, since) VALUES ($1, $2, '-infinit
 ON CONFLICT (gateway_id) DO NOTHING
 """
 LOCK_VERDICT = """
-SELECT verdict, since, incident_id FROM fleet_verdict WHERE gateway_id = $1 FOR UPDATE
+SELECT verdict, since, previous_since, incident_id FROM fleet_verdict
+WHERE gateway_id = $1 FOR UPDATE
 """
 ADD_WITNESS = """
 UPDATE incident_log
@@ -59,7 +60,9 @@ ON CONFLICT (client_key) DO NOTHING
 RETURNING id
 """
 SET_VERDICT = """
-UPDATE fleet_verdict SET verdict = $2, since = $3, incident_id = $4 WHERE gateway_id = $1
+UPDATE fleet_verdict
+SET previous_since = NULLIF(since, '-infinity'), verdict = $2, since = $3, incident_id = $4
+WHERE gateway_id = $1
 """
 LINK_EVIDENCE = "UPDATE observer_evidence SET incident_id = $2 WHERE id = $1"
 # The machine's peer_status row takes the new verdict at once (migration 008's rule), not
@@ -86,6 +89,18 @@ OBSERVER_SESSIONS = f"""
 SELECT count(DISTINCT application_name) FROM pg_stat_activity
 WHERE {LEASE_SESSIONS} AND application_name <> $1
 """  # noqa: S608 - a fixed condition, no input
+# Is the target's own clawd talking to this database right now? Its lease session runs a
+# query every ping interval, so a session idle for longer is a dead machine's (a powered-off
+# machine's session lingers until TCP gives up on it; its queries stop at once).
+TARGET_ALIVE = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name = $1
+      AND state_change > now() - make_interval(secs => $2))
+"""
+REPORTER_ONLY = frozenset({"observer", "alive_window_s"})
+# Without the reporter's interval (an older report): the default interval's worth.
+ALIVE_WINDOW_DEFAULT_S = 30.0
 LINK_DOWN_EVIDENCE = """
 UPDATE observer_evidence SET incident_id = $3
 WHERE target = $1 AND "timestamp" >= $2 AND event_type = 'offline' AND incident_id IS NULL
@@ -122,12 +137,21 @@ def quorum(incident: Incident, sessions: int) -> int:
     return min(observers, max(sessions, 1)) // 2 + 1
 
 
+async def _alive(conn: Conn, incident: Incident) -> bool:
+    window = incident.details.get("alive_window_s")
+    if not isinstance(window, int | float) or window <= 0:
+        window = ALIVE_WINDOW_DEFAULT_S
+    target = lease_session_name(incident.gateway_id)
+    return bool(await conn.fetchval(TARGET_ALIVE, target, float(window)))
+
+
 def _fleet_incident(
     incident: Incident, observer: str, was: str, since: datetime
 ) -> tuple[EventType, dict[str, Any]]:
     """The row the fleet records: back up after a fleet-wide `down` is a recovery, whoever
     reports it first (an observer that started during the outage says `online`)."""
-    details = {k: v for k, v in incident.details.items() if k != "observer"}
+    # The reporter's own parameters stay in its evidence, not in the fleet's row.
+    details = {k: v for k, v in incident.details.items() if k not in REPORTER_ONLY}
     details["witnesses"] = [_witness(observer, incident.timestamp)]
     event = incident.event_type
     if was == "down" and VERDICT_OF[event] == "up":
@@ -159,6 +183,9 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
     assert row is not None  # ENSURE_VERDICT made it
     was, since, current = str(row["verdict"]), row["since"], row["incident_id"]
     if was == verdict and current is not None:
+        began = row["previous_since"]  # the other verdict before this one, if any
+        if began is not None and incident.timestamp <= began:
+            return  # a report of an earlier period of this verdict: evidence only
         await conn.execute(
             ADD_WITNESS,
             current,
@@ -178,6 +205,10 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
         witnesses = await conn.fetch(DOWN_WITNESSES, target, since)
         if len(witnesses) < needed:
             return  # not (yet) the fleet's verdict: unreachable from these observers only
+        if await _alive(conn, incident):
+            # Its clawd answers the database: a cut between machines (or its SSH), not a
+            # machine that is down. Evidence only; a report after it goes quiet decides.
+            return
         named = witnesses[:MAX_WITNESSES]
         details["witnesses"] = [_witness(str(w["observer"]), w["first_seen"]) for w in named]
         outage_began = witnesses[0]["first_seen"]
