@@ -34,7 +34,7 @@ from clawd.config.load import settings_from_data
 from clawd.config.settings import Settings
 from clawd.core.lock_ids import lease_session_name
 from clawd.core.model import EventType, Incident, PeerState, PeerStatus
-from clawd.keep.store.fleet_record import INCIDENT_CHANNEL
+from clawd.keep.store.fleet_record import INCIDENT_CHANNEL, settle_pending_downs
 from clawd.keep.store.pg_store import PgStore
 
 OBSERVERS = ("m1", "m2", "m3")
@@ -348,3 +348,34 @@ async def test_a_machine_whose_clawd_talks_to_the_database_is_not_offline(
     assert [r["event_type"] for r in incidents] == ["offline"]
     assert {w["observer"] for w in witnesses(incidents[0])} == set(OBSERVERS)
     assert "alive_window_s" not in json.loads(incidents[0]["details"])
+
+
+async def test_an_outage_waiting_on_a_quiet_session_is_decided_without_a_new_report(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """A powered-off machine's lease session lingers (TCP has not given up) but runs no
+    more queries: the majority's reports found it alive a moment ago; once its silence is
+    longer than the window the leader's round decides the one `offline` row."""
+    lingering = await asyncpg.connect(
+        pg_db.dsn, server_settings={"application_name": lease_session_name("m5")}
+    )
+    try:
+        await lingering.fetchval("SELECT 1")  # its last lease round before the power-off
+        for observer in ("m1", "m2"):
+            cut = report(observer, EventType.OFFLINE, 0, observers=3)
+            cut.timestamp = datetime.now(UTC)  # the leader looks back a bounded while only
+            cut.details["alive_window_s"] = 1.0
+            await stores[observer].apply([cut])
+        async with connect(pg_db) as conn:
+            assert await settle_pending_downs(conn) == 0  # still within the window
+        assert await rows(pg_db) == []
+        await asyncio.sleep(1.5)  # its silence outlasts the window
+        async with connect(pg_db) as conn:
+            assert await settle_pending_downs(conn) == 1
+            assert await settle_pending_downs(conn) == 0  # decided once
+    finally:
+        await lingering.close()
+    incidents = await rows(pg_db)
+    assert [r["event_type"] for r in incidents] == ["offline"]
+    assert {w["observer"] for w in witnesses(incidents[0])} == {"m1", "m2"}
+    assert json.loads(incidents[0]["details"])["quorum"] == 2

@@ -48,7 +48,7 @@ from clawd.keep.retention.pruner import RetentionPruner
 from clawd.keep.store.factory import build_repository
 from clawd.keep.store.migrations import install_migration_files
 from clawd.keep.store.repository import FleetRepository
-from clawd.keep.verdicts import FleetVerdicts
+from clawd.keep.verdicts import FleetVerdicts, PendingOutages
 from clawd.serve.control import ControlServer, socket_path
 from clawd.serve.metrics.adapter import DaemonSource, backup_state
 from clawd.serve.metrics.registry import FleetMetrics
@@ -189,7 +189,8 @@ async def assemble(
         keeper.emit(PeerConfigured(instance, utcnow()))
     # The peers this machine does not probe take the fleet's verdict (k observers each).
     verdicts = FleetVerdicts(keeper.emit, lambda: keeper.reconciler.t.observers > 0)
-    lease = LeaderLease(s, lambda: keeper.view, keeper.emit, riders=(verdicts,))
+    riders = (verdicts, PendingOutages())
+    lease = LeaderLease(s, lambda: keeper.view, keeper.emit, riders=riders)
     metrics = FleetMetrics(
         DaemonSource(
             view=lambda: keeper.view,

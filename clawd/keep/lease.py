@@ -81,14 +81,16 @@ def wants_lead(view: FleetView, able: frozenset[str] | None = None) -> bool:
 
 class SessionRider(Protocol):
     """Reads more of the fleet's shared state on the lease's session (one session per
-    daemon for it, not one more): the fleet's verdicts (keep/verdicts.py)."""
+    daemon for it, not one more): the fleet's verdicts, and on the leader the outages
+    still to decide (keep/verdicts.py)."""
 
     async def attach(self, conn: asyncpg.Connection, wake: Callable[[], None]) -> None:
         """A new session: listen on it; `wake` asks for a round now."""
 
-    async def ride(self, conn: asyncpg.Connection, sessions: frozenset[str]) -> None:
+    async def ride(self, conn: asyncpg.Connection, sessions: frozenset[str], held: bool) -> None:
         """After each lease round, within its time bound; `sessions`: the lease sessions
-        that round saw (application names: the instances running clawd on this database)."""
+        that round saw (application names: the instances running clawd on this database);
+        `held`: this instance holds the lease (the fleet's one leader)."""
 
 
 class LeaderLease:
@@ -184,16 +186,31 @@ class LeaderLease:
             # one whose session hangs stops acting within one interval of its last renewal.
             async with asyncio.timeout(self._pace()):
                 await self._round(conn)
-                for rider in self._riders:
-                    await rider.ride(conn, self._sessions)
         except asyncpg.UndefinedTableError:
             # Read before the repository's migrations ran (they go in the background when
             # the database came late): nothing held yet, the next round reads again.
             if not self._schema_missing:
                 self._schema_missing = True
                 log.info("lease_schema_missing", table="fleet_leader")
+            return
         except (*TRANSIENT, asyncpg.PostgresError) as exc:
             await self._lost(exc)
+            return
+        await self._ride(conn)
+
+    async def _ride(self, conn: asyncpg.Connection) -> None:
+        """The riders' reads, each bounded like a round: theirs to fail, never the lease's
+        (a slow or broken rider read must not cost the leader its lock)."""
+        for rider in self._riders:
+            try:
+                async with asyncio.timeout(self._pace()):
+                    await rider.ride(conn, self._sessions, self._held)
+            except asyncpg.UndefinedTableError:
+                return  # migrations still running: the next round reads again
+            except (*TRANSIENT, asyncpg.PostgresError) as exc:
+                rider_name, error = type(rider).__name__, type(exc).__name__
+                log.warning("lease_rider_failed", rider=rider_name, error=error)
+                return
 
     async def _connect(self) -> asyncpg.Connection:
         me = self._view().me.gateway_id

@@ -1,5 +1,6 @@
-"""The fleet's verdicts, read from the shared record for the peers this machine does not
-probe (decide/observing.py).
+"""The fleet's verdicts on the lease's session: read from the shared record for the peers
+this machine does not probe (decide/observing.py), and on the leader the outages that
+still wait for a decision.
 
 It rides on the leader lease's session (keep/lease.py): one session per daemon for the
 fleet's shared state, not one more. Every incident_log row NOTIFYs `clawd_incident`
@@ -19,7 +20,7 @@ import structlog
 
 from clawd.core.model import utcnow
 from clawd.core.observations import Observation, Verdict, VerdictsSeen
-from clawd.keep.store.fleet_record import INCIDENT_CHANNEL, VERDICT_OF
+from clawd.keep.store.fleet_record import INCIDENT_CHANNEL, VERDICT_OF, settle_pending_downs
 
 log = structlog.get_logger("clawd.keep.verdicts")
 
@@ -48,7 +49,7 @@ class FleetVerdicts:
         self._due = True
         await conn.add_listener(INCIDENT_CHANNEL, self._notified)
 
-    async def ride(self, conn: asyncpg.Connection, sessions: frozenset[str]) -> None:
+    async def ride(self, conn: asyncpg.Connection, sessions: frozenset[str], held: bool) -> None:
         """After a lease round: read the verdicts if an incident changed them or it is
         time; report them with the round's sessions (who can observe) when either changed."""
         self._rounds += 1
@@ -81,3 +82,19 @@ def _since(value: object) -> datetime:
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value
     return datetime.min.replace(tzinfo=utcnow().tzinfo)
+
+
+class PendingOutages:
+    """On the leader only: outages whose reports found the machine's clawd still querying
+    the database are judged again every lease round (fleet_record.settle_pending_downs),
+    so a powered-off machine whose session lingers is offline once its queries stop."""
+
+    async def attach(self, conn: asyncpg.Connection, wake: Callable[[], None]) -> None:
+        return None
+
+    async def ride(self, conn: asyncpg.Connection, sessions: frozenset[str], held: bool) -> None:
+        if not held:
+            return
+        decided = await settle_pending_downs(conn)
+        if decided:
+            log.info("fleet_outages_decided", offline=decided)

@@ -101,6 +101,18 @@ SELECT EXISTS (
 REPORTER_ONLY = frozenset({"observer", "alive_window_s"})
 # Without the reporter's interval (an older report): the default interval's worth.
 ALIVE_WINDOW_DEFAULT_S = 30.0
+# Outages not decided yet: the latest unlinked `offline` report per machine the fleet
+# still calls up, within the horizon (older ones were answered by an up since, or judged).
+PENDING_DOWNS = """
+SELECT DISTINCT ON (e.target) e.id, e.target, e.details, e."timestamp", e.client_key
+FROM fleet_verdict v
+JOIN observer_evidence e ON e.target = v.gateway_id
+WHERE (v.verdict = 'up' OR v.incident_id IS NULL)  -- up, or no verdict recorded yet
+  AND e.event_type = 'offline' AND e.incident_id IS NULL
+  AND e."timestamp" > v.since AND e."timestamp" > now() - make_interval(secs => $1)
+ORDER BY e.target, e."timestamp" DESC
+"""
+PENDING_HORIZON_S = 900.0
 LINK_DOWN_EVIDENCE = """
 UPDATE observer_evidence SET incident_id = $3
 WHERE target = $1 AND "timestamp" >= $2 AND event_type = 'offline' AND incident_id IS NULL
@@ -165,12 +177,10 @@ def _fleet_incident(
 async def record_fleet_event(conn: Conn, incident: Incident) -> None:
     """Evidence always; the incident row only when the fleet's verdict changes. In the
     caller's transaction; idempotent (a replayed report finds its evidence and stops)."""
-    observer = str(incident.details["observer"])
-    target, verdict = incident.gateway_id, VERDICT_OF[incident.event_type]
     evidence_id = await conn.fetchval(
         INSERT_EVIDENCE,
-        observer,
-        target,
+        str(incident.details["observer"]),
+        incident.gateway_id,
         incident.event_type.value,
         json.dumps(incident.details),
         incident.timestamp,
@@ -178,6 +188,32 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
     )
     if evidence_id is None:
         return  # replayed: this report was recorded before
+    await _judge(conn, incident, int(evidence_id))
+
+
+async def settle_pending_downs(conn: Conn) -> int:
+    """Judge again the outages whose reports found the machine's clawd still on the
+    database (a powered-off machine's session lingers until TCP gives up, its last query
+    ages): each observer reports a change once, so the fleet decides here, on the leader's
+    lease round, without a new report. How many `offline` rows it wrote."""
+    decided = 0
+    for row in await conn.fetch(PENDING_DOWNS, PENDING_HORIZON_S):
+        report = Incident(
+            gateway_id=str(row["target"]),
+            event_type=EventType.OFFLINE,
+            details=json.loads(row["details"]) if row["details"] else {},
+            timestamp=row["timestamp"],
+            key=row["client_key"],
+        )
+        async with conn.transaction():
+            decided += await _judge(conn, report, int(row["id"]))
+    return decided
+
+
+async def _judge(conn: Conn, incident: Incident, evidence_id: int) -> int:
+    """Does this report change the fleet's verdict? 1 if it wrote the incident row."""
+    observer = str(incident.details["observer"])
+    target, verdict = incident.gateway_id, VERDICT_OF[incident.event_type]
     await conn.execute(ENSURE_VERDICT, target, verdict)
     row = await conn.fetchrow(LOCK_VERDICT, target)
     assert row is not None  # ENSURE_VERDICT made it
@@ -185,7 +221,7 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
     if was == verdict and current is not None:
         began = row["previous_since"]  # the other verdict before this one, if any
         if began is not None and incident.timestamp <= began:
-            return  # a report of an earlier period of this verdict: evidence only
+            return 0  # a report of an earlier period of this verdict: evidence only
         await conn.execute(
             ADD_WITNESS,
             current,
@@ -194,9 +230,9 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
             json.dumps([{"observer": observer}]),
         )
         await conn.execute(LINK_EVIDENCE, evidence_id, current)
-        return
+        return 0
     if current is not None and incident.timestamp <= since:
-        return  # older than the fleet's verdict: a late replay, evidence only
+        return 0  # older than the fleet's verdict: a late replay, evidence only
     event, details = _fleet_incident(incident, observer, was if current is not None else "", since)
     outage_began = incident.timestamp
     if verdict == "down":
@@ -204,11 +240,11 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
         needed = details["quorum"] = quorum(incident, int(sessions))
         witnesses = await conn.fetch(DOWN_WITNESSES, target, since)
         if len(witnesses) < needed:
-            return  # not (yet) the fleet's verdict: unreachable from these observers only
+            return 0  # not (yet) the fleet's verdict: unreachable from these observers only
         if await _alive(conn, incident):
             # Its clawd answers the database: a cut between machines (or its SSH), not a
-            # machine that is down. Evidence only; a report after it goes quiet decides.
-            return
+            # machine that is down. Evidence only, judged again (settle_pending_downs).
+            return 0
         named = witnesses[:MAX_WITNESSES]
         details["witnesses"] = [_witness(str(w["observer"]), w["first_seen"]) for w in named]
         outage_began = witnesses[0]["first_seen"]
@@ -225,3 +261,4 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
     await conn.execute(LINK_EVIDENCE, evidence_id, incident_id)
     if verdict == "down":
         await conn.execute(LINK_DOWN_EVIDENCE, target, outage_began, incident_id)
+    return 1
