@@ -38,7 +38,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -675,3 +675,24 @@ class Fleet:
                 break
             await asyncio.sleep(poll)
         raise AssertionError(f"not within {timeout} s")
+
+
+@contextlib.asynccontextmanager
+async def fleet_of(
+    root: Path,
+    pg: BasePg,
+    specs: Sequence[MachineSpec],
+    *,
+    timings: FleetTimings | None = None,
+    extra_config: dict[str, Any] | None = None,
+    peers_from: PeerSource = "static",
+) -> AsyncIterator[Fleet]:
+    """A fleet, set up; its log digest printed on the way out (pytest shows it when the
+    test failed)."""
+    async with Fleet(
+        root, pg, specs, timings=timings, extra_config=extra_config, peers_from=peers_from
+    ) as fleet:
+        try:
+            yield fleet
+        finally:
+            print(fleet.log_digest())

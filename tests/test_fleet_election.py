@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample
+from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample, fleet_of
 from pgserver import BasePg
 from sshpeers import sshd_path
 
@@ -48,13 +48,10 @@ FENCED_EPOCHS = {"storage": {"flushIntervalSeconds": 0.1, "leaderLease": False}}
 @pytest.fixture
 async def fleet(tmp_path: Path, pg_server: BasePg) -> AsyncIterator[Fleet]:
     """Static peers, mDNS off."""
-    async with Fleet(
+    async with fleet_of(
         tmp_path / "fleet", pg_server, SPECS, timings=TIMINGS, extra_config=FENCED_EPOCHS
     ) as made:
-        try:
-            yield made
-        finally:
-            print(made.log_digest())  # shown when the test failed
+        yield made
 
 
 @pytest.fixture
@@ -64,7 +61,7 @@ async def announcing_fleet(
     """Peers announced over mDNS (their lead numbers with them); static peers as well
     when the test's parameter says "both"."""
     peers_from = request.param
-    async with Fleet(
+    async with fleet_of(
         tmp_path / "fleet",
         pg_server,
         SPECS,
@@ -72,10 +69,7 @@ async def announcing_fleet(
         peers_from=peers_from,
         extra_config=FENCED_EPOCHS,
     ) as made:
-        try:
-            yield made
-        finally:
-            print(made.log_digest())  # shown when the test failed
+        yield made
 
 
 def agreed_on(

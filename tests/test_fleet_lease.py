@@ -25,7 +25,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample
+from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample, fleet_of
 from pgserver import BasePg
 from sshpeers import sshd_path
 
@@ -49,13 +49,10 @@ pytestmark = [
 async def running(tmp_path: Path, pg: BasePg, specs: Sequence[MachineSpec]) -> AsyncIterator[Fleet]:
     # The lease is on by default with backend postgres; said here so these tests keep it.
     lease_on = {"storage": {"flushIntervalSeconds": 0.1, "leaderLease": True}}
-    async with Fleet(
+    async with fleet_of(
         tmp_path / "fleet", pg, specs, timings=TIMINGS, extra_config=lease_on
     ) as fleet:
-        try:
-            yield fleet
-        finally:
-            print(fleet.log_digest())  # shown when the test failed
+        yield fleet
 
 
 def one_leader(leader: str, among: Sequence[str]) -> Callable[[list[StatusSample]], bool]:

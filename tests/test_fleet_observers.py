@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample
+from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample, fleet_of
 from pgserver import BasePg
 from sshpeers import sshd_path
 
@@ -62,13 +62,10 @@ pytestmark = [
 @pytest.fixture
 async def fleet(tmp_path: Path, pg_server: BasePg) -> AsyncIterator[Fleet]:
     """Six machines, static peers, mDNS off, observers = 3 in every config before start."""
-    async with Fleet(
+    async with fleet_of(
         tmp_path / "fleet", pg_server, SPECS, timings=TIMINGS, extra_config=OBSERVED_BY_THREE
     ) as made:
-        try:
-            yield made
-        finally:
-            print(made.log_digest())  # shown when the test failed
+        yield made
 
 
 # --------------------------------------------------------------------------- statuses

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample
+from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample, fleet_of
 from pgserver import BasePg
 from sshpeers import sshd_path
 
@@ -36,13 +36,10 @@ pytestmark = [
 
 @pytest.fixture
 async def fleet(tmp_path: Path, pg_server: BasePg) -> AsyncIterator[Fleet]:
-    async with Fleet(
+    async with fleet_of(
         tmp_path / "fleet", pg_server, SPECS, timings=TIMINGS, peers_from="mdns"
     ) as made:
-        try:
-            yield made
-        finally:
-            print(made.log_digest())  # shown when the test failed
+        yield made
 
 
 def all_online(samples: list[StatusSample]) -> bool:
