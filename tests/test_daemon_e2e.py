@@ -37,6 +37,18 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[SshFleet, dict[str, SshPe
         yield ssh_fleet, peers
 
 
+async def _fleet_json_leader(home: Path, expected: str) -> str:
+    """fleet.json's leader once it names `expected` (it follows the leader_change incident
+    on the keeper's next write: a bounded wait), else the last one read."""
+    leader = ""
+    for _ in range(100):
+        leader = str(json.loads((home / "fleet.json").read_text())["leader"])
+        if leader == expected:
+            break
+        await asyncio.sleep(0.1)
+    return leader
+
+
 async def test_fleet_story_end_to_end(
     tmp_path: Path, fleet: tuple[SshFleet, dict[str, SshPeer]], pg_db: PgDatabase
 ) -> None:
@@ -90,12 +102,7 @@ async def test_fleet_story_end_to_end(
         for gid in peers:
             await daemon.wait_incident(gid, "online", 10)
         await daemon.wait_incident("gw-b", "leader_change", 5)  # lead 1 beats self 5
-        # fleet.json follows the incident on the keeper's next write: bounded wait.
-        for _ in range(100):
-            if json.loads((home / "fleet.json").read_text())["leader"] == "gw-b":
-                break
-            await asyncio.sleep(0.1)
-        assert json.loads((home / "fleet.json").read_text())["leader"] == "gw-b"
+        assert await _fleet_json_leader(home, "gw-b") == "gw-b"
 
         await peers["gw-c"].stop()
         took = await daemon.wait_incident("gw-c", "offline", DETECT_WITHIN + 1)
@@ -110,7 +117,7 @@ async def test_fleet_story_end_to_end(
         await peers["gw-b"].stop()  # the leader goes away
         # The first leader_change naming gw-a: the election at start named gw-b only.
         await daemon.wait_incident("gw-a", "leader_change", DETECT_WITHIN + 1)
-        assert json.loads((home / "fleet.json").read_text())["leader"] == "gw-a"
+        assert await _fleet_json_leader(home, "gw-a") == "gw-a"
         await peers["gw-b"].start()
         await daemon.wait_incident("gw-b", "recovery", 10)
         await daemon.wait_incident("gw-b", "leader_change", 5, occurrence=2)
@@ -136,7 +143,8 @@ async def test_fleet_story_end_to_end(
         assert sorted((r["gateway_id"], r["event_type"]) for r in incidents) == sorted(
             daemon.incidents()
         )
-        statuses = dict(await conn.fetch("SELECT gateway_id, status FROM peer_status"))
+        rows = await conn.fetch("SELECT gateway_id, status FROM peer_status")
+        statuses = {r["gateway_id"]: r["status"] for r in rows}
         assert statuses == {"gw-b": "online", "gw-c": "online", "gw-d": "online"}
     finally:
         await conn.close()
