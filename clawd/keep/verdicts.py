@@ -54,6 +54,7 @@ class FleetVerdicts:
         time; report them with the round's sessions (who can observe) when either changed."""
         self._rounds += 1
         if not self._wanted():
+            self._last = None  # wanted again (a reload): report afresh at once
             return
         if self._due or self._rounds >= ROUNDS_BETWEEN_READS or self._last is None:
             self._due, self._rounds = False, 0
