@@ -35,6 +35,7 @@ from clawd.config.settings import Settings
 from clawd.core.lock_ids import lease_session_name
 from clawd.core.model import EventType, Incident, PeerState, PeerStatus
 from clawd.keep.store.fleet_record import INCIDENT_CHANNEL, settle_pending_downs
+from clawd.keep.store.ops import WriteOp
 from clawd.keep.store.pg_store import PgStore
 
 OBSERVERS = ("m1", "m2", "m3")
@@ -379,3 +380,35 @@ async def test_an_outage_waiting_on_a_quiet_session_is_decided_without_a_new_rep
     assert [r["event_type"] for r in incidents] == ["offline"]
     assert {w["observer"] for w in witnesses(incidents[0])} == {"m1", "m2"}
     assert json.loads(incidents[0]["details"])["quorum"] == 2
+
+
+async def test_observers_writing_the_same_machines_at_once_lose_nothing(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """Every observer writes the same machines' peer rows and reports, each batch in its own
+    order (what a 16-machine fleet did: deadlocks, writes set aside as rejected). Rows are
+    locked in one order and a batch that still crossed another is written again."""
+    targets = [f"t{n}" for n in range(8)]
+
+    def batch(observer: str, n: int, order: list[str]) -> list[WriteOp]:
+        at = 10 * n + OBSERVERS.index(observer) * 0.1
+        event = EventType.OFFLINE if n % 2 else EventType.ONLINE
+        states: list[WriteOp] = [seen_as(PeerStatus.ONLINE, at, t) for t in order]
+        reports: list[WriteOp] = [report(observer, event, at, t, observers=3) for t in order]
+        return states + reports
+
+    for n in range(6):
+        orders = [targets, targets[::-1], targets[3:] + targets[:3]]
+        await asyncio.gather(
+            *(
+                stores[o].apply(batch(o, n, order))
+                for o, order in zip(OBSERVERS, orders, strict=True)
+            )
+        )
+    evidence = await rows(pg_db, "observer_evidence")
+    assert len(evidence) == 6 * len(OBSERVERS) * len(targets)  # every report delivered
+    per_target = {
+        t: [r["event_type"] for r in await rows(pg_db) if r["gateway_id"] == t] for t in targets
+    }
+    expected = ["online", "offline", "recovery", "offline", "recovery", "offline"]
+    assert all(events == expected for events in per_target.values()), per_target

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from collections.abc import Sequence
 from itertools import groupby
 from typing import Any
@@ -40,6 +42,11 @@ ENSURE_INSTANCE = """
 INSERT INTO fleet_instances (gateway_id, name, updated_at) VALUES ($1, $1, '-infinity')
 ON CONFLICT (gateway_id) DO NOTHING
 """
+
+# Every machine of a fleet writes the same peers' rows: batches lock them in gateway order,
+# and one that still crossed another (a deadlock, rolled back whole) is written again.
+CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+CONFLICT_ATTEMPTS = 4
 
 # Replayed or reordered writes never move a peer's status backwards in time; where the
 # fleet has a verdict on the peer, the status is that verdict (migration 008).
@@ -139,6 +146,10 @@ def _target(incident: Incident) -> str:
     return incident.gateway_id
 
 
+def _gateway(op: WriteOp) -> str:
+    return op.gateway_id if isinstance(op, Instance | PeerState) else ""
+
+
 async def _write_group(conn: Conn, kind: type, ops: list[WriteOp]) -> None:
     if kind is PingBatch:
         records = [_ping_record(p) for op in ops if isinstance(op, PingBatch) for p in op.pings]
@@ -146,10 +157,12 @@ async def _write_group(conn: Conn, kind: type, ops: list[WriteOp]) -> None:
         await conn.copy_records_to_table(PING_STAGE, records=records, columns=PING_COLUMNS)
         await conn.execute(MERGE_PINGS)
     elif kind is Instance:
-        await conn.executemany(UPSERT_INSTANCE, [_instance_args(o) for o in ops])  # type: ignore[arg-type]
+        instances = sorted(ops, key=_gateway)  # rows locked in one order: see CONFLICTS
+        await conn.executemany(UPSERT_INSTANCE, [_instance_args(o) for o in instances])  # type: ignore[arg-type]
     elif kind is PeerState:
-        await conn.executemany(ENSURE_INSTANCE, [(o.gateway_id,) for o in ops])  # type: ignore[union-attr]
-        await conn.executemany(UPSERT_PEER, [_peer_args(o) for o in ops])  # type: ignore[arg-type]
+        states = sorted(ops, key=_gateway)  # stable: one peer's states keep their order
+        await conn.executemany(ENSURE_INSTANCE, [(o.gateway_id,) for o in states])  # type: ignore[union-attr]
+        await conn.executemany(UPSERT_PEER, [_peer_args(o) for o in states])  # type: ignore[arg-type]
     elif kind is Incident:
         fleet_events: list[Incident] = []
         plain: list[tuple[Any, ...]] = []
@@ -224,15 +237,29 @@ class PgStore:
             self.pool.terminate()
 
     async def apply(self, ops: Sequence[WriteOp]) -> None:
-        """Write `ops` in order, in one transaction; every write is idempotent.
+        """Write `ops` in order, in one transaction; every write is idempotent, so a
+        transaction that crossed another machine's (a deadlock) is written again (bounded).
 
         Raises DatabaseUnavailable when the server went away (the caller keeps
         the ops and retries), DatabaseError when the server rejected the data.
         """
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                for kind, group in groupby(ops, key=type):
-                    await _write_group(conn, kind, list(group))
+            for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+                try:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        for kind, group in groupby(ops, key=type):
+                            await _write_group(conn, kind, list(group))
+                    return
+                except CONFLICTS as exc:
+                    # Several machines' batches crossed on the same rows: the server rolled
+                    # this one back whole; it is idempotent, so it goes again.
+                    if attempt == CONFLICT_ATTEMPTS:
+                        raise DatabaseUnavailable(
+                            f"PostgreSQL at {self.settings.target()}: {type(exc).__name__}"
+                            f" {CONFLICT_ATTEMPTS} times in a row, retrying later"
+                        ) from exc
+                    log.info("postgres_write_conflict", error=type(exc).__name__, attempt=attempt)
+                    await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)  # noqa: S311 - jitter, not crypto
         except TRANSIENT as exc:
             raise DatabaseUnavailable(
                 f"lost PostgreSQL at {self.settings.target()}: {exc or type(exc).__name__}"
