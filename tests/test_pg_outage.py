@@ -168,10 +168,10 @@ async def test_spooled_writes_survive_a_daemon_crash(private_pg: PgServer, tmp_p
     writer = Writer(repo)
     try:
         await repo.upsert_instance(make_instance("gw-a", 1))
-        # Unresponsive: the writer's incidents leave the fleet's verdict on gw-a up, which
-        # keeps an unresponsive status as written (an offline one would read online).
-        await repo.save_peer_state(make_peer("gw-a", PeerStatus.UNRESPONSIVE))
         await writer.rounds_n(40)
+        # Unresponsive, after the incidents: they leave the fleet's verdict on gw-a up,
+        # which keeps an unresponsive status as written (an offline one would read online).
+        await repo.save_peer_state(make_peer("gw-a", PeerStatus.UNRESPONSIVE))
         for n in range(5):
             audit = make_audit("gw-a", n)
             await repo.record_skill_audit(audit)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import random
 from collections.abc import Sequence
-from itertools import groupby
 from typing import Any
 
 import asyncpg
@@ -46,7 +45,7 @@ ON CONFLICT (gateway_id) DO NOTHING
 # Every machine of a fleet writes the same peers' rows: batches lock them in gateway order,
 # and one that still crossed another (a deadlock, rolled back whole) is written again.
 CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-CONFLICT_ATTEMPTS = 4
+CONFLICT_ATTEMPTS = 6
 
 # Replayed or reordered writes never move a peer's status backwards in time; where the
 # fleet has a verdict on the peer, the status is that verdict (migration 008).
@@ -161,7 +160,6 @@ async def _write_group(conn: Conn, kind: type, ops: list[WriteOp]) -> None:
         await conn.executemany(UPSERT_INSTANCE, [_instance_args(o) for o in instances])  # type: ignore[arg-type]
     elif kind is PeerState:
         states = sorted(ops, key=_gateway)  # stable: one peer's states keep their order
-        await conn.executemany(ENSURE_INSTANCE, [(o.gateway_id,) for o in states])  # type: ignore[union-attr]
         await conn.executemany(UPSERT_PEER, [_peer_args(o) for o in states])  # type: ignore[arg-type]
     elif kind is Incident:
         fleet_events: list[Incident] = []
@@ -183,6 +181,26 @@ async def _write_group(conn: Conn, kind: type, ops: list[WriteOp]) -> None:
         await conn.executemany(INSERT_SKILL_AUDIT, [_audit_args(o) for o in ops])  # type: ignore[arg-type]
     else:  # pragma: no cover - WriteOp is closed
         raise TypeError(f"unknown write op {kind!r}")
+
+
+# Every transaction takes the tables in this order, each table's rows in gateway order:
+# several machines writing the same peers' rows at once wait for each other, not in a
+# circle. The instance rows a peer state needs come first (peer_status references them);
+# peer states come after the incidents, so a state is judged against the verdicts its
+# batch's reports made (migration 008), not overwritten by them.
+WRITE_ORDER: tuple[type, ...] = (Instance, PingBatch, Incident, PeerState, SkillAudit)
+
+
+async def _write_all(conn: Conn, ops: Sequence[WriteOp]) -> None:
+    by_kind: dict[type, list[WriteOp]] = {kind: [] for kind in WRITE_ORDER}
+    for op in ops:
+        by_kind[type(op)].append(op)
+    needed = sorted({o.gateway_id for o in by_kind[PeerState] if isinstance(o, PeerState)})
+    if needed:
+        await conn.executemany(ENSURE_INSTANCE, [(g,) for g in needed])
+    for kind in WRITE_ORDER:
+        if by_kind[kind]:
+            await _write_group(conn, kind, by_kind[kind])
 
 
 class PgStore:
@@ -237,8 +255,9 @@ class PgStore:
             self.pool.terminate()
 
     async def apply(self, ops: Sequence[WriteOp]) -> None:
-        """Write `ops` in order, in one transaction; every write is idempotent, so a
-        transaction that crossed another machine's (a deadlock) is written again (bounded).
+        """Write `ops` in one transaction, in WRITE_ORDER (every write is idempotent and
+        guarded by its timestamp or key, so only the lock order changes); a transaction
+        that still crossed another machine's (a deadlock) is written again (bounded).
 
         Raises DatabaseUnavailable when the server went away (the caller keeps
         the ops and retries), DatabaseError when the server rejected the data.
@@ -247,8 +266,7 @@ class PgStore:
             for attempt in range(1, CONFLICT_ATTEMPTS + 1):
                 try:
                     async with self.pool.acquire() as conn, conn.transaction():
-                        for kind, group in groupby(ops, key=type):
-                            await _write_group(conn, kind, list(group))
+                        await _write_all(conn, ops)
                     return
                 except CONFLICTS as exc:
                     # Several machines' batches crossed on the same rows: the server rolled
@@ -259,7 +277,7 @@ class PgStore:
                             f" {CONFLICT_ATTEMPTS} times in a row, retrying later"
                         ) from exc
                     log.info("postgres_write_conflict", error=type(exc).__name__, attempt=attempt)
-                    await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)  # noqa: S311 - jitter, not crypto
+                    await asyncio.sleep(random.uniform(0.01, 0.1) * attempt)  # noqa: S311 - jitter, not crypto
         except TRANSIENT as exc:
             raise DatabaseUnavailable(
                 f"lost PostgreSQL at {self.settings.target()}: {exc or type(exc).__name__}"
