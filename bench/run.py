@@ -8,9 +8,11 @@ and the phi-accrual vs threshold failure detector on synthetic ping traces
 (``bench/detector_traces.py``), the render of a 1,000-peer scrape
 (``bench/metrics_render.py``) and what trusted membership costs, the code before issue 14
 and this checkout side by side (``bench/membership_cost.py``; ``CLAWD_BENCH_CODE`` /
-``CLAWD_BENCH_BASE`` name other trees).
-``--quick`` (a smoke run of every benchmark) takes under 2 minutes, the full run about 15
-(2 cores). Afterwards a summary table of every figure with a goal is put at the top.
+``CLAWD_BENCH_BASE`` name other trees), and k=3 observers per machine against the full mesh
+on real fleets of 4, 8 and 16 machines (``bench/fleet_observers.py``; needs root and sshd).
+``--quick`` (a smoke run of every benchmark) takes under 2 minutes plus about 4 for
+fleet-observers, the full run about 15 plus about 20 for fleet-observers (2 cores).
+Afterwards a summary table of every figure with a goal is put at the top.
 
 Each benchmark returns a markdown body; it is printed and stored in ``bench/results.md``
 between ``<!-- NAME:start -->`` / ``<!-- NAME:end -->`` markers, so benchmarks can add or
@@ -32,6 +34,7 @@ from bench import (
     backup_cost,
     detector_traces,
     fleet_load,
+    fleet_observers,
     membership_cost,
     metrics_render,
     prune_stall,
@@ -114,6 +117,7 @@ BENCHMARKS: dict[str, Callable[[bool], str]] = {
     detector_traces.SECTION: lambda quick: detector_traces.run(quick),
     metrics_render.SECTION: lambda quick: metrics_render.run(quick),
     membership_cost.SECTION: lambda quick: membership_cost.run(quick),
+    fleet_observers.SECTION: lambda quick: fleet_observers.run(quick),
 }
 
 
