@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -57,7 +58,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -675,8 +676,37 @@ def preflight() -> None:
         raise RuntimeError("fleet-observers cannot run: " + "; ".join(problems))
 
 
+@contextlib.contextmanager
+def one_run_at_a_time() -> Iterator[None]:
+    """Every run uses the same unix users (clawobs1..N) and log directory: a second run at
+    the same time would count (and kill) the first one's processes. Fail instead."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with (LOG_DIR / ".lock").open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise RuntimeError(
+                f"fleet-observers cannot run: another run holds {LOG_DIR / '.lock'} ({holder});"
+                " two at once share the unix users clawobsN and would spoil each other"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} since {datetime.now(UTC):%H:%M:%S} UTC\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+
+
 async def measure(plan: Plan) -> tuple[list[Result], dict[str, str]]:
     preflight()
+    with one_run_at_a_time():
+        return await _measure(plan)
+
+
+async def _measure(plan: Plan) -> tuple[list[Result], dict[str, str]]:
     try:
         pg = await asyncio.to_thread(start_pg)
     except PgUnavailableError as exc:
