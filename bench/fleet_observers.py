@@ -64,6 +64,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from clawd.config.sections import PostgresSettings
+
 REPO = Path(__file__).resolve().parents[1]
 TESTS_DIR = REPO / "tests"
 if str(TESTS_DIR) not in sys.path:
@@ -107,7 +109,9 @@ EDGE_SLACK = 1.05  # ping rows counted in a window: a pair's ping can fall eithe
 
 # Production figures the extrapolation uses.
 PROD_INTERVAL = 10.0  # ping.intervalSeconds' default
-PROD_POOL_MIN, PROD_POOL_MAX = 5, 20  # postgres.poolMin / poolMax defaults
+# postgres.poolMin / poolMax defaults
+PROD_POOL_MIN = int(PostgresSettings.model_fields["pool_min"].default)
+PROD_POOL_MAX = int(PostgresSettings.model_fields["pool_max"].default)
 PG_DEFAULT_MAX_CONNECTIONS = 100
 BIG_FLEET = 1000
 

@@ -21,6 +21,16 @@ own that keep answering otherwise) and anything else its unix user still runs. I
 in /proc that none is left. :meth:`Fleet.power_on` brings sshd back on the same address, port
 and host key, then a new clawd on the same home.
 
+With a :class:`netns.Lab` (``lab=``), each machine is instead a network namespace of its
+own (a lab node, ``m1``, ``m2``, ... at 10.77.0.N on the lab's bridge): its sshd listens on
+the node's address, port 22, and its sshd and clawd run inside the namespace (``ip netns
+exec``). The shared PostgreSQL stays in the root namespace; the daemons reach it through a
+TCP -> unix-socket forwarder (tests/unixforward.py) running in a lab node of its own
+(``db``), so they connect to ``db``'s address. The test process itself keeps working from
+the root namespace: statuses over the daemons' control sockets (unix sockets, found by
+path), the database over its usual address. :meth:`Fleet.split` and :meth:`Fleet.heal`
+partition the fleet and join it again (:meth:`netns.Lab.split`). Only static peers.
+
 Plain module (no pytest imports): :class:`Fleet` is an async context manager that always
 kills every process it started, stops every sshd and drops the database it created.
 """
@@ -46,8 +56,10 @@ from typing import Any, Literal
 
 import asyncpg
 from daemonproc import DaemonProcess
-from pgserver import TEST_DB_PASSWORD, TEST_DB_USER, BasePg, PgDatabase
+from netns import Lab, Node
+from pgserver import TEST_DB_PASSWORD, TEST_DB_USER, BasePg, PgDatabase, PgServer
 from sshpeers import ClientKey, OpenSshServer, make_client_key
+from unixforward import UnixForwarder
 
 from clawd.serve.control import NoAnswer, request
 
@@ -56,6 +68,7 @@ __all__ = [
     "FleetTimings",
     "Machine",
     "MachineSpec",
+    "NamespacedPgUnavailableError",
     "PeerSource",
     "StatusSample",
     "kill_machine_processes",
@@ -65,6 +78,31 @@ PeerSource = Literal["static", "mdns", "both"]
 
 KILL_WAIT_SECONDS = 10.0
 STATUS_WAIT_SECONDS = 10.0
+LAB_SSH_PORT = 22  # each machine of a lab fleet has an address (a namespace) of its own
+LAB_PG_PORT = 5432  # the forwarder's port on the lab's db node
+
+
+class NamespacedPgUnavailableError(RuntimeError):
+    """A fleet in a lab needs the test PostgreSQL's unix socket (a pg_ctl cluster)."""
+
+
+def pg_unix_socket(pg: BasePg) -> Path:
+    """The unix socket of `pg` (``<socket_dir>/.s.PGSQL.<port>``), which a forwarder in
+    another network namespace can open by path; NamespacedPgUnavailableError when `pg`
+    has none (an external DSN or a container: reachable only on its TCP address, from the
+    root namespace)."""
+    socket_dir = pg.socket_dir if isinstance(pg, PgServer) else None
+    if socket_dir is None or socket_dir == Path():
+        raise NamespacedPgUnavailableError(
+            f"a fleet in network namespaces needs the test PostgreSQL's unix socket;"
+            f" {pg.describe()} has none (a started pg_ctl cluster, tests/pgserver.py PgServer,"
+            f" has one, an external DSN or a container has not: unset CLAW_TEST_PG_DSN and"
+            f" CLAW_TEST_PG_BACKEND)"
+        )
+    path = socket_dir / f".s.PGSQL.{pg.port}"
+    if not path.is_socket():
+        raise NamespacedPgUnavailableError(f"{pg.describe()}: no unix socket at {path}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -94,6 +132,7 @@ class Machine:
     directory: Path  # everything of this machine that is not the unix user's home
     sshd: OpenSshServer
     client_key: ClientKey
+    node: Node | None = None  # the lab node (network namespace) of a fleet in a lab
     daemon: DaemonProcess | None = None
     # Daemons that ran on this machine before a power-off or stop, newest last (their logs).
     past_daemons: list[DaemonProcess] = field(default_factory=list)
@@ -114,6 +153,11 @@ class Machine:
     @property
     def user(self) -> pwd.struct_passwd:
         return self.sshd.account
+
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        """The command prefix that runs a process on this machine (its namespace)."""
+        return self.node.prefix if self.node is not None else ()
 
     @property
     def running(self) -> bool:
@@ -262,7 +306,14 @@ class Fleet:
         user_prefix: str = "clawfleet",
         extra_config: dict[str, Any] | None = None,
         peers_from: PeerSource = "static",
+        lab: Lab | None = None,
+        follow_pushes: bool = False,
     ) -> None:
+        if lab is not None and peers_from != "static":
+            raise ValueError(
+                f"peers_from={peers_from!r}: a fleet in a lab has static peers only (mDNS"
+                " across the lab's namespaces is not set up by the harness)"
+            )
         self.root = root.resolve()
         self.pg = pg
         self.specs = tuple(specs)
@@ -277,6 +328,17 @@ class Fleet:
         # on loopback, on a service type of this fleet's own; "both": static peers and mDNS.
         self.peers_from = peers_from
         self.service_type = f"_f{secrets.token_hex(4)}._tcp.local."
+        # With a lab: every machine a namespace of its own, PostgreSQL through a forwarder
+        # on the lab node `db_node` (the daemons' postgres.host/port).
+        self.lab = lab
+        # The config.json the leader pushes lands in the login's ~/.openclaw/claw-clan; on a
+        # real machine that is clawd's home. With `follow_pushes` each machine's config is
+        # kept there too and what the leader pushes is copied to the daemon's home (which
+        # reloads it), as the seed's backend switch of a whole fleet goes.
+        self.follow_pushes = follow_pushes
+        self._pushed: dict[str, bytes] = {}
+        self.db_node: Node | None = None
+        self.forwarder: UnixForwarder | None = None
         self.db: PgDatabase | None = None
         self.machines: dict[str, Machine] = {}
         self._pump: asyncio.Task[None] | None = None
@@ -286,6 +348,8 @@ class Fleet:
     async def __aenter__(self) -> Fleet:
         try:
             await asyncio.to_thread(self._create_database)
+            if self.lab is not None:
+                await asyncio.to_thread(self._start_forwarder, self.lab)
             await asyncio.to_thread(self._make_machines)
         except BaseException:
             await self.close()
@@ -312,6 +376,8 @@ class Fleet:
         as claw-clan is installed (a test that removes it means it).
         """
         for machine in self.machines.values():
+            if self.follow_pushes:
+                self._follow_push(machine)
             source = machine.home / "state.json"
             target = Path(machine.user.pw_dir) / ".openclaw" / "claw-clan" / "state.json"
             with contextlib.suppress(OSError):
@@ -321,6 +387,20 @@ class Fleet:
                     tmp.write_bytes(data)
                     os.chown(tmp, machine.user.pw_uid, machine.user.pw_gid)
                     tmp.replace(target)
+
+    def _login_config(self, machine: Machine) -> Path:
+        return Path(machine.user.pw_dir) / ".openclaw" / "claw-clan" / "config.json"
+
+    def _follow_push(self, machine: Machine) -> None:
+        """A config.json the leader pushed to the machine's login: into the daemon's home."""
+        with contextlib.suppress(OSError):
+            data = self._login_config(machine).read_bytes()
+            if data != self._pushed.get(machine.gateway_id):
+                self._pushed[machine.gateway_id] = data
+                tmp = machine.config_path.with_name(".config.json.pushed")
+                tmp.write_bytes(data)
+                tmp.chmod(0o600)
+                tmp.replace(machine.config_path)
 
     async def __aexit__(
         self,
@@ -336,6 +416,20 @@ class Fleet:
         self.pg.create_database(name, owner=TEST_DB_USER)
         self.db = self.pg.database(name, TEST_DB_USER, TEST_DB_PASSWORD)
 
+    def _start_forwarder(self, lab: Lab) -> None:
+        """PostgreSQL's unix socket served on a lab node of its own, for the daemons."""
+        socket_path = pg_unix_socket(self.pg)
+        self.db_node = lab.add("db")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.forwarder = UnixForwarder(
+            self.db_node.ip,
+            LAB_PG_PORT,
+            socket_path,
+            prefix=self.db_node.prefix,
+            log=self.root / "unixforward.log",
+        )
+        self.forwarder.start()
+
     def _make_machines(self) -> None:
         keys = {}
         for spec in self.specs:
@@ -345,17 +439,21 @@ class Fleet:
         authorized = [key.public_line for key in keys.values()]
         for n, spec in enumerate(self.specs, start=1):
             directory = self.root / f"machine-{spec.gateway_id}"
+            # In a lab: a namespace of its own (short role names: namespace "cw<tag>m<n>").
+            node = self.lab.add(f"m{n}") if self.lab is not None else None
             sshd = OpenSshServer(
                 directory / "sshd",
-                [f"{self.address_prefix}.{n}"],
+                [node.ip if node is not None else f"{self.address_prefix}.{n}"],
                 authorized,
+                port=LAB_SSH_PORT if node is not None else None,
                 user=f"{self.user_prefix}{n}",
+                prefix=node.prefix if node is not None else (),
                 # The leader pushes config.json and fence files over SFTP.
                 extra_config=["Subsystem sftp internal-sftp"],
             )
             _reset_claw_clan(sshd.account)
             self.machines[spec.gateway_id] = Machine(
-                spec, sshd.addresses[0], directory, sshd, keys[spec.gateway_id]
+                spec, sshd.addresses[0], directory, sshd, keys[spec.gateway_id], node
             )
         for machine in self.machines.values():
             machine.sshd.start()  # picks the port kept for every later start
@@ -384,6 +482,10 @@ class Fleet:
                 machine.sshd.stop()
             # What the leader pushed there (config.json, fence files): gone with the fleet.
             shutil.rmtree(Path(machine.user.pw_dir) / ".openclaw", ignore_errors=True)
+        if self.forwarder is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.forwarder.stop)
+            self.forwarder = None
         if self.db is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.pg.drop_database, self.db.database)
@@ -396,11 +498,15 @@ class Fleet:
         assert self.db is not None
         me = self.machines[gateway_id]
         t = self.timings
+        # In a lab the daemons reach PostgreSQL through the forwarder on the db node.
+        pg_host, pg_port = self.db.host, self.db.port
+        if self.forwarder is not None:
+            pg_host, pg_port = self.forwarder.host, self.forwarder.port
         config: dict[str, Any] = {
             "backend": "postgres",
             "postgres": {
-                "host": self.db.host,
-                "port": self.db.port,
+                "host": pg_host,
+                "port": pg_port,
                 "database": self.db.database,
                 "user": self.db.user,
                 "password": self.db.password,
@@ -461,6 +567,17 @@ class Fleet:
         tmp.write_text(json.dumps(config, indent=2))
         tmp.chmod(0o600)
         tmp.replace(path)
+        machine = self.machines[gateway_id]
+        login = self._login_config(machine)
+        if self.follow_pushes and login.parent.is_dir():
+            # The same file where the leader finds (and keeps) the machine's own part.
+            data = path.read_bytes()
+            self._pushed[gateway_id] = data
+            tmp = login.with_name(".config.json.swp")
+            tmp.write_bytes(data)
+            os.chown(tmp, machine.user.pw_uid, machine.user.pw_gid)
+            tmp.chmod(0o600)
+            tmp.replace(login)
 
     def edit_config(self, gateway_id: str, edit: Callable[[dict[str, Any]], None]) -> None:
         """Read machine `gateway_id`'s config.json, let `edit` change it, write it back."""
@@ -476,7 +593,7 @@ class Fleet:
             raise RuntimeError(f"{gateway_id}: clawd already runs")
         if machine.daemon is not None:
             machine.past_daemons.append(machine.daemon)
-        machine.daemon = DaemonProcess(machine.home)
+        machine.daemon = DaemonProcess(machine.home, prefix=machine.prefix)
         return machine.daemon
 
     async def start_all(self, ready_timeout: float = 30.0) -> None:
@@ -542,6 +659,30 @@ class Fleet:
             listener = int((machine.sshd.directory / "sshd.pid").read_text().split()[0])
         found = _tree(listener) if listener is not None and _alive(listener) else set()
         return {p for p in found | _pids_of_uid(machine.user.pw_uid) if _alive(p)}
+
+    # -- network (a fleet in a lab)
+
+    def node(self, gateway_id: str) -> Node:
+        """The lab node (network namespace, address, switch port) of machine `gateway_id`."""
+        node = self.machines[gateway_id].node
+        if node is None:
+            raise RuntimeError("not a fleet in a lab: Fleet(..., lab=Lab()) has nodes")
+        return node
+
+    def _lab(self) -> Lab:
+        if self.lab is None:
+            raise RuntimeError("not a fleet in a lab: Fleet(..., lab=Lab()) can be split")
+        return self.lab
+
+    def split(self, gateway_ids: Sequence[str]) -> None:
+        """Partition the fleet: machines `gateway_ids` on one side, every other machine and
+        the database (the db node) on the other. Each side still reaches itself; TCP
+        connections across the cut stall. Replaces an earlier split."""
+        self._lab().split([self.node(g) for g in gateway_ids])
+
+    def heal(self) -> None:
+        """The whole fleet (and the database) on one network again."""
+        self._lab().heal()
 
     # -- status
 
@@ -686,11 +827,22 @@ async def fleet_of(
     timings: FleetTimings | None = None,
     extra_config: dict[str, Any] | None = None,
     peers_from: PeerSource = "static",
+    lab: Lab | None = None,
+    user_prefix: str = "clawfleet",
+    follow_pushes: bool = False,
 ) -> AsyncIterator[Fleet]:
-    """A fleet, set up; its log digest printed on the way out (pytest shows it when the
-    test failed)."""
+    """A fleet, set up (in `lab`'s namespaces when given); its log digest printed on the
+    way out (pytest shows it when the test failed)."""
     async with Fleet(
-        root, pg, specs, timings=timings, extra_config=extra_config, peers_from=peers_from
+        root,
+        pg,
+        specs,
+        timings=timings,
+        extra_config=extra_config,
+        peers_from=peers_from,
+        lab=lab,
+        user_prefix=user_prefix,
+        follow_pushes=follow_pushes,
     ) as fleet:
         try:
             yield fleet

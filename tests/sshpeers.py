@@ -545,7 +545,9 @@ class OpenSshServer:
         return self.host_key.export_public_key("openssh").decode().strip()
 
     def known_hosts_text(self) -> str:
-        return "".join(f"[{a}]:{self.port} {self.host_key_line}\n" for a in self.addresses)
+        # As OpenSSH (and asyncssh) write and look them up: port 22 is the bare address.
+        hosts = [a if self.port == 22 else f"[{a}]:{self.port}" for a in self.addresses]
+        return "".join(f"{host} {self.host_key_line}\n" for host in hosts)
 
     @property
     def _keys_path(self) -> Path:

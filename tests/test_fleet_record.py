@@ -32,11 +32,12 @@ from pgserver import PgDatabase
 
 from clawd.config.load import settings_from_data
 from clawd.config.settings import Settings
-from clawd.core.lock_ids import lease_session_name
+from clawd.core.lock_ids import FLEET_EVENT_LOCK_ID, lease_session_name
 from clawd.core.model import EventType, Incident, PeerState, PeerStatus
 from clawd.keep.store.fleet_record import INCIDENT_CHANNEL, settle_pending_downs
 from clawd.keep.store.ops import WriteOp
 from clawd.keep.store.pg_store import PgStore
+from clawd.keep.store.session_settings import IDLE_IN_TRANSACTION_MS, session_settings
 
 OBSERVERS = ("m1", "m2", "m3")
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -412,3 +413,163 @@ async def test_observers_writing_the_same_machines_at_once_lose_nothing(
     }
     expected = ["online", "offline", "recovery", "offline", "recovery", "offline"]
     assert all(events == expected for events in per_target.values()), per_target
+
+
+def partition_report(observer: str, event: EventType, target: str, at: datetime) -> Incident:
+    """A report as a daemon sends it: its alive window and partition rule with an outage."""
+    incident = report(observer, event, 0, target, observers=2)
+    incident.timestamp = at  # the leader looks back a bounded while only
+    if event is EventType.OFFLINE:
+        incident.details.update(
+            alive_window_s=1.0,
+            partition_window_s=2.0,
+            partition_min_peers=2,
+            partition_fraction=0.3,
+        )
+    return incident
+
+
+async def test_machines_that_drop_together_are_one_partition_not_an_outage_each(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """A cable to three of the fleet's four machines is cut: m1 and m2 report each of them
+    down while their lease sessions still look alive, then the leader's round decides once
+    they are quiet: one `partition` naming the three, no `offline` row. They come back:
+    one `partition_end`, no `recovery` row. Later m5 alone goes down: its own `offline`."""
+    cut_off = ("m5", "m6", "m7")
+    lingering = [
+        await asyncpg.connect(
+            pg_db.dsn, server_settings={"application_name": lease_session_name(target)}
+        )
+        for target in cut_off
+    ]
+    now = datetime.now(UTC)
+    try:
+        for session in lingering:
+            await session.fetchval("SELECT 1")  # their last lease rounds before the cut
+        for target in (*cut_off, "m8"):
+            await stores["m1"].apply([partition_report("m1", EventType.ONLINE, target, now)])
+        for n, target in enumerate(cut_off):
+            for observer in ("m1", "m2"):
+                at = now + timedelta(seconds=5 + 0.3 * n)
+                await stores[observer].apply(
+                    [partition_report(observer, EventType.OFFLINE, target, at)]
+                )
+        assert [r["event_type"] for r in await rows(pg_db)] == ["online"] * 4
+        await asyncio.sleep(1.5)  # their silence outlasts the alive window
+        async with connect(pg_db) as conn:
+            assert await settle_pending_downs(conn) == 1  # one row: the partition
+            assert await settle_pending_downs(conn) == 0
+    finally:
+        for session in lingering:
+            await session.close()
+    incidents = await rows(pg_db)
+    assert [r["event_type"] for r in incidents] == ["online"] * 4 + ["partition"]
+    opened = json.loads(incidents[-1]["details"])
+    assert opened["members"] == list(cut_off) and opened["peers"] == 3 and opened["of"] == 4
+    assert {w["observer"] for w in opened["witnesses"]} == {"m1", "m2"}
+    assert not set(opened) & {"partition_window_s", "alive_window_s", "observer"}
+    verdicts = {r["gateway_id"]: r for r in await rows(pg_db, "fleet_verdict")}
+    assert {g: verdicts[g]["verdict"] for g in cut_off} == dict.fromkeys(cut_off, "down")
+    assert {verdicts[g]["incident_id"] for g in cut_off} == {incidents[-1]["id"]}
+
+    back = now + timedelta(seconds=30)
+    for n, target in enumerate(cut_off):
+        at = back + timedelta(seconds=0.2 * n)
+        await stores["m1"].apply([partition_report("m1", EventType.RECOVERY, target, at)])
+    incidents = await rows(pg_db)
+    assert [r["event_type"] for r in incidents] == ["online"] * 4 + ["partition", "partition_end"]
+    ended = json.loads(incidents[-1]["details"])
+    assert (ended["peers"], ended["back"]) == (3, 3)  # the third came back with the others
+    assert ended["duration_seconds"] == pytest.approx(25.2, abs=0.5)
+    verdicts = {r["gateway_id"]: r["verdict"] for r in await rows(pg_db, "fleet_verdict")}
+    assert set(verdicts.values()) == {"up"}
+
+    alone = now + timedelta(seconds=60)
+    for observer in ("m1", "m2"):
+        await stores[observer].apply([partition_report(observer, EventType.OFFLINE, "m5", alone)])
+    assert [r["event_type"] for r in await rows(pg_db)][-1] == "offline"
+
+
+async def test_one_observers_unreachable_is_its_evidence_not_a_fleet_incident(
+    stores: dict[str, PgStore], pg_db: PgDatabase
+) -> None:
+    """m1 alone cannot reach m5; its helpers do (`unreachable`, from m1 only): kept as m1's
+    evidence, no incident_log row. A reinstall beside it is recorded as it comes."""
+    finding = Incident(
+        "m5",
+        EventType.UNREACHABLE,
+        {"name": "m5", "observer": "m1", "scope": "unreachable from this instance only"},
+        T0 + timedelta(seconds=5),
+    )
+    await stores["m1"].apply([finding, report("m1", EventType.REINSTALL, 6)])
+    await stores["m1"].apply([finding])  # a replay: nothing more
+    assert [r["event_type"] for r in await rows(pg_db)] == ["reinstall"]
+    evidence = await rows(pg_db, "observer_evidence")
+    assert [(r["observer"], r["target"], r["event_type"]) for r in evidence] == [
+        ("m1", "m5", "unreachable")
+    ]
+
+
+async def test_a_json_fleets_leader_changes_are_one_row_each_after_the_switch(
+    pg_db: PgDatabase, tmp_path: Path
+) -> None:
+    """On JSON each machine recorded the fleet's leader changes itself (m1 in epoch 1, m2
+    in epoch 2): at the switch, one row per change, naming every machine that saw it."""
+    for n, observer in enumerate(OBSERVERS):
+        as_json = machine_settings(pg_db, tmp_path / observer, observer, "json")
+        async with running_repo(as_json) as repo:
+            for seconds, old, new, epoch in ((1, None, "m1", 1), (50, "m1", "m2", 2)):
+                at = T0 + timedelta(seconds=seconds + n * 0.7)
+                details = {"old": old, "new": new, "epoch": epoch}
+                await repo.record_incident(Incident(new, EventType.LEADER_CHANGE, details, at))
+    for observer in OBSERVERS:
+        as_pg = machine_settings(pg_db, tmp_path / observer, observer, "postgres")
+        async with running_repo(as_pg) as repo:
+            await wait_delivered(repo)
+    incidents = await rows(pg_db)
+    assert [(r["event_type"], r["gateway_id"]) for r in incidents] == [
+        ("leader_change", "m1"),
+        ("leader_change", "m2"),
+    ]
+    for row in incidents:
+        assert {w["observer"] for w in witnesses(row)} == set(OBSERVERS)
+        assert "observer" not in json.loads(row["details"])
+    assert len(await rows(pg_db, "observer_evidence")) == 6
+
+
+async def test_a_writer_cut_off_mid_transaction_does_not_stop_the_fleets_verdicts(
+    pg_db: PgDatabase, stores: dict[str, PgStore]
+) -> None:
+    """A machine cut off by a partition in the middle of judging a report keeps its
+    transaction (and the fleet-event lock) open until TCP gives up on it -- two hours.
+    Its session, like every daemon's, has idle_in_transaction_session_timeout: PostgreSQL
+    ends it, and the others' reports are judged again (measured: no verdict for > 60 s)."""
+    cut_off = await asyncpg.connect(pg_db.dsn, server_settings=session_settings())
+    transaction = cut_off.transaction()
+    await transaction.start()
+    await cut_off.execute("SELECT pg_advisory_xact_lock($1)", FLEET_EVENT_LOCK_ID)
+    started = asyncio.get_running_loop().time()
+    try:
+        # Its client is gone: nothing more comes from it. m1's report waits, then lands.
+        daemon_store = await PgStore.open(make_settings(pg_db, Path("/nonexistent")).postgres)
+        try:
+            await asyncio.wait_for(
+                daemon_store.apply([report("m1", EventType.ONLINE, 1)]), timeout=60
+            )
+        finally:
+            await daemon_store.close()
+        waited = asyncio.get_running_loop().time() - started
+        assert waited >= IDLE_IN_TRANSACTION_MS / 1000 * 0.8, waited  # it did wait on it
+        assert [r["event_type"] for r in await rows(pg_db)] == ["online"]
+        assert cut_off.is_closed() or not await _answers(cut_off)
+    finally:
+        cut_off.terminate()
+
+
+async def _answers(conn: asyncpg.Connection) -> bool:
+    try:
+        await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=5)
+    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError):
+        return False
+    return True

@@ -42,6 +42,21 @@ def test_the_holder_that_took_an_epoch_records_the_one_leader_change() -> None:
     assert acting_leader(decision.view)
 
 
+def test_the_same_leader_in_a_new_epoch_is_a_note_not_a_leader_change() -> None:
+    """A fleet moving from JSON to the lease: its leader takes the lease in a new epoch
+    (past the fenced one); the leader did not change, so no row says it did."""
+    view = leased_view(leader="gw-me", epoch=1)
+    decision = Reconciler(Thresholds()).apply(
+        view, LeaseSeen(T0, "gw-me", 2, held=True, new=True), T0
+    )
+    assert (decision.view.leader, decision.view.epoch) == ("gw-me", 2)
+    assert decision.incidents == []
+    assert [(n.event, dict(n.fields)) for n in decision.notes] == [
+        ("leader_epoch_raised", {"old": "gw-me", "new": "gw-me", "epoch": 2})
+    ]
+    assert acting_leader(decision.view)
+
+
 def test_an_instance_that_only_reads_the_lease_adopts_it_as_a_note_not_an_incident() -> None:
     view = leased_view(leader="gw-old", epoch=3)
     decision = Reconciler(Thresholds()).apply(view, LeaseSeen(T0, "gw-best", 4, held=False), T0)

@@ -412,6 +412,36 @@ def test_start_keeps_the_stored_leader_without_an_incident() -> None:
     assert fleet.view.settle is None
 
 
+def test_a_restart_waits_for_the_stored_leader_beyond_the_settle_time() -> None:
+    """On a busy machine the stored leader's first SSH handshake can outlast the start-up
+    wait (CI: gw-d elected, then gw-e back, two leader changes for a restart that found
+    the same leader). The wait holds for it until it answers or is judged offline."""
+    state = PeerState("gw-b", status=PeerStatus.ONLINE, last_seen=at(0), updated_at=at(0))
+    peers = {"gw-b": peer("gw-b", lead=1), "gw-c": peer("gw-c", lead=2)}
+    view = initial_view(ME, peers, {"gw-b": state}, "gw-b")
+    fleet = Fleet(view, thresholds=SETTLING)
+    fleet.feed(Started(at(0)))
+    fleet.ping("gw-c", 1, ok=True)
+    fleet.feed(Tick(at(12)))  # past the settle time: gw-b neither answered nor failed
+    assert fleet.view.settle is not None and fleet.view.leader == "gw-b"
+    fleet.ping("gw-b", 13, ok=True)
+    assert (fleet.view.leader, leader_changes(fleet)) == ("gw-b", [])
+
+
+def test_a_restart_elects_another_once_the_stored_leader_is_offline() -> None:
+    state = PeerState("gw-b", status=PeerStatus.ONLINE, last_seen=at(0), updated_at=at(0))
+    peers = {"gw-b": peer("gw-b", lead=1), "gw-c": peer("gw-c", lead=2)}
+    view = initial_view(ME, peers, {"gw-b": state}, "gw-b")
+    fleet = Fleet(view, thresholds=SETTLING)
+    fleet.feed(Started(at(0)))
+    fleet.ping("gw-c", 1, ok=True)
+    for n in range(3):  # three misses: offline
+        fleet.ping("gw-b", 11 + n, ok=False)
+    fleet.feed(Tick(at(14)))
+    assert fleet.view.peers["gw-b"].state.status is PeerStatus.OFFLINE
+    assert leader_changes(fleet) == [{"old": "gw-b", "new": "gw-c", "epoch": 1}]
+
+
 def test_start_waits_no_longer_than_the_settle_time() -> None:
     fleet = Fleet(thresholds=SETTLING)
     fleet.feed(Started(at(0)))

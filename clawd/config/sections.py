@@ -33,8 +33,11 @@ class PostgresSettings(Section):
     database: str = Field(default="claw_clan", min_length=1)
     user: str = Field(default="claw", min_length=1)
     password: SecretStr = SecretStr("")
-    pool_min: int = Field(default=5, ge=1, le=100)
-    pool_max: int = Field(default=20, ge=1, le=100)
+    # Small: every machine of the fleet runs clawd on this one database (one lease session
+    # each besides), and a daemon writes one batch at a time; idle extra connections close
+    # after asyncpg's 300 s. 100 max_connections then serve ~50 machines at rest.
+    pool_min: int = Field(default=1, ge=1, le=100)
+    pool_max: int = Field(default=4, ge=1, le=100)
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
 
     @model_validator(mode="after")

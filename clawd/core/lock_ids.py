@@ -13,8 +13,12 @@ PRUNE_LOCK_ID = 0x636C61777072756E
 ROLLUP_LOCK_ID = 0x636C6177726F6C6C
 # "clawlead": the fleet leader's lease (backend postgres), held on a session of its own.
 LEADER_LOCK_ID = 0x636C61776C656164
+# "clawfevt": the fleet's verdicts are judged one report at a time (a transaction lock): a
+# partition is judged across machines, and every judgement then takes its locks in order.
+FLEET_EVENT_LOCK_ID = 0x636C617766657674
 
-assert len({MIGRATION_LOCK_ID, PRUNE_LOCK_ID, ROLLUP_LOCK_ID, LEADER_LOCK_ID}) == 4
+_ALL = {MIGRATION_LOCK_ID, PRUNE_LOCK_ID, ROLLUP_LOCK_ID, LEADER_LOCK_ID, FLEET_EVENT_LOCK_ID}
+assert len(_ALL) == 5
 
 # The leader lease's session is named after its instance, so `pg_stat_activity` lists the
 # instances running clawd on this database: lease candidates, and the fleet's observers.

@@ -55,6 +55,7 @@ def thresholds(settings: Settings) -> Thresholds:
         # Only a shared record lets a machine learn the verdicts on peers it does not probe;
         # they are read on the leader lease's session (keep/verdicts.py).
         observers=d.observers if lease_on(settings) else 0,
+        shared_record=lease_on(settings),
     )
 
 

@@ -34,7 +34,11 @@ def lease_seen(d: Decision, obs: LeaseSeen, now: datetime) -> None:
         d.view = dataclasses.replace(view, lease=lease)
         return
     details = {"old": view.leader, "new": obs.leader, "epoch": obs.epoch}
-    if obs.new:
+    if obs.new and obs.leader == view.leader:
+        # The same leader in a new epoch (the fleet moving from the JSON backend's fenced
+        # epochs to the lease, a fence past the lease's epoch): no change of leader.
+        d.notes.append(Note("leader_epoch_raised", obs.leader or view.me.gateway_id, details))
+    elif obs.new:
         d.incidents.append(
             Incident(
                 gateway_id=view.me.gateway_id,

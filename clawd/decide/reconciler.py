@@ -73,6 +73,10 @@ from clawd.decide.view import (
     evidence,
 )
 
+# A restart waits for the leader its store had for up to this many start-up waits, as
+# long as that leader has neither answered nor been judged offline (view.Settle).
+LEADER_WAIT_SETTLES = 10
+
 
 class Reconciler:
     """Holds the thresholds; `apply` is a pure function of its arguments."""
@@ -205,7 +209,8 @@ class Reconciler:
         elif record.suspicion is not Suspicion.NONE and not d.view.doubting:
             # A partition is judged when a peer would go offline, never on a first miss:
             # one glitch across the fleet is not a partition.
-            if record.suspicion is Suspicion.OFFLINE:
+            # A shared record judges partitions across the fleet's observers instead.
+            if record.suspicion is Suspicion.OFFLINE and not self.t.shared_record:
                 for member in partition.open_or_join(d, gid, now, self.t):
                     self._redecide(d, member, now)
             self._maybe_probe(d, gid, now)
@@ -322,7 +327,13 @@ class Reconciler:
             return
         # No election now: static peers and mDNS finds are still on their way in.
         unheard = frozenset(g for g, r in d.view.peers.items() if r.instance.ip)
-        settle = Settle(obs.at + self.t.settle_min, obs.at + self.t.settle, unheard)
+        settle = Settle(
+            obs.at + self.t.settle_min,
+            obs.at + self.t.settle,
+            unheard,
+            stored_leader=d.view.leader,
+            leader_until=obs.at + LEADER_WAIT_SETTLES * self.t.settle,
+        )
         d.view = dataclasses.replace(d.view, settle=settle)
 
     def _on_tick(self, d: Decision, now: datetime) -> None:

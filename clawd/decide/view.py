@@ -45,6 +45,10 @@ class Thresholds:
     # Observers per machine when the fleet shares one record (0: this machine probes every
     # peer; see decide/assignment.py).
     observers: int = 0
+    # The fleet shares one record that judges its outages (backend postgres with the
+    # leader lease): many machines dropping together are grouped there into one partition
+    # (keep/store/fleet_partition.py), so this instance reports each outage as it sees it.
+    shared_record: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,12 @@ class Settle:
     earliest: datetime
     until: datetime
     unheard: frozenset[str]  # known peers that have not answered a ping yet
+    # The leader the store had, and how long past `until` the wait holds for it while it
+    # has neither answered nor been judged offline: on a busy machine its first SSH
+    # handshake can outlast `until`, and electing the next one meanwhile would record two
+    # leader changes for a restart that found the same leader.
+    stored_leader: str | None = None
+    leader_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,8 +252,10 @@ def settled(view: FleetView, now: datetime) -> bool:
     """May the election run: no start-up wait, or its time is up, or no peer that has not
     answered yet could still win it."""
     settle = view.settle
-    if settle is None or now >= settle.until:
+    if settle is None:
         return True
+    if now >= settle.until:
+        return not _waits_for_stored_leader(view, settle, now)
     if now < settle.earliest:
         return False
     confirmed = [view.me] + [
@@ -259,6 +271,18 @@ def settled(view: FleetView, now: datetime) -> bool:
         if best is None or _rank(record.instance) < best:
             return False
     return True
+
+
+def _waits_for_stored_leader(view: FleetView, settle: Settle, now: datetime) -> bool:
+    leader = settle.stored_leader
+    if leader is None or leader not in settle.unheard or settle.leader_until is None:
+        return False
+    record = view.peers.get(leader)
+    return (
+        record is not None
+        and now < settle.leader_until
+        and record.state.status is not PeerStatus.OFFLINE
+    )
 
 
 def _rank(inst: Instance) -> tuple[int, str]:

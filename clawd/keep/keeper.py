@@ -97,7 +97,9 @@ class FleetKeeper:
         self.recorder = recorder
         self.reconciler = reconciler
         self.view = view
-        self.peer_files = PeerFileWriter(repo, persist_interval)
+        self.peer_files = PeerFileWriter(
+            repo, persist_interval, shared=lambda gid: self.view.probes(gid)
+        )
         self.hooks = hooks or KeeperHooks()
         self.queue: asyncio.Queue[Observation | None] = asyncio.Queue()
         self._pings: list[Ping] = []
@@ -270,8 +272,13 @@ class FleetKeeper:
                 # and how long a silence of its clawd on the database means it is down
                 # (its lease session queries every interval).
                 incident.details["observers"] = self._observers(incident.gateway_id)
-                interval = self.reconciler.t.interval_seconds
-                incident.details["alive_window_s"] = ALIVE_INTERVALS * interval
+                t = self.reconciler.t
+                incident.details["alive_window_s"] = ALIVE_INTERVALS * t.interval_seconds
+                # And when it dropped together with others: one partition, not N outages
+                # (keep/store/fleet_partition.py, with this instance's rule).
+                incident.details["partition_window_s"] = t.partition_window.total_seconds()
+                incident.details["partition_min_peers"] = t.partition_min_peers
+                incident.details["partition_fraction"] = t.partition_fraction
             await self.recorder.record(incident)
         for note in decision.notes:
             self.recorder.note(note)

@@ -32,6 +32,7 @@ from clawd.core.model import utcnow
 from clawd.core.observations import LeaseSeen, Observation
 from clawd.decide.view import FleetView, elect_leader
 from clawd.keep.store.pg_errors import TRANSIENT
+from clawd.keep.store.session_settings import session_settings
 
 log = structlog.get_logger("clawd.keep.lease")
 
@@ -42,7 +43,11 @@ MAX_ROUNDS = 8  # per interval, at most
 GRACE_INTERVALS = 3
 GRACE_MIN_S = 5.0
 
-_READ = "SELECT gateway_id, epoch FROM fleet_leader WHERE id = 1"
+# And whether its holder stopped renewing it (the fleet is without an acting leader).
+_READ = """
+SELECT gateway_id, epoch, renewed_at < now() - make_interval(secs => $1) AS silent
+FROM fleet_leader WHERE id = 1
+"""
 _RENEW = "UPDATE fleet_leader SET renewed_at = now() WHERE id = 1 AND gateway_id = $1"
 _RETAKE = (
     "UPDATE fleet_leader SET acquired_at = now(), renewed_at = now()"
@@ -59,6 +64,27 @@ _WRITE = (
     " acquired_at = excluded.acquired_at, renewed_at = excluded.renewed_at"
 )
 
+
+# The lock's holder has been silent for this many intervals (it renews every half
+# interval, and stops acting when a round does not finish within one).
+STALE_HOLDER_INTERVALS = 3
+# A holder that went silent -- cut off by a partition, or a machine gone without closing
+# its TCP connection -- keeps its session's lock until PostgreSQL's TCP keepalives give up
+# on it (two hours by default). It stopped acting long ago: end its session, so that the
+# lock is free for the instance that should lead now. Both the lease row and the session
+# must be silent (a holder that took the lock a moment ago writes the row at once).
+_END_SILENT_HOLDER = """
+SELECT l.pid, pg_terminate_backend(l.pid) AS ended
+FROM pg_locks l
+JOIN pg_stat_activity a ON a.pid = l.pid
+JOIN fleet_leader f ON f.id = 1
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.pid <> pg_backend_pid()
+  AND f.renewed_at < now() - make_interval(secs => $3)
+  AND a.state_change < now() - make_interval(secs => $3)
+"""
 
 # Who has a lease session open on this database: the instances that could take the lease.
 _CANDIDATES = f"SELECT application_name FROM pg_stat_activity WHERE {LEASE_SESSIONS}"  # noqa: S608
@@ -79,6 +105,18 @@ def wants_lead(view: FleetView, able: frozenset[str] | None = None) -> bool:
     return view.settle is None and lease_leader(view, able) == view.me.gateway_id
 
 
+@dataclasses.dataclass(frozen=True)
+class LeaseRound:
+    """What one lease round saw, for the riders."""
+
+    # The lease sessions (application names): the instances running clawd on this database.
+    sessions: frozenset[str]
+    held: bool  # this instance holds the lease: the fleet's one leader
+    # Nobody renews the lease (none taken yet, or its holder went silent): the fleet has
+    # no acting leader, so what only the leader does falls to every instance meanwhile.
+    leaderless: bool
+
+
 class SessionRider(Protocol):
     """Reads more of the fleet's shared state on the lease's session (one session per
     daemon for it, not one more): the fleet's verdicts, and on the leader the outages
@@ -87,10 +125,8 @@ class SessionRider(Protocol):
     async def attach(self, conn: asyncpg.Connection, wake: Callable[[], None]) -> None:
         """A new session: listen on it; `wake` asks for a round now."""
 
-    async def ride(self, conn: asyncpg.Connection, sessions: frozenset[str], held: bool) -> None:
-        """After each lease round, within its time bound; `sessions`: the lease sessions
-        that round saw (application names: the instances running clawd on this database);
-        `held`: this instance holds the lease (the fleet's one leader)."""
+    async def ride(self, conn: asyncpg.Connection, seen: LeaseRound) -> None:
+        """After each lease round, within its time bound."""
 
 
 class LeaderLease:
@@ -122,6 +158,7 @@ class LeaderLease:
         # and since when each has had none (time.monotonic()).
         self._able: frozenset[str] = frozenset()
         self._sessions: frozenset[str] = frozenset()  # the last round's lease sessions
+        self._leaderless = False  # the last round found nobody renewing the lease
         self._absent: dict[str, float] = {}
 
     @property
@@ -204,7 +241,8 @@ class LeaderLease:
         for rider in self._riders:
             try:
                 async with asyncio.timeout(self._pace()):
-                    await rider.ride(conn, self._sessions, self._held)
+                    seen = LeaseRound(self._sessions, self._held, self._leaderless)
+                    await rider.ride(conn, seen)
             except asyncpg.UndefinedTableError:
                 return  # migrations still running: the next round reads again
             except (*TRANSIENT, asyncpg.PostgresError) as exc:
@@ -217,7 +255,7 @@ class LeaderLease:
         try:
             conn: asyncpg.Connection = await asyncpg.connect(
                 **self.settings.postgres.connect_kwargs(),
-                server_settings={"application_name": lease_session_name(me)},
+                server_settings=session_settings(lease_session_name(me)),
             )
         except (*TRANSIENT, asyncpg.PostgresError):
             if not self._down:
@@ -237,8 +275,10 @@ class LeaderLease:
     async def _round(self, conn: asyncpg.Connection) -> None:
         view = self._view()
         me = view.me.gateway_id
-        row = await conn.fetchrow(_READ)
+        silent = STALE_HOLDER_INTERVALS * self.interval
+        row = await conn.fetchrow(_READ, silent)
         leader, epoch = (str(row["gateway_id"]), int(row["epoch"])) if row else (None, 0)
+        self._leaderless = row is None or bool(row["silent"])
         sessions = {str(r["application_name"]) for r in await conn.fetch(_CANDIDATES)}
         self._sessions = frozenset(sessions)
         self._able = self._could_lead(view, sessions)
@@ -248,6 +288,8 @@ class LeaderLease:
                 self._held = True
                 leader, epoch, new = await self._take(conn, view, leader, epoch)
                 log.info("lease_acquired", epoch=epoch, new_epoch=new)
+            else:
+                await self._end_silent_holder(conn, leader)
         elif self._held and not want:
             await conn.fetchval("SELECT pg_advisory_unlock($1)", LEADER_LOCK_ID)
             self._held = False
@@ -260,6 +302,24 @@ class LeaderLease:
             else:
                 await conn.execute(_RENEW, me)
         self._report(leader, epoch, new)
+
+    async def _end_silent_holder(self, conn: asyncpg.Connection, leader: str | None) -> None:
+        """The lock is taken but we should lead: if its holder has gone silent, end its
+        session (the next round takes the lock)."""
+        silent = STALE_HOLDER_INTERVALS * self.interval
+        try:
+            rows = await conn.fetch(
+                _END_SILENT_HOLDER, LEADER_LOCK_ID >> 32, LEADER_LOCK_ID & 0xFFFFFFFF, silent
+            )
+        except asyncpg.InsufficientPrivilegeError:
+            # Another database role holds it (roles per machine): only it, or a role
+            # with pg_signal_backend, may end that session.
+            log.warning("lease_holder_not_ended", leader=leader, reason="insufficient privilege")
+            return
+        for row in rows:
+            if row["ended"]:
+                log.warning("lease_holder_ended", leader=leader, pid=row["pid"], silent_s=silent)
+                self._wake.set()
 
     def _could_lead(self, view: FleetView, sessions: set[str]) -> frozenset[str]:
         """The peers with a lease session, and those without one for less than the grace

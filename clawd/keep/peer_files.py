@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from clawd.core.model import PeerState
@@ -36,9 +37,15 @@ class PeerFileWriter:
     """Writes peer states to the repository, holding back the ones that only say "still
     there" until `interval` seconds after that peer's last write (or a flush)."""
 
-    def __init__(self, repo: Repository, interval: float) -> None:
+    def __init__(
+        self, repo: Repository, interval: float, shared: Callable[[str], bool] = lambda _: True
+    ) -> None:
         self.repo = repo
         self.interval = interval
+        # Whether a peer's state goes to the shared record too: with k observers per
+        # machine, only what this machine probes (the rest is the fleet's verdict there,
+        # which it only follows; its peer files still show it).
+        self._shared = shared
         self._written: dict[str, _Written] = {}
         self._dirty: dict[str, PeerState] = {}
 
@@ -69,5 +76,5 @@ class PeerFileWriter:
 
     async def _write(self, state: PeerState) -> None:
         self._dirty.pop(state.gateway_id, None)
-        await self.repo.save_peer_state(state)
+        await self.repo.save_peer_state(state, shared=self._shared(state.gateway_id))
         self._written[state.gateway_id] = _Written(state, time.monotonic())

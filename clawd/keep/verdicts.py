@@ -20,6 +20,7 @@ import structlog
 
 from clawd.core.model import utcnow
 from clawd.core.observations import Observation, Verdict, VerdictsSeen
+from clawd.keep.lease import LeaseRound
 from clawd.keep.store.fleet_record import INCIDENT_CHANNEL, VERDICT_OF, settle_pending_downs
 
 log = structlog.get_logger("clawd.keep.verdicts")
@@ -49,7 +50,7 @@ class FleetVerdicts:
         self._due = True
         await conn.add_listener(INCIDENT_CHANNEL, self._notified)
 
-    async def ride(self, conn: asyncpg.Connection, sessions: frozenset[str], held: bool) -> None:
+    async def ride(self, conn: asyncpg.Connection, seen: LeaseRound) -> None:
         """After a lease round: read the verdicts if an incident changed them or it is
         time; report them with the round's sessions (who can observe) when either changed."""
         self._rounds += 1
@@ -63,10 +64,10 @@ class FleetVerdicts:
                 str(r["gateway_id"]): Verdict(r["verdict"] == "up", _since(r["since"]))
                 for r in rows
             }
-        seen = (self._verdicts, sessions)
-        if seen != self._last:
-            self._last = seen
-            self._emit(VerdictsSeen(utcnow(), self._verdicts, sessions))
+        now_seen = (self._verdicts, seen.sessions)
+        if now_seen != self._last:
+            self._last = now_seen
+            self._emit(VerdictsSeen(utcnow(), self._verdicts, seen.sessions))
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
         try:
@@ -86,15 +87,18 @@ def _since(value: object) -> datetime:
 
 
 class PendingOutages:
-    """On the leader only: outages whose reports found the machine's clawd still querying
-    the database are judged again every lease round (fleet_record.settle_pending_downs),
-    so a powered-off machine whose session lingers is offline once its queries stop."""
+    """On the leader: outages whose reports found the machine's clawd still querying the
+    database are judged again every lease round (fleet_record.settle_pending_downs), so a
+    powered-off machine whose session lingers is offline once its queries stop. On every
+    instance while nobody renews the lease: the leader's own outage (its machine lost
+    power, or a partition cut it off) is decided without it (judgements are serialised in
+    the database: the first decides, the others find it done)."""
 
     async def attach(self, conn: asyncpg.Connection, wake: Callable[[], None]) -> None:
         return None
 
-    async def ride(self, conn: asyncpg.Connection, sessions: frozenset[str], held: bool) -> None:
-        if not held:
+    async def ride(self, conn: asyncpg.Connection, seen: LeaseRound) -> None:
+        if not (seen.held or seen.leaderless):
             return
         decided = await settle_pending_downs(conn)
         if decided:

@@ -14,7 +14,7 @@ def build_sink(settings: Settings) -> PgSink:
     pg = settings.postgres
 
     async def connect() -> PgStore:
-        return await PgStore.open(pg)
+        return await PgStore.open(pg, daemon=True)
 
     return PgSink(connect, Spool(settings.spool_dir), settings.storage)
 

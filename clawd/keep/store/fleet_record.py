@@ -18,12 +18,21 @@ import json
 from datetime import datetime
 from typing import Any
 
-from clawd.core.lock_ids import LEASE_SESSIONS, lease_session_name
+from clawd.core.lock_ids import FLEET_EVENT_LOCK_ID, LEASE_SESSIONS, lease_session_name
 from clawd.core.model import EventType, Incident
+from clawd.keep.store import fleet_partition
 from clawd.keep.store.migrations import Conn
 
 # The events of a machine's reachability: everything else is recorded as it comes.
 VERDICT_OF = {EventType.OFFLINE: "down", EventType.ONLINE: "up", EventType.RECOVERY: "up"}
+# An observer's own finding, kept as its evidence and no fleet event: `unreachable` says
+# that it alone cannot reach a machine that other peers reach.
+EVIDENCE_ONLY = frozenset({EventType.UNREACHABLE})
+# What every machine of a JSON fleet recorded for itself, sent in as its history when the
+# fleet moves to the shared database (or with `clawd db import-json`): one row per real
+# change there too -- the same new leader in the same epoch. Live, only the lease holder
+# records a leader change, once.
+HISTORY_EVENTS = frozenset({EventType.LEADER_CHANGE})
 # Every incident_log row is one NOTIFY on this channel (a trigger, migration 007): the
 # fleet's incident stream, one message per real event, for whatever tells people.
 INCIDENT_CHANNEL = "clawd_incident"
@@ -98,7 +107,7 @@ SELECT EXISTS (
     WHERE datname = current_database() AND application_name = $1
       AND state_change > now() - make_interval(secs => $2))
 """
-REPORTER_ONLY = frozenset({"observer", "alive_window_s"})
+REPORTER_ONLY = frozenset({"observer", "alive_window_s", *fleet_partition.PARAMETERS})
 # Without the reporter's interval (an older report): the default interval's worth.
 ALIVE_WINDOW_DEFAULT_S = 30.0
 # Outages not decided yet: the latest unlinked `offline` report per machine the fleet
@@ -113,25 +122,47 @@ WHERE (v.verdict = 'up' OR v.incident_id IS NULL)  -- up, or no verdict recorded
 ORDER BY e.target, e."timestamp" DESC
 """
 PENDING_HORIZON_S = 900.0
+ONE_JUDGEMENT_AT_A_TIME = "SELECT pg_advisory_xact_lock($1)"
+RECORDED_AS_IT_CAME = "SELECT EXISTS (SELECT 1 FROM incident_log WHERE client_key = $1)"
+# The row of the same leader change: the same new leader in the same epoch (a change
+# recorded without an epoch: the same new leader within the window).
+SAME_LEADER_CHANGE = """
+SELECT id FROM incident_log
+WHERE event_type = 'leader_change' AND details ->> 'new' IS NOT DISTINCT FROM $1
+  AND CASE WHEN $2::text IS NULL
+           THEN "timestamp" BETWEEN $3::timestamptz - make_interval(secs => $4)
+                                AND $3::timestamptz + make_interval(secs => $4)
+           ELSE details ->> 'epoch' = $2::text END
+ORDER BY abs(extract(epoch FROM "timestamp" - $3::timestamptz)), id
+LIMIT 1
+"""
+SAME_CHANGE_WINDOW_S = 60.0
 LINK_DOWN_EVIDENCE = """
 UPDATE observer_evidence SET incident_id = $3
 WHERE target = $1 AND "timestamp" >= $2 AND event_type = 'offline' AND incident_id IS NULL
 """
 
 
-def observed_by(incident: Incident, observer: str) -> Incident:
+def observed_by(incident: Incident, observer: str, *, history: bool = False) -> Incident:
     """The report as the shared database takes it: a reachability event names the machine
     that saw it (so several observers' reports of one event make one row); others as they
     are. Live writes, the JSON history sent at a backend switch and `clawd db import-json`
-    all pass through here."""
-    if incident.event_type not in VERDICT_OF or "observer" in incident.details:
+    all pass through here (`history`: the JSON history, whose leader changes each machine
+    recorded for itself)."""
+    event = incident.event_type
+    stamped = event in VERDICT_OF or event in EVIDENCE_ONLY
+    if "observer" in incident.details or not (stamped or (history and event in HISTORY_EVENTS)):
         return incident
     return dataclasses.replace(incident, details={**incident.details, "observer": observer})
 
 
 def is_fleet_event(incident: Incident) -> bool:
-    """True for the reports that several observers make of one real event."""
-    return incident.event_type in VERDICT_OF and isinstance(incident.details.get("observer"), str)
+    """True for the reports that several observers make of one real event (and for an
+    observer's own findings: evidence only)."""
+    event = incident.event_type
+    return (event in VERDICT_OF or event in EVIDENCE_ONLY or event in HISTORY_EVENTS) and (
+        isinstance(incident.details.get("observer"), str)
+    )
 
 
 def _witness(observer: str, at: datetime) -> dict[str, str]:
@@ -177,6 +208,10 @@ def _fleet_incident(
 async def record_fleet_event(conn: Conn, incident: Incident) -> None:
     """Evidence always; the incident row only when the fleet's verdict changes. In the
     caller's transaction; idempotent (a replayed report finds its evidence and stops)."""
+    if await conn.fetchval(RECORDED_AS_IT_CAME, incident.key):
+        # Written as a row of its own before (a leader change a live daemon recorded,
+        # sent again with the JSON history; a database from before evidence was kept).
+        return
     evidence_id = await conn.fetchval(
         INSERT_EVIDENCE,
         str(incident.details["observer"]),
@@ -186,9 +221,44 @@ async def record_fleet_event(conn: Conn, incident: Incident) -> None:
         incident.timestamp,
         incident.key,
     )
-    if evidence_id is None:
-        return  # replayed: this report was recorded before
+    if evidence_id is None or incident.event_type in EVIDENCE_ONLY:
+        return  # replayed (this report was recorded before), or evidence only
+    if incident.event_type in HISTORY_EVENTS:
+        await _same_change(conn, incident, int(evidence_id))
+        return
     await _judge(conn, incident, int(evidence_id))
+
+
+async def _same_change(conn: Conn, incident: Incident, evidence_id: int) -> None:
+    """A leader change from a machine's JSON history: the row another machine's history
+    made of it gets a witness; the first report of it makes the row."""
+    await conn.execute(ONE_JUDGEMENT_AT_A_TIME, FLEET_EVENT_LOCK_ID)
+    observer = str(incident.details["observer"])
+    new, epoch = incident.details.get("new"), incident.details.get("epoch")
+    witness = json.dumps([_witness(observer, incident.timestamp)])
+    same = await conn.fetchval(
+        SAME_LEADER_CHANGE,
+        None if new is None else str(new),
+        None if epoch is None else str(epoch),
+        incident.timestamp,
+        SAME_CHANGE_WINDOW_S,
+    )
+    if same is None:
+        details = {k: v for k, v in incident.details.items() if k not in REPORTER_ONLY}
+        details["witnesses"] = json.loads(witness)
+        same = await conn.fetchval(
+            INSERT_FLEET_INCIDENT,
+            incident.gateway_id,
+            incident.event_type.value,
+            json.dumps(details),
+            incident.timestamp,
+            incident.key,
+        )
+    else:
+        observer_only = json.dumps([{"observer": observer}])
+        await conn.execute(ADD_WITNESS, same, witness, MAX_WITNESSES, observer_only)
+    if same is not None:
+        await conn.execute(LINK_EVIDENCE, evidence_id, same)
 
 
 async def settle_pending_downs(conn: Conn) -> int:
@@ -212,6 +282,8 @@ async def settle_pending_downs(conn: Conn) -> int:
 
 async def _judge(conn: Conn, incident: Incident, evidence_id: int) -> int:
     """Does this report change the fleet's verdict? 1 if it wrote the incident row."""
+    # Before any verdict row: a partition's judgement reads and writes several machines'.
+    await conn.execute(ONE_JUDGEMENT_AT_A_TIME, FLEET_EVENT_LOCK_ID)
     observer = str(incident.details["observer"])
     target, verdict = incident.gateway_id, VERDICT_OF[incident.event_type]
     await conn.execute(ENSURE_VERDICT, target, verdict)
@@ -233,6 +305,10 @@ async def _judge(conn: Conn, incident: Incident, evidence_id: int) -> int:
         return 0
     if current is not None and incident.timestamp <= since:
         return 0  # older than the fleet's verdict: a late replay, evidence only
+    if verdict == "up" and was == "down" and current is not None:
+        linked = await fleet_partition.came_back_from(conn, incident, int(current))
+        if linked is not None:
+            return await _decided(conn, incident, evidence_id, linked)
     event, details = _fleet_incident(incident, observer, was if current is not None else "", since)
     outage_began = incident.timestamp
     if verdict == "down":
@@ -248,6 +324,9 @@ async def _judge(conn: Conn, incident: Incident, evidence_id: int) -> int:
         named = witnesses[:MAX_WITNESSES]
         details["witnesses"] = [_witness(str(w["observer"]), w["first_seen"]) for w in named]
         outage_began = witnesses[0]["first_seen"]
+        partition = await fleet_partition.went_down_with(conn, incident, outage_began, details)
+        if partition is not None:
+            return await _decided(conn, incident, evidence_id, partition, outage_began)
     incident_id = await conn.fetchval(
         INSERT_FLEET_INCIDENT,
         target,
@@ -256,9 +335,23 @@ async def _judge(conn: Conn, incident: Incident, evidence_id: int) -> int:
         incident.timestamp,
         incident.key,
     )
+    return await _decided(conn, incident, evidence_id, (incident_id, True), outage_began)
+
+
+async def _decided(
+    conn: Conn,
+    incident: Incident,
+    evidence_id: int,
+    row: tuple[int | None, bool],
+    outage_began: datetime | None = None,
+) -> int:
+    """The fleet's new verdict on the machine, recorded by the incident row `row` (and
+    whether this report wrote it: the count returned)."""
+    target, verdict = incident.gateway_id, VERDICT_OF[incident.event_type]
+    incident_id, wrote = row
     await conn.execute(SET_VERDICT, target, verdict, incident.timestamp, incident_id)
     await conn.execute(FOLLOW_VERDICT, target)
     await conn.execute(LINK_EVIDENCE, evidence_id, incident_id)
     if verdict == "down":
         await conn.execute(LINK_DOWN_EVIDENCE, target, outage_began, incident_id)
-    return 1
+    return 1 if wrote else 0

@@ -50,7 +50,7 @@ async def import_json(
     loaded = await store.load(read_only=True)
     snapshot = loaded.snapshot
     incidents: list[Incident] = [
-        observed_by(i, observer) if observer else i
+        observed_by(i, observer, history=True) if observer else i
         for _, i in await asyncio.to_thread(lambda: list(store.read_incidents()))
     ]
     audits: list[SkillAudit] = [

@@ -18,6 +18,7 @@ from clawd.keep.store.fleet_record import is_fleet_event, record_fleet_event
 from clawd.keep.store.migrations import Conn, migrate
 from clawd.keep.store.ops import PingBatch, WriteOp
 from clawd.keep.store.pg_errors import MIN_SERVER_MAJOR, TRANSIENT, connect_error, too_old_error
+from clawd.keep.store.session_settings import session_settings
 
 log = structlog.get_logger("clawd.keep.store.pg")
 
@@ -211,14 +212,19 @@ class PgStore:
         self.settings = settings
 
     @classmethod
-    async def open(cls, settings: PostgresSettings, *, run_migrations: bool = True) -> PgStore:
-        """Connect (raising DatabaseError with a one-line cause) and migrate."""
+    async def open(
+        cls, settings: PostgresSettings, *, run_migrations: bool = True, daemon: bool = False
+    ) -> PgStore:
+        """Connect (raising DatabaseError with a one-line cause) and migrate. `daemon`: the
+        running daemon's writers, whose stalled transactions PostgreSQL ends (a command's
+        report holds a snapshot's transaction open while others read)."""
         try:
             pool = await asyncpg.create_pool(
                 **settings.connect_kwargs(),
                 min_size=min(settings.pool_min, settings.pool_max),
                 max_size=settings.pool_max,
                 command_timeout=60,
+                server_settings=session_settings() if daemon else None,
             )
         except Exception as exc:
             raise connect_error(exc, settings) from None

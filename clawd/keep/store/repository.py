@@ -34,7 +34,7 @@ class Repository(Protocol):
 
     async def upsert_instance(self, instance: Instance) -> None: ...
 
-    async def save_peer_state(self, state: PeerState) -> None: ...
+    async def save_peer_state(self, state: PeerState, *, shared: bool = True) -> None: ...
 
     async def record_pings(self, pings: Sequence[Ping]) -> None: ...
 
@@ -124,7 +124,9 @@ class FleetRepository:
         records = await asyncio.to_thread(history.pending_ops)
         me = self.me.gateway_id
         # What this machine saw while on JSON: its reports, like its live ones.
-        records = [observed_by(r, me) if isinstance(r, Incident) else r for r in records]
+        records = [
+            observed_by(r, me, history=True) if isinstance(r, Incident) else r for r in records
+        ]
         await sink.preload(ops + records)
         await asyncio.to_thread(history.commit)
         if records:
@@ -239,14 +241,16 @@ class FleetRepository:
         if self.sink is not None:
             await self.sink.submit(instance)
 
-    async def save_peer_state(self, state: PeerState) -> None:
+    async def save_peer_state(self, state: PeerState, *, shared: bool = True) -> None:
+        """`shared`: to the shared database too (not for a peer whose state this machine
+        only follows from the fleet's verdict: its observers write it there)."""
         self._snapshot.peers[state.gateway_id] = state
         instance = self._snapshot.instances.get(state.gateway_id)
         if instance is None:
             instance = Instance(gateway_id=state.gateway_id, name=state.gateway_id)
             self._snapshot.instances[state.gateway_id] = instance
         await self._json("peer", self.json.write_peer(instance, state))
-        if self.sink is not None:
+        if self.sink is not None and shared:
             await self.sink.submit(state)
 
     async def record_pings(self, pings: Sequence[Ping]) -> None:
