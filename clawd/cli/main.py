@@ -13,6 +13,7 @@ from clawd import __version__
 from clawd.cli import backup as cli_backup
 from clawd.cli import config as cli_config
 from clawd.cli import history as cli_history
+from clawd.cli import notify as cli_notify
 from clawd.cli import output as cli_output
 from clawd.cli import peer as cli_peer
 from clawd.cli import skills as cli_skills
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_history.register(sub, common)
     cli_skills.register(sub, common)
+    cli_notify.register(sub, common)
     cli_peer.register(sub, common)
     return parser
 

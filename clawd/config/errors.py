@@ -14,7 +14,7 @@ from clawd.core.redact import is_secret_key, shown_value
 # The error type of checks that involve several keys (see `cross_field`).
 CROSS_FIELD = "clawd_cross_field"
 # Values under these sections are never echoed beyond numbers: any string may be a credential.
-SECRET_SECTIONS = ("postgres",)
+SECRET_SECTIONS = ("postgres", "notify")
 
 
 def cross_field(problems: Sequence[tuple[str, str]]) -> PydanticCustomError:

@@ -29,6 +29,7 @@ from clawd.config.features import (
     RecoverySettings,
     SkillsSettings,
 )
+from clawd.config.notify import NotifySettings
 from clawd.config.sections import (
     DetectionSettings,
     DiscoverySettings,
@@ -109,6 +110,7 @@ class Settings(BaseSettings):
     skills: SkillsSettings = SkillsSettings()
     history: HistorySettings = HistorySettings()
     metrics: MetricsSettings = MetricsSettings()
+    notify: NotifySettings = NotifySettings()
     log: LogSettings = LogSettings()
 
     @field_validator("home")

@@ -22,6 +22,7 @@ from clawd.act.fleetops.fence import FenceToken
 from clawd.act.fleetops.leadership import acting_leader, addresses
 from clawd.act.fleetops.recovery import Recoverer
 from clawd.act.skills.syncer import SkillSyncer
+from clawd.alerts.service import AlertService
 from clawd.config.document import ConfigDocument
 from clawd.config.reload import ConfigWatcher, InForce, Reloader
 from clawd.config.settings import Settings, lease_on
@@ -189,7 +190,10 @@ async def assemble(
         keeper.emit(PeerConfigured(instance, utcnow()))
     # The peers this machine does not probe take the fleet's verdict (k observers each).
     verdicts = FleetVerdicts(keeper.emit, lambda: keeper.reconciler.t.observers > 0)
-    riders = (verdicts, PendingOutages())
+    # Telling people: with the fleet's record, its leader tells each row once (a rider).
+    alerts = AlertService(s, s.home)
+    recorder.listeners.append(alerts.local_incident)
+    riders = (verdicts, PendingOutages(), alerts.feed)
     lease = LeaderLease(s, lambda: keeper.view, keeper.emit, riders=riders)
     metrics = FleetMetrics(
         DaemonSource(
@@ -215,6 +219,7 @@ async def assemble(
     )
     if s.discovery.enabled:
         status.unverified = membership.unverified
+    status.alerts = alerts.status
     # The followers need the status answer, which needs the keeper: joined in afterwards.
     keeper.hooks = dataclasses.replace(
         keeper.hooks,
@@ -262,6 +267,7 @@ async def assemble(
         *discovery,
         ConfigWatcher(config_path, lambda: reload("file")),
         control,
+        alerts,  # before the lease: its rider hands the fleet's rows to this outbox
         lease,  # before the leader work: it decides who may act
         backups,  # at stop a running pg_dump is killed, its partial removed
         recoverer,

@@ -31,6 +31,8 @@ class StatusAnswer:
         self.pinger, self.loop_monitor = pinger, loop_monitor
         # Announcements held until proven over SSH (membership's), when discovery is on.
         self.unverified: Callable[[], list[UnverifiedPeer]] = list
+        # Per notification receiver (redacted): pending, failing since, last error.
+        self.alerts: Callable[[], list[dict[str, Any]]] = list
         self.announced = announced  # None: discovery is off
 
     def text(self, view: FleetView | None = None) -> str:
@@ -72,6 +74,7 @@ class StatusAnswer:
             "lease": None
             if view.lease is None
             else {"leader": view.lease.leader, "epoch": view.lease.epoch, "held": view.lease.held},
+            "alerts": self.alerts(),
             "doubting": view.doubting,
             "partition": sorted(view.partition.members) if view.partition else None,
             "detector": t.detector.kind,

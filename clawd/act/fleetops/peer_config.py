@@ -26,7 +26,7 @@ log = structlog.get_logger("clawd.distribution")
 # Keys that describe one machine, not the fleet: a peer keeps its own.
 PER_MACHINE_KEYS = ("instance", "peers", "home")
 # Sections that hold a secret: sent only where secrets_allowed(trust).
-SECRET_KEYS = ("postgres",)
+SECRET_KEYS = ("postgres", "notify")  # notify: Apprise URLs carry tokens and passwords
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 _TRUST_TEXT = {
     Trust.NONE: "host key not verified",

@@ -1,0 +1,1 @@
+"""Notifications: messages kept in a durable outbox and delivered to Apprise receivers."""

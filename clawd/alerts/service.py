@@ -1,0 +1,130 @@
+"""Telling people: incidents become notifications in the outbox, delivered to every
+receiver (`notify.apprise`), once each, surviving restarts and receiver outages.
+
+Where they come from: with backend postgres and the lease, the fleet's record -- the
+acting leader sends each incident_log row once for the whole fleet (alerts/feed.py);
+otherwise (backend json, or the lease off) each instance sends what it recorded itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from clawd.alerts.delivery import Delivery
+from clawd.alerts.feed import IncidentFeed
+from clawd.alerts.from_incidents import message_for
+from clawd.alerts.outbox import Outbox
+from clawd.alerts.receivers import AppriseReceiver, Receiver, redact_url
+from clawd.config.settings import Settings, lease_on
+from clawd.core.model import Incident
+
+log = structlog.get_logger("clawd.alerts")
+
+OUTBOX_DIR = "alerts"
+
+
+def build_receivers(settings: Settings) -> list[Receiver]:
+    """A receiver per Apprise URL; one apprise cannot use is logged (redacted) and left out."""
+    receivers: list[Receiver] = []
+    for url in settings.notify.urls():
+        try:
+            receivers.append(AppriseReceiver(url))
+        except ValueError:
+            log.warning("alerts_receiver_invalid", receiver=redact_url(url))
+    return receivers
+
+
+class AlertService:
+    """The outbox and its delivery, fed by the fleet's record or by this instance."""
+
+    name = "alerts"
+
+    def __init__(self, settings: Settings, home: Path) -> None:
+        self.settings = settings
+        self.outbox_dir = home / OUTBOX_DIR
+        self._outbox: Outbox | None = None
+        self._delivery: Delivery | None = None
+        self._local: asyncio.Queue[Incident] = asyncio.Queue()
+        self._stopping = asyncio.Event()
+        self._restart = asyncio.Event()
+        self.feed = IncidentFeed(self.offer)
+
+    # -- what to tell
+
+    def _wanted(self, incident: Incident) -> bool:
+        return incident.event_type in self.settings.notify.events
+
+    def local_incident(self, incident: Incident) -> None:
+        """The recorder's listener: what this instance recorded. Told only when there is no
+        fleet record to tell from (its leader tells the fleet's)."""
+        if not lease_on(self.settings) and self.settings.notify.apprise and self._wanted(incident):
+            self._local.put_nowait(incident)
+
+    async def offer(self, incidents: Sequence[Incident]) -> None:
+        """Into the outbox (fsynced) before the caller marks them told."""
+        if self._outbox is None or not self.settings.notify.apprise:
+            return  # nobody to tell: marked all the same, no flood when receivers come
+        outbox = self._outbox
+        messages = [message_for(i) for i in incidents if self._wanted(i)]
+        if not messages:
+            return
+        await asyncio.to_thread(lambda: [outbox.append(m) for m in messages])
+        if self._delivery is not None:
+            self._delivery.wake()
+
+    # -- component
+
+    async def run(self, ready: asyncio.Event) -> None:
+        self._outbox = await asyncio.to_thread(Outbox, self.outbox_dir)
+        ready.set()
+        while not self._stopping.is_set():
+            self._restart.clear()
+            receivers = build_receivers(self.settings)
+            n = self.settings.notify
+            delivery = Delivery(
+                self._outbox,
+                receivers,
+                rate_per_minute=n.rate_per_minute,
+                retry_max=n.retry_max_seconds,
+            )
+            self._delivery = delivery
+            tasks = [
+                asyncio.create_task(delivery.run(), name="alerts-delivery"),
+                asyncio.create_task(self._take_local(), name="alerts-local"),
+            ]
+            waits = [
+                asyncio.create_task(self._stopping.wait()),
+                asyncio.create_task(self._restart.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                delivery.stop()
+                for task in (*waits, tasks[1]):
+                    task.cancel()
+                for task in (*tasks, *waits):
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                self._delivery = None
+
+    async def _take_local(self) -> None:
+        while True:
+            incident = await self._local.get()
+            await self.offer([incident])
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def reconfigure(self, settings: Settings, changed: frozenset[str]) -> None:
+        self.settings = settings
+        if "notify" in changed:
+            self._restart.set()  # new receivers or limits: delivery starts again with them
+
+    def status(self) -> list[dict[str, Any]]:
+        return list(self._delivery.status()) if self._delivery is not None else []

@@ -1,0 +1,125 @@
+"""Issue 16: one notification per real event for the whole fleet.
+
+Real machines (tests/fleetharness.py: OpenSSH sshd, unix user and `clawd run` each), the
+real Apprise library posting over HTTP to a webhook receiver on loopback (json://).
+
+* backend postgres (five machines, k=3 observers): m5 is powered off and on; the
+  receiver gets exactly one `offline` and one `recovery` notification -- sent by the
+  acting leader from the fleet's record, not one per observer -- and the receiver was
+  down when the outage came: nothing lost once it is back;
+* backend json (three machines): each instance tells what it saw itself (there is no
+  shared record to tell from): one `offline` per observer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fleetharness import FleetTimings, MachineSpec, StatusSample, fleet_of
+from pgserver import BasePg
+from sshpeers import sshd_path
+from webhooks import WebhookReceiver
+
+TIMINGS = FleetTimings(interval=0.5, timeout=0.4, offline_after_missed=3)
+AGREE_TIMEOUT = 90.0
+EVENT_TIMEOUT = 60.0
+
+pytestmark = [
+    pytest.mark.timeout(420),
+    pytest.mark.skipif(sshd_path() is None, reason="OpenSSH server not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="a unix user per machine needs root"),
+]
+
+
+def notify_config(receiver: WebhookReceiver, backend: str) -> dict[str, Any]:
+    return {
+        "backend": backend,
+        "storage": {"flushIntervalSeconds": 0.1, "leaderLease": True},
+        "detection": {"indirectProbes": 0},
+        "notify": {"apprise": [receiver.apprise_url], "retryMaxSeconds": 2},
+    }
+
+
+def all_online(ids: list[str]) -> Any:
+    def check(samples: list[StatusSample]) -> bool:
+        return all(s.peer_status(g) == "online" for s in samples for g in ids if g != s.gateway_id)
+
+    return check
+
+
+def titled(receiver: WebhookReceiver, text: str) -> list[dict[str, Any]]:
+    return [p for p in receiver.posts if text in str(p.get("title"))]
+
+
+async def test_a_postgres_fleet_sends_one_notification_per_real_event(
+    tmp_path: Path, pg_server: BasePg
+) -> None:
+    specs = [MachineSpec(f"m{n}", n) for n in range(1, 6)]
+    ids = [s.gateway_id for s in specs]
+    async with (
+        WebhookReceiver() as receiver,
+        fleet_of(
+            tmp_path / "fleet",
+            pg_server,
+            specs,
+            timings=TIMINGS,
+            extra_config=notify_config(receiver, "postgres"),
+            user_prefix="clawtell",  # not the other fleet tests' logins
+        ) as fleet,
+    ):
+        await fleet.start_all()
+        await fleet.until(all_online(ids), AGREE_TIMEOUT)
+        assert receiver.posts == []  # a start is no news (no `online`, no leader change)
+
+        receiver.failing = True  # the receiver is down when the outage comes
+        await fleet.power_off("m5")
+
+        async def recorded() -> bool:
+            return len(await fleet.db_incidents("offline")) == 1
+
+        await fleet.wait_for(recorded, EVENT_TIMEOUT)
+        await asyncio.sleep(3 * TIMINGS.interval)  # a few retries fail meanwhile
+        assert receiver.posts == []
+        receiver.failing = False
+        took = await receiver.until(lambda _: bool(titled(receiver, "is offline")), 30)
+        print(f"\nthe receiver back: the `offline` notification {took:.1f} s later")
+
+        await fleet.power_on("m5")
+        await fleet.until(all_online(ids), AGREE_TIMEOUT)
+        await receiver.until(lambda _: bool(titled(receiver, "is back")), EVENT_TIMEOUT)
+        await asyncio.sleep(6 * TIMINGS.interval)  # room for a duplicate to arrive
+        print(f"notifications: {receiver.titles()}")
+        assert receiver.titles() == [
+            "clawd: machine-m5 is offline",
+            "clawd: machine-m5 is back",
+        ]
+        assert "Seen by" in str(receiver.posts[0]["message"])
+        assert "Down for" in str(receiver.posts[1]["message"])
+        for post in receiver.posts:  # nothing secret in what is sent
+            assert fleet.db is not None and fleet.db.password not in str(post)
+
+
+async def test_a_json_fleet_tells_what_each_instance_saw(tmp_path: Path, pg_server: BasePg) -> None:
+    specs = [MachineSpec(f"m{n}", n) for n in range(1, 4)]
+    ids = [s.gateway_id for s in specs]
+    async with (
+        WebhookReceiver() as receiver,
+        fleet_of(
+            tmp_path / "fleet",
+            pg_server,
+            specs,
+            timings=TIMINGS,
+            extra_config=notify_config(receiver, "json"),
+            user_prefix="clawtell",
+        ) as fleet,
+    ):
+        await fleet.start_all()
+        await fleet.until(all_online(ids), AGREE_TIMEOUT)
+        await fleet.power_off("m3")
+        await receiver.until(lambda _: len(titled(receiver, "is offline")) == 2, EVENT_TIMEOUT)
+        await asyncio.sleep(6 * TIMINGS.interval)
+        assert receiver.titles() == ["clawd: machine-m3 is offline"] * 2
