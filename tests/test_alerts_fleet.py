@@ -7,8 +7,10 @@ real Apprise library posting over HTTP to a webhook receiver on loopback (json:/
   receiver gets exactly one `offline` and one `recovery` notification -- sent by the
   acting leader from the fleet's record, not one per observer -- and the receiver was
   down when the outage came: nothing lost once it is back;
+* a silence (from any machine: a table) records the outage with its id and tells nobody;
 * backend json (three machines): each instance tells what it saw itself (there is no
-  shared record to tell from): one `offline` per observer.
+  shared record to tell from): one `offline` per observer, but for the one that
+  silenced the machine (a JSON silence is the machine's own).
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemonproc import run_cli
 from fleetharness import FleetTimings, MachineSpec, StatusSample, fleet_of
 from pgserver import BasePg
 from sshpeers import sshd_path
 from webhooks import WebhookReceiver
+
+from clawd.alerts.service import SILENCES_POLL_SECONDS
 
 TIMINGS = FleetTimings(interval=0.5, timeout=0.4, offline_after_missed=3)
 AGREE_TIMEOUT = 90.0
@@ -103,6 +108,47 @@ async def test_a_postgres_fleet_sends_one_notification_per_real_event(
             assert fleet.db is not None and fleet.db.password not in str(post)
 
 
+async def test_a_silence_records_the_outage_and_tells_nobody(
+    tmp_path: Path, pg_server: BasePg
+) -> None:
+    """A planned reboot: silenced from one machine (fleet-wide: the table), m3 goes down,
+    the row says silenced and nobody is told; the silence removed, its return is told."""
+    specs = [MachineSpec(f"m{n}", n) for n in range(1, 4)]
+    ids = [s.gateway_id for s in specs]
+    async with (
+        WebhookReceiver() as receiver,
+        fleet_of(
+            tmp_path / "fleet",
+            pg_server,
+            specs,
+            timings=TIMINGS,
+            extra_config=notify_config(receiver, "postgres"),
+            user_prefix="clawtell",
+        ) as fleet,
+    ):
+        await fleet.start_all()
+        await fleet.until(all_online(ids), AGREE_TIMEOUT)
+        home = fleet.machines["m2"].home  # not the leader: any machine silences
+        added = run_cli(home, "silence", "add", "m3", "--for", "1h", "--reason", "reboot")
+        assert added.returncode == 0, added.stderr
+        silence_id = added.stdout.split(":")[0]
+        await fleet.power_off("m3")
+
+        async def flagged() -> bool:
+            rows = await fleet.db_incidents("offline")
+            return len(rows) == 1 and rows[0]["details"].get("silenced") == silence_id
+
+        await fleet.wait_for(flagged, EVENT_TIMEOUT)
+        await asyncio.sleep(6 * TIMINGS.interval)  # room for a notification to arrive
+        assert receiver.posts == []
+
+        assert run_cli(home, "silence", "remove", silence_id).returncode == 0
+        await fleet.power_on("m3")
+        await receiver.until(lambda _: bool(titled(receiver, "is back")), EVENT_TIMEOUT)
+        await asyncio.sleep(6 * TIMINGS.interval)
+        assert receiver.titles() == ["clawd: machine-m3 is back"]
+
+
 async def test_a_json_fleet_tells_what_each_instance_saw(tmp_path: Path, pg_server: BasePg) -> None:
     specs = [MachineSpec(f"m{n}", n) for n in range(1, 4)]
     ids = [s.gateway_id for s in specs]
@@ -119,7 +165,21 @@ async def test_a_json_fleet_tells_what_each_instance_saw(tmp_path: Path, pg_serv
     ):
         await fleet.start_all()
         await fleet.until(all_online(ids), AGREE_TIMEOUT)
+        # On JSON a silence is the machine's own: m1 silences m3, m2 does not.
+        home = fleet.machines["m1"].home
+        added = run_cli(home, "silence", "add", "m3", "--for", "1h", "--reason", "reboot")
+        assert added.returncode == 0, added.stderr
+        await asyncio.sleep(3 * SILENCES_POLL_SECONDS)  # the daemon reads the file
         await fleet.power_off("m3")
-        await receiver.until(lambda _: len(titled(receiver, "is offline")) == 2, EVENT_TIMEOUT)
+        await receiver.until(lambda _: bool(titled(receiver, "is offline")), EVENT_TIMEOUT)
+
+        def m1_recorded() -> list[dict[str, Any]]:
+            return [i for i in fleet.incidents("m1", "offline") if i["gatewayId"] == "m3"]
+
+        async def m1_has_it() -> bool:
+            return bool(m1_recorded())
+
+        await fleet.wait_for(m1_has_it, EVENT_TIMEOUT)
+        assert m1_recorded()[0]["details"]["silenced"] == added.stdout.split(":")[0]
         await asyncio.sleep(6 * TIMINGS.interval)
-        assert receiver.titles() == ["clawd: machine-m3 is offline"] * 2
+        assert receiver.titles() == ["clawd: machine-m3 is offline"]  # m2's, not m1's

@@ -20,7 +20,8 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
-from clawd.core.model import EventType, Incident
+from clawd.alerts.silences import PG_CURRENT, from_row, silencing
+from clawd.core.model import EventType, Incident, utcnow
 from clawd.keep.lease import LeaseRound
 from clawd.keep.store.fleet_record import INCIDENT_CHANNEL
 
@@ -38,6 +39,12 @@ LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
 MARK = "UPDATE incident_log SET notified_at = now() WHERE id = ANY($1::int[])"
+# Recorded all the same, and said to be silenced (and by which silence).
+FLAG_SILENCED = """
+UPDATE incident_log
+SET details = coalesce(details, '{}') || jsonb_build_object('silenced', $2::text)
+WHERE id = $1
+"""
 _EVENTS = frozenset(e.value for e in EventType)
 ROW_KEYS = uuid.UUID("6f0d4a52-7a43-4c1e-9d5e-2b9c0f6e1a77")
 
@@ -58,12 +65,30 @@ class IncidentFeed:
             rows = await conn.fetch(NOT_NOTIFIED, BATCH, MAX_AGE.total_seconds())
             if not rows:
                 return
-            fresh = [_incident(r) for r in rows if not r["stale"] and r["event_type"] in _EVENTS]
-            if fresh:
-                await self._offer(fresh)
+            fresh = [
+                (int(r["id"]), _incident(r))
+                for r in rows
+                if not r["stale"] and r["event_type"] in _EVENTS
+            ]
+            current = [from_row(r) for r in await conn.fetch(PG_CURRENT, utcnow())]
+            told: list[Incident] = []
+            for row_id, incident in fresh:
+                silence = silencing(current, incident)
+                if silence is None:
+                    told.append(incident)
+                    continue
+                await conn.execute(FLAG_SILENCED, row_id, silence.id)
+                log.info(
+                    "alerts_silenced",
+                    gateway=incident.gateway_id,
+                    incident=incident.event_type.value,
+                    silence=silence.id,
+                )
+            if told:
+                await self._offer(told)
             await conn.execute(MARK, [int(r["id"]) for r in rows])
         stale = len(rows) - len(fresh)
-        log.debug("alerts_feed_taken", rows=len(rows), offered=len(fresh), stale=stale)
+        log.debug("alerts_feed_taken", rows=len(rows), offered=len(told), stale=stale)
 
 
 def _incident(row: asyncpg.Record) -> Incident:

@@ -21,12 +21,14 @@ from clawd.alerts.feed import IncidentFeed
 from clawd.alerts.from_incidents import message_for
 from clawd.alerts.outbox import Outbox
 from clawd.alerts.receivers import AppriseReceiver, Receiver, redact_url
+from clawd.alerts.silences import SILENCED, Silence, read_file, silencing
 from clawd.config.settings import Settings, lease_on
 from clawd.core.model import Incident
 
 log = structlog.get_logger("clawd.alerts")
 
 OUTBOX_DIR = "alerts"
+SILENCES_POLL_SECONDS = 1.0
 
 
 def build_receivers(settings: Settings) -> list[Receiver]:
@@ -54,16 +56,38 @@ class AlertService:
         self._stopping = asyncio.Event()
         self._restart = asyncio.Event()
         self.feed = IncidentFeed(self.offer)
+        self.home = home
+        self._silences: list[Silence] = []  # backend json: <home>/silences.json, re-read
 
     # -- what to tell
 
     def _wanted(self, incident: Incident) -> bool:
         return incident.event_type in self.settings.notify.events
 
+    def _tells_locally(self) -> bool:
+        return not lease_on(self.settings)
+
+    def silence_local(self, incident: Incident) -> None:
+        """The recorder's annotator: an incident a local silence covers is recorded with its
+        id (with the fleet's record, its leader flags the row when it would tell)."""
+        if self._tells_locally():
+            silence = silencing(self._silences, incident)
+            if silence is not None:
+                incident.details[SILENCED] = silence.id
+
     def local_incident(self, incident: Incident) -> None:
         """The recorder's listener: what this instance recorded. Told only when there is no
         fleet record to tell from (its leader tells the fleet's)."""
-        if not lease_on(self.settings) and self.settings.notify.apprise and self._wanted(incident):
+        if not self._tells_locally() or SILENCED in incident.details:
+            if SILENCED in incident.details:
+                log.info(
+                    "alerts_silenced",
+                    gateway=incident.gateway_id,
+                    incident=incident.event_type.value,
+                    silence=incident.details[SILENCED],
+                )
+            return
+        if self.settings.notify.apprise and self._wanted(incident):
             self._local.put_nowait(incident)
 
     async def offer(self, incidents: Sequence[Incident]) -> None:
@@ -97,6 +121,7 @@ class AlertService:
             tasks = [
                 asyncio.create_task(delivery.run(), name="alerts-delivery"),
                 asyncio.create_task(self._take_local(), name="alerts-local"),
+                asyncio.create_task(self._read_silences(), name="alerts-silences"),
             ]
             waits = [
                 asyncio.create_task(self._stopping.wait()),
@@ -106,12 +131,26 @@ class AlertService:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 delivery.stop()
-                for task in (*waits, tasks[1]):
+                for task in (*waits, *tasks[1:]):
                     task.cancel()
                 for task in (*tasks, *waits):
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 self._delivery = None
+
+    async def _read_silences(self) -> None:
+        """Backend json: `clawd silence add` writes the file; in force within a poll."""
+        warned = False
+        while True:
+            if self._tells_locally():
+                try:
+                    self._silences = await asyncio.to_thread(read_file, self.home)
+                    warned = False
+                except (OSError, ValueError) as exc:
+                    if not warned:  # the last good list stays in force
+                        log.warning("alerts_silences_unreadable", error=str(exc))
+                        warned = True
+            await asyncio.sleep(SILENCES_POLL_SECONDS)
 
     async def _take_local(self) -> None:
         while True:

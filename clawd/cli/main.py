@@ -16,6 +16,7 @@ from clawd.cli import history as cli_history
 from clawd.cli import notify as cli_notify
 from clawd.cli import output as cli_output
 from clawd.cli import peer as cli_peer
+from clawd.cli import silence as cli_silence
 from clawd.cli import skills as cli_skills
 from clawd.cli import status as cli_status
 from clawd.cli.codes import EXIT_USER_ERROR
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_history.register(sub, common)
     cli_skills.register(sub, common)
     cli_notify.register(sub, common)
+    cli_silence.register(sub, common)
     cli_peer.register(sub, common)
     return parser
 

@@ -192,6 +192,7 @@ async def assemble(
     verdicts = FleetVerdicts(keeper.emit, lambda: keeper.reconciler.t.observers > 0)
     # Telling people: with the fleet's record, its leader tells each row once (a rider).
     alerts = AlertService(s, s.home)
+    recorder.annotators.append(alerts.silence_local)
     recorder.listeners.append(alerts.local_incident)
     riders = (verdicts, PendingOutages(), alerts.feed)
     lease = LeaderLease(s, lambda: keeper.view, keeper.emit, riders=riders)

@@ -55,8 +55,12 @@ class IncidentRecorder:
         self.journal = journal
         # Called with every recorded incident (metrics count them).
         self.listeners: list[Callable[[Incident], None]] = []
+        # Called before an incident is recorded: may add to its details (a silence's id).
+        self.annotators: list[Callable[[Incident], None]] = []
 
     async def record(self, incident: Incident) -> None:
+        for annotate in self.annotators:
+            annotate(incident)
         await self.repo.record_incident(incident)
         for listener in self.listeners:
             listener(incident)
