@@ -9,7 +9,9 @@ and the phi-accrual vs threshold failure detector on synthetic ping traces
 (``bench/metrics_render.py``) and what trusted membership costs, the code before issue 14
 and this checkout side by side (``bench/membership_cost.py``; ``CLAWD_BENCH_CODE`` /
 ``CLAWD_BENCH_BASE`` name other trees), and k=3 observers per machine against the full mesh
-on real fleets of 4, 8 and 16 machines (``bench/fleet_observers.py``; needs root and sshd).
+on real fleets of 4, 8 and 16 machines (``bench/fleet_observers.py``; needs root and sshd),
+and the notifications of a real 8-machine fleet: one per real event, and how long after the
+fleet's verdict (``bench/notify_latency.py``; root and sshd too).
 ``--quick`` (a smoke run of every benchmark) takes under 2 minutes plus about 4 for
 fleet-observers, the full run about 15 plus about 20 for fleet-observers (2 cores).
 Afterwards a summary table of every figure with a goal is put at the top.
@@ -37,6 +39,7 @@ from bench import (
     fleet_observers,
     membership_cost,
     metrics_render,
+    notify_latency,
     prune_stall,
     report_query,
     repository_throughput,
@@ -118,6 +121,7 @@ BENCHMARKS: dict[str, Callable[[bool], str]] = {
     metrics_render.SECTION: lambda quick: metrics_render.run(quick),
     membership_cost.SECTION: lambda quick: membership_cost.run(quick),
     fleet_observers.SECTION: lambda quick: fleet_observers.run(quick),
+    notify_latency.SECTION: lambda quick: notify_latency.run(quick),
 }
 
 

@@ -7,6 +7,8 @@ real Apprise library posting over HTTP to a webhook receiver on loopback (json:/
   receiver gets exactly one `offline` and one `recovery` notification -- sent by the
   acting leader from the fleet's record, not one per observer -- and the receiver was
   down when the outage came: nothing lost once it is back;
+* a real Alertmanager (notify.alertmanager) gets one alert for an outage and its
+  resolution, and notifies its webhook of both;
 * a silence (from any machine: a table) records the outage with its id and tells nobody;
 * backend json (three machines): each instance tells what it saw itself (there is no
   shared record to tell from): one `offline` per observer, but for the one that
@@ -20,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import alertmanagers
 import pytest
 from daemonproc import run_cli
 from fleetharness import FleetTimings, MachineSpec, StatusSample, fleet_of
@@ -183,3 +186,56 @@ async def test_a_json_fleet_tells_what_each_instance_saw(tmp_path: Path, pg_serv
         assert m1_recorded()[0]["details"]["silenced"] == added.stdout.split(":")[0]
         await asyncio.sleep(6 * TIMINGS.interval)
         assert receiver.titles() == ["clawd: machine-m3 is offline"]  # m2's, not m1's
+
+
+async def test_a_real_alertmanager_gets_one_alert_per_outage_and_its_resolution(
+    tmp_path: Path, pg_server: BasePg
+) -> None:
+    """notify.alertmanager: the fleet's leader posts one ClawdMachineDown for m3's outage
+    (not one per observer) and resolves it when m3 is back; Alertmanager (Debian's, real)
+    notifies its webhook of both."""
+    if not alertmanagers.installed():
+        pytest.fail(alertmanagers.NOT_FOUND, pytrace=False)
+    specs = [MachineSpec(f"m{n}", n) for n in range(1, 4)]
+    ids = [s.gateway_id for s in specs]
+    async with (
+        WebhookReceiver() as webhook,
+        alertmanagers.running_alertmanager(webhook.port, tmp_path / "am") as am,
+    ):
+        config = {
+            "backend": "postgres",
+            "storage": {"flushIntervalSeconds": 0.1, "leaderLease": True},
+            "detection": {"indirectProbes": 0},
+            "notify": {"alertmanager": [am.url], "fleet": "lab", "retryMaxSeconds": 2},
+        }
+        async with fleet_of(
+            tmp_path / "fleet",
+            pg_server,
+            specs,
+            timings=TIMINGS,
+            extra_config=config,
+            user_prefix="clawtell",
+        ) as fleet:
+            await fleet.start_all()
+            await fleet.until(all_online(ids), AGREE_TIMEOUT)
+            await fleet.power_off("m3")
+
+            def alerts(status: str) -> list[dict[str, Any]]:
+                return [
+                    alert
+                    for post in webhook.posts
+                    for alert in post.get("alerts", [])
+                    if alert["status"] == status and alert["labels"].get("gateway") == "m3"
+                ]
+
+            await webhook.until(lambda _: bool(alerts("firing")), EVENT_TIMEOUT)
+            (firing,) = alerts("firing")
+            assert firing["labels"]["alertname"] == "ClawdMachineDown"
+            assert (firing["labels"]["fleet"], firing["labels"]["severity"]) == ("lab", "critical")
+            assert await am.names() == [("ClawdMachineDown", "m3")]  # one alert, not three
+
+            await fleet.power_on("m3")
+            await webhook.until(lambda _: bool(alerts("resolved")), EVENT_TIMEOUT)
+            await asyncio.sleep(6 * TIMINGS.interval)
+            assert len(alerts("firing")) == 1 and len(alerts("resolved")) == 1
+            assert await am.names() == []

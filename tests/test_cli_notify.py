@@ -68,4 +68,4 @@ async def test_notify_test_without_receivers_says_so(tmp_path: Path) -> None:
     write_config(tmp_path, [])
     code, out, err = await clawd(tmp_path, "notify", "test")
     assert (code, out) == (2, "")
-    assert err.strip() == "error: no receivers in notify.apprise (none)"
+    assert err.strip() == "error: no receivers in notify.apprise or notify.alertmanager (none)"

@@ -5,6 +5,12 @@ retried, the same message first, with exponential backoff. At most `rate_per_min
 notifications go to a receiver in any rolling minute: when more are pending than that
 allows, the last notification the budget has left is one digest standing for all of them
 (the burst of a partition reads as a few lines, not as 40 pings).
+
+A receiver with an `async refresh()` (Alertmanager: alerts that expire unless re-posted)
+has it called from its own task, between sends, so never in the middle of the order: once
+when its backlog is first sent, then every `refresh_interval` seconds. A failed refresh is
+reported like a failed send and tried again an interval later. A receiver's `close()`, if
+it has one, is called when the delivery stops.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +36,13 @@ RATE_WINDOW = 60.0
 FAILURE_LOG_INTERVAL = 600.0  # a receiver down for a day: a line per 10 min, not per retry
 POLL_INTERVAL = 30.0  # a wake() that was missed costs at most this long
 STOP_GRACE = 5.0  # a send in flight at stop() may finish within this; then it is cancelled
+REFRESH_INTERVAL = 600.0
+
+
+def _method(receiver: Receiver, name: str) -> Callable[[], Awaitable[None]] | None:
+    """The receiver's optional `async refresh()` or `async close()`."""
+    method = getattr(receiver, name, None)
+    return method if callable(method) else None
 
 
 @dataclass
@@ -46,6 +59,7 @@ class _State:
     failure_logged: float | None = None
     last_error: str | None = None
     outbox_error_logged: float | None = None
+    next_refresh: float | None = None  # monotonic; None: at the end of the first backlog
 
 
 class Delivery:
@@ -63,6 +77,7 @@ class Delivery:
         failure_log_interval: float = FAILURE_LOG_INTERVAL,
         poll_interval: float = POLL_INTERVAL,
         stop_grace: float = STOP_GRACE,
+        refresh_interval: float = REFRESH_INTERVAL,
     ) -> None:
         if rate_per_minute < 1:
             raise ValueError("rate_per_minute must be at least 1")
@@ -81,6 +96,7 @@ class Delivery:
         self._failure_log_interval = failure_log_interval
         self._poll_interval = poll_interval
         self._stop_grace = stop_grace
+        self._refresh_interval = refresh_interval
         self._stopping = asyncio.Event()
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -105,6 +121,22 @@ class Delivery:
             # The next Delivery (after a reload) may have fewer receivers: one removed
             # must not hold the outbox's compaction back.
             await asyncio.to_thread(self._unregister)
+            await self._close_receivers()
+
+    async def _close_receivers(self) -> None:
+        for state in self._states:
+            close = _method(state.receiver, "close")
+            if close is None:
+                continue
+            try:
+                async with asyncio.timeout(self._stop_grace):
+                    await close()
+            except Exception as exc:
+                log.warning(
+                    "alerts_receiver_close_failed",
+                    receiver=state.receiver.name,
+                    error=type(exc).__name__,
+                )
 
     def _register(self) -> None:
         for state in self._states:
@@ -142,17 +174,25 @@ class Delivery:
 
     async def _deliver(self, state: _State) -> None:
         rid = state.receiver.id
+        refresh = _method(state.receiver, "refresh")
         while not self._stopping.is_set():
             state.wake.clear()  # before looking: a wake() from here on is not lost
+            due = state.next_refresh is not None and _now() >= state.next_refresh
+            if refresh is not None and due:
+                await self._refresh(state, refresh)
             try:
                 state.pending = await asyncio.to_thread(self._outbox.pending_count, rid)
                 if not state.pending:
-                    await _wait(state.wake, self._poll_interval)
+                    if refresh is not None and state.next_refresh is None:
+                        await self._refresh(state, refresh)  # the backlog is sent
+                        continue
+                    await _wait(state.wake, self._until_refresh(state, self._poll_interval))
                     continue
                 budget = self._budget(state)
                 if budget == 0:
                     # Only time frees the budget; new messages wait with the rest.
-                    await _wait(self._stopping, state.sent_at[0] + self._window - _now())
+                    freed = state.sent_at[0] + self._window - _now()
+                    await _wait(self._stopping, self._until_refresh(state, freed))
                     continue
                 one = state.pending <= budget or budget > 1
                 batch = await asyncio.to_thread(self._outbox.pending, rid, 1 if one else None)
@@ -164,9 +204,28 @@ class Delivery:
                 continue  # the outbox was read again from disk meanwhile
             message = batch[0] if one or len(batch) == 1 else digest_of(batch)
             if not await self._send(state, message):
-                await _wait(self._stopping, self._backoff(state))
+                await _wait(self._stopping, self._until_refresh(state, self._backoff(state)))
                 continue
             await self._delivered(state, message, len(batch))
+
+    def _until_refresh(self, state: _State, seconds: float) -> float:
+        """`seconds`, or less if the receiver's next refresh is due sooner."""
+        if state.next_refresh is None:
+            return seconds
+        return min(seconds, state.next_refresh - _now())
+
+    async def _refresh(self, state: _State, refresh: Callable[[], Awaitable[None]]) -> None:
+        state.next_refresh = _now() + self._refresh_interval
+        try:
+            await refresh()
+        except DeliveryError as exc:
+            self._failed(state, str(exc))
+            return
+        except Exception as exc:
+            self._failed(state, f"unexpected {type(exc).__name__}")  # as in _send
+            return
+        self._answered(state)
+        log.debug("alerts_refreshed", receiver=state.receiver.name)
 
     def _budget(self, state: _State) -> int:
         horizon = _now() - self._window
@@ -190,6 +249,10 @@ class Delivery:
             self._failed(state, f"unexpected {type(exc).__name__}")
             return False
         state.sent_at.append(_now())
+        self._answered(state)
+        return True
+
+    def _answered(self, state: _State) -> None:
         if state.failing_since is not None:
             log.info(
                 "alerts_receiver_recovered",
@@ -197,7 +260,6 @@ class Delivery:
                 after_s=round(_now() - state.failing_since_mono, 1),
             )
         state.failures, state.failing_since, state.failure_logged = 0, None, None
-        return True
 
     def _failed(self, state: _State, reason: str) -> None:
         now = _now()

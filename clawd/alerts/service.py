@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from clawd.alerts.alertmanager import AlertmanagerReceiver
 from clawd.alerts.delivery import Delivery
 from clawd.alerts.feed import IncidentFeed
 from clawd.alerts.from_incidents import message_for
@@ -32,11 +33,20 @@ SILENCES_POLL_SECONDS = 1.0
 
 
 def build_receivers(settings: Settings) -> list[Receiver]:
-    """A receiver per Apprise URL; one apprise cannot use is logged (redacted) and left out."""
+    """A receiver per Apprise and Alertmanager URL; one that cannot be used is logged
+    (redacted) and left out."""
     receivers: list[Receiver] = []
     for url in settings.notify.urls():
         try:
             receivers.append(AppriseReceiver(url))
+        except ValueError:
+            log.warning("alerts_receiver_invalid", receiver=redact_url(url))
+    state = settings.home / OUTBOX_DIR
+    for url in settings.notify.alertmanager_urls():
+        try:
+            receivers.append(
+                AlertmanagerReceiver(url, fleet=settings.notify.fleet, state_dir=state)
+            )
         except ValueError:
             log.warning("alerts_receiver_invalid", receiver=redact_url(url))
     return receivers
@@ -87,12 +97,12 @@ class AlertService:
                     silence=incident.details[SILENCED],
                 )
             return
-        if self.settings.notify.apprise and self._wanted(incident):
+        if self.settings.notify.enabled and self._wanted(incident):
             self._local.put_nowait(incident)
 
     async def offer(self, incidents: Sequence[Incident]) -> None:
         """Into the outbox (fsynced) before the caller marks them told."""
-        if self._outbox is None or not self.settings.notify.apprise:
+        if self._outbox is None or not self.settings.notify.enabled:
             return  # nobody to tell: marked all the same, no flood when receivers come
         outbox = self._outbox
         messages = [message_for(i) for i in incidents if self._wanted(i)]

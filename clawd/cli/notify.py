@@ -41,8 +41,11 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     receivers = build_receivers(settings)
     if not receivers:
-        what = "none that Apprise can use" if settings.notify.apprise else "none"
-        print(f"error: no receivers in notify.apprise ({what})", file=sys.stderr)
+        what = "none that can be used" if settings.notify.enabled else "none"
+        print(
+            f"error: no receivers in notify.apprise or notify.alertmanager ({what})",
+            file=sys.stderr,
+        )
         return EXIT_USER_ERROR
     now = utcnow()
     message = Message(
