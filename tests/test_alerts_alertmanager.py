@@ -28,12 +28,12 @@ from alertmanagers import (
 )
 from webhooks import WebhookReceiver
 
-from clawd.alerts.alertmanager import AlertmanagerReceiver
-from clawd.alerts.delivery import Delivery
-from clawd.alerts.message import Message
-from clawd.alerts.outbox import Outbox
-from clawd.alerts.receivers import DeliveryError
 from clawd.core.logs import configure_logging
+from clawd.serve.alerts.alertmanager import AlertmanagerReceiver
+from clawd.serve.alerts.delivery import Delivery
+from clawd.serve.alerts.message import Message
+from clawd.serve.alerts.outbox import Outbox
+from clawd.serve.alerts.receivers import DeliveryError
 
 pytestmark = pytest.mark.timeout(90)
 

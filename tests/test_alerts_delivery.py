@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from clawd.alerts.delivery import Delivery
-from clawd.alerts.message import Message
-from clawd.alerts.outbox import CURSORS_FILE, OUTBOX_FILE, Outbox
-from clawd.alerts.receivers import AppriseReceiver, DeliveryError, redact_url, scrub
 from clawd.core.logs import configure_logging
+from clawd.serve.alerts.delivery import Delivery
+from clawd.serve.alerts.message import Message
+from clawd.serve.alerts.outbox import CURSORS_FILE, OUTBOX_FILE, Outbox
+from clawd.serve.alerts.receivers import AppriseReceiver, DeliveryError, redact_url, scrub
 
 pytestmark = pytest.mark.timeout(60)
 

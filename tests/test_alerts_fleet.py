@@ -30,7 +30,7 @@ from pgserver import BasePg
 from sshpeers import sshd_path
 from webhooks import WebhookReceiver
 
-from clawd.alerts.service import SILENCES_POLL_SECONDS
+from clawd.serve.alerts.service import SILENCES_POLL_SECONDS
 
 TIMINGS = FleetTimings(interval=0.5, timeout=0.4, offline_after_missed=3)
 AGREE_TIMEOUT = 90.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from clawd.alerts.from_incidents import message_for
 from clawd.core.model import EventType, Incident
+from clawd.serve.alerts.from_incidents import message_for
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 

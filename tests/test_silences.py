@@ -13,8 +13,8 @@ from typing import Any
 
 from pgserver import PgDatabase
 
-from clawd.alerts.silences import Silence, silencing
 from clawd.core.model import EventType, Incident
+from clawd.serve.alerts.silences import Silence, silencing
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 

@@ -7,12 +7,12 @@ import asyncio
 import json
 import sys
 
-from clawd.alerts.message import Message
-from clawd.alerts.receivers import DeliveryError, Receiver
-from clawd.alerts.service import build_receivers
 from clawd.cli.codes import EXIT_USER_ERROR
 from clawd.config.load import load_settings
 from clawd.core.model import new_key, utcnow
+from clawd.serve.alerts.message import Message
+from clawd.serve.alerts.receivers import DeliveryError, Receiver
+from clawd.serve.alerts.service import build_receivers
 
 
 def register(

@@ -9,16 +9,6 @@ import json
 import socket
 from datetime import datetime, timedelta
 
-from clawd.alerts.silences import (
-    PG_CURRENT,
-    PG_INSERT,
-    PG_REMOVE,
-    Silence,
-    from_row,
-    new_id,
-    read_file,
-    write_file,
-)
 from clawd.config.load import load_settings
 from clawd.config.settings import Settings
 from clawd.core.errors import ClawdError
@@ -28,6 +18,16 @@ from clawd.core.schedule import parse_interval
 from clawd.core.text import printable
 from clawd.keep.history.timespec import parse_timestamp
 from clawd.keep.store.pg_store import PgStore
+from clawd.serve.alerts.silences import (
+    PG_CURRENT,
+    PG_INSERT,
+    PG_REMOVE,
+    Silence,
+    from_row,
+    new_id,
+    read_file,
+    write_file,
+)
 
 COLUMNS = ("ID", "MACHINE", "FROM", "UNTIL", "BY", "REASON")
 MAX_SPAN = timedelta(days=366)

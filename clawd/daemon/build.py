@@ -22,7 +22,6 @@ from clawd.act.fleetops.fence import FenceToken
 from clawd.act.fleetops.leadership import acting_leader, addresses
 from clawd.act.fleetops.recovery import Recoverer
 from clawd.act.skills.syncer import SkillSyncer
-from clawd.alerts.service import AlertService
 from clawd.config.document import ConfigDocument
 from clawd.config.reload import ConfigWatcher, InForce, Reloader
 from clawd.config.settings import Settings, lease_on
@@ -50,6 +49,7 @@ from clawd.keep.store.factory import build_repository
 from clawd.keep.store.migrations import install_migration_files
 from clawd.keep.store.repository import FleetRepository
 from clawd.keep.verdicts import FleetVerdicts, PendingOutages
+from clawd.serve.alerts.service import AlertService
 from clawd.serve.control import ControlServer, socket_path
 from clawd.serve.metrics.adapter import DaemonSource, backup_state
 from clawd.serve.metrics.registry import FleetMetrics

@@ -20,12 +20,12 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
-from clawd.alerts.silences import PG_CURRENT, from_row, silencing
 from clawd.core.model import EventType, Incident, utcnow
 from clawd.keep.lease import LeaseRound
 from clawd.keep.store.fleet_record import INCIDENT_CHANNEL
+from clawd.serve.alerts.silences import PG_CURRENT, from_row, silencing
 
-log = structlog.get_logger("clawd.alerts")
+log = structlog.get_logger("clawd.serve.alerts")
 
 BATCH = 500
 MAX_AGE = timedelta(minutes=15)

@@ -16,17 +16,17 @@ from typing import Any
 
 import structlog
 
-from clawd.alerts.alertmanager import AlertmanagerReceiver
-from clawd.alerts.delivery import Delivery
-from clawd.alerts.feed import IncidentFeed
-from clawd.alerts.from_incidents import message_for
-from clawd.alerts.outbox import Outbox
-from clawd.alerts.receivers import AppriseReceiver, Receiver, redact_url
-from clawd.alerts.silences import SILENCED, Silence, read_file, silencing
 from clawd.config.settings import Settings, lease_on
 from clawd.core.model import Incident
+from clawd.serve.alerts.alertmanager import AlertmanagerReceiver
+from clawd.serve.alerts.delivery import Delivery
+from clawd.serve.alerts.feed import IncidentFeed
+from clawd.serve.alerts.from_incidents import message_for
+from clawd.serve.alerts.outbox import Outbox
+from clawd.serve.alerts.receivers import AppriseReceiver, Receiver, redact_url
+from clawd.serve.alerts.silences import SILENCED, Silence, read_file, silencing
 
-log = structlog.get_logger("clawd.alerts")
+log = structlog.get_logger("clawd.serve.alerts")
 
 OUTBOX_DIR = "alerts"
 SILENCES_POLL_SECONDS = 1.0

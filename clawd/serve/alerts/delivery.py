@@ -26,11 +26,11 @@ from typing import Any
 
 import structlog
 
-from clawd.alerts.message import DIGEST_EVENT, Message, digest_of
-from clawd.alerts.outbox import Outbox, OutboxError
-from clawd.alerts.receivers import DeliveryError, Receiver
+from clawd.serve.alerts.message import DIGEST_EVENT, Message, digest_of
+from clawd.serve.alerts.outbox import Outbox, OutboxError
+from clawd.serve.alerts.receivers import DeliveryError, Receiver
 
-log = structlog.get_logger("clawd.alerts")
+log = structlog.get_logger("clawd.serve.alerts")
 
 RATE_WINDOW = 60.0
 FAILURE_LOG_INTERVAL = 600.0  # a receiver down for a day: a line per 10 min, not per retry

@@ -36,11 +36,11 @@ from typing import Any
 
 import structlog
 
-from clawd.alerts.message import Message
 from clawd.core.atomic import append_durable, remove_stale_temp_files, write_atomic
 from clawd.core.errors import ClawdError
+from clawd.serve.alerts.message import Message
 
-log = structlog.get_logger("clawd.alerts")
+log = structlog.get_logger("clawd.serve.alerts")
 
 OUTBOX_FILE = "outbox.jsonl"
 CURSORS_FILE = "cursors.json"

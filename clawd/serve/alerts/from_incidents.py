@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from clawd.alerts.message import Message
 from clawd.core.model import EventType, Incident
 from clawd.core.text import printable
+from clawd.serve.alerts.message import Message
 
 NAMES_SHOWN = 10
 

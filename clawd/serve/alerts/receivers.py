@@ -19,8 +19,8 @@ from urllib.parse import unquote
 
 import apprise
 
-from clawd.alerts.message import Message
 from clawd.core.redact import MASK, mask_text
+from clawd.serve.alerts.message import Message
 
 SEND_TIMEOUT = 30.0
 REASON_MAX = 200

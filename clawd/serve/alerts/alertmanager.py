@@ -35,11 +35,11 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import structlog
 
-from clawd.alerts.message import DIGEST_EVENT, Message
-from clawd.alerts.receivers import DeliveryError, receiver_id, redact_url, scrub
 from clawd.core.atomic import write_atomic
+from clawd.serve.alerts.message import DIGEST_EVENT, Message
+from clawd.serve.alerts.receivers import DeliveryError, receiver_id, redact_url, scrub
 
-log = structlog.get_logger("clawd.alerts")
+log = structlog.get_logger("clawd.serve.alerts")
 
 API_PATH = "/api/v2/alerts"
 STATE_FORMAT = 1
