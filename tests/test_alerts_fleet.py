@@ -18,14 +18,16 @@ real Apprise library posting over HTTP to a webhook receiver on loopback (json:/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import alertmanagers
 import pytest
 from daemonproc import run_cli
-from fleetharness import FleetTimings, MachineSpec, StatusSample, fleet_of
+from fleetharness import Fleet, FleetTimings, MachineSpec, StatusSample, fleet_of
 from pgserver import BasePg
 from sshpeers import sshd_path
 from webhooks import WebhookReceiver
@@ -52,6 +54,26 @@ def notify_config(receiver: WebhookReceiver, backend: str) -> dict[str, Any]:
     }
 
 
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path, pg: BasePg, machines: int, config: dict[str, Any]
+) -> AsyncIterator[tuple[Fleet, list[str]]]:
+    """A fleet of `machines` started, every machine seeing every other online."""
+    specs = [MachineSpec(f"m{n}", n) for n in range(1, machines + 1)]
+    ids = [s.gateway_id for s in specs]
+    async with fleet_of(
+        tmp_path / "fleet",
+        pg,
+        specs,
+        timings=TIMINGS,
+        extra_config=config,
+        user_prefix="clawtell",  # not the other fleet tests' logins
+    ) as fleet:
+        await fleet.start_all()
+        await fleet.until(all_online(ids), AGREE_TIMEOUT)
+        yield fleet, ids
+
+
 def all_online(ids: list[str]) -> Any:
     def check(samples: list[StatusSample]) -> bool:
         return all(s.peer_status(g) == "online" for s in samples for g in ids if g != s.gateway_id)
@@ -66,49 +88,37 @@ def titled(receiver: WebhookReceiver, text: str) -> list[dict[str, Any]]:
 async def test_a_postgres_fleet_sends_one_notification_per_real_event(
     tmp_path: Path, pg_server: BasePg
 ) -> None:
-    specs = [MachineSpec(f"m{n}", n) for n in range(1, 6)]
-    ids = [s.gateway_id for s in specs]
-    async with (
-        WebhookReceiver() as receiver,
-        fleet_of(
-            tmp_path / "fleet",
-            pg_server,
-            specs,
-            timings=TIMINGS,
-            extra_config=notify_config(receiver, "postgres"),
-            user_prefix="clawtell",  # not the other fleet tests' logins
-        ) as fleet,
-    ):
-        await fleet.start_all()
-        await fleet.until(all_online(ids), AGREE_TIMEOUT)
-        assert receiver.posts == []  # a start is no news (no `online`, no leader change)
+    async with WebhookReceiver() as receiver:
+        config = notify_config(receiver, "postgres")
+        async with running(tmp_path, pg_server, 5, config) as (fleet, ids):
+            assert receiver.posts == []  # a start is no news (no `online`, no leader change)
 
-        receiver.failing = True  # the receiver is down when the outage comes
-        await fleet.power_off("m5")
+            receiver.failing = True  # the receiver is down when the outage comes
+            await fleet.power_off("m5")
 
-        async def recorded() -> bool:
-            return len(await fleet.db_incidents("offline")) == 1
+            async def recorded() -> bool:
+                return len(await fleet.db_incidents("offline")) == 1
 
-        await fleet.wait_for(recorded, EVENT_TIMEOUT)
-        await asyncio.sleep(3 * TIMINGS.interval)  # a few retries fail meanwhile
-        assert receiver.posts == []
-        receiver.failing = False
-        took = await receiver.until(lambda _: bool(titled(receiver, "is offline")), 30)
-        print(f"\nthe receiver back: the `offline` notification {took:.1f} s later")
+            await fleet.wait_for(recorded, EVENT_TIMEOUT)
+            await asyncio.sleep(3 * TIMINGS.interval)  # a few retries fail meanwhile
+            assert receiver.posts == []
+            receiver.failing = False
+            took = await receiver.until(lambda _: bool(titled(receiver, "is offline")), 30)
+            print(f"\nthe receiver back: the `offline` notification {took:.1f} s later")
 
-        await fleet.power_on("m5")
-        await fleet.until(all_online(ids), AGREE_TIMEOUT)
-        await receiver.until(lambda _: bool(titled(receiver, "is back")), EVENT_TIMEOUT)
-        await asyncio.sleep(6 * TIMINGS.interval)  # room for a duplicate to arrive
-        print(f"notifications: {receiver.titles()}")
-        assert receiver.titles() == [
-            "clawd: machine-m5 is offline",
-            "clawd: machine-m5 is back",
-        ]
-        assert "Seen by" in str(receiver.posts[0]["message"])
-        assert "Down for" in str(receiver.posts[1]["message"])
-        for post in receiver.posts:  # nothing secret in what is sent
-            assert fleet.db is not None and fleet.db.password not in str(post)
+            await fleet.power_on("m5")
+            await fleet.until(all_online(ids), AGREE_TIMEOUT)
+            await receiver.until(lambda _: bool(titled(receiver, "is back")), EVENT_TIMEOUT)
+            await asyncio.sleep(6 * TIMINGS.interval)  # room for a duplicate to arrive
+            print(f"notifications: {receiver.titles()}")
+            assert receiver.titles() == [
+                "clawd: machine-m5 is offline",
+                "clawd: machine-m5 is back",
+            ]
+            assert "Seen by" in str(receiver.posts[0]["message"])
+            assert "Down for" in str(receiver.posts[1]["message"])
+            for post in receiver.posts:  # nothing secret in what is sent
+                assert fleet.db is not None and fleet.db.password not in str(post)
 
 
 async def test_a_silence_records_the_outage_and_tells_nobody(
@@ -116,76 +126,52 @@ async def test_a_silence_records_the_outage_and_tells_nobody(
 ) -> None:
     """A planned reboot: silenced from one machine (fleet-wide: the table), m3 goes down,
     the row says silenced and nobody is told; the silence removed, its return is told."""
-    specs = [MachineSpec(f"m{n}", n) for n in range(1, 4)]
-    ids = [s.gateway_id for s in specs]
-    async with (
-        WebhookReceiver() as receiver,
-        fleet_of(
-            tmp_path / "fleet",
-            pg_server,
-            specs,
-            timings=TIMINGS,
-            extra_config=notify_config(receiver, "postgres"),
-            user_prefix="clawtell",
-        ) as fleet,
-    ):
-        await fleet.start_all()
-        await fleet.until(all_online(ids), AGREE_TIMEOUT)
-        home = fleet.machines["m2"].home  # not the leader: any machine silences
-        added = run_cli(home, "silence", "add", "m3", "--for", "1h", "--reason", "reboot")
-        assert added.returncode == 0, added.stderr
-        silence_id = added.stdout.split(":")[0]
-        await fleet.power_off("m3")
+    async with WebhookReceiver() as receiver:
+        config = notify_config(receiver, "postgres")
+        async with running(tmp_path, pg_server, 3, config) as (fleet, _ids):
+            home = fleet.machines["m2"].home  # not the leader: any machine silences
+            added = run_cli(home, "silence", "add", "m3", "--for", "1h", "--reason", "reboot")
+            assert added.returncode == 0, added.stderr
+            silence_id = added.stdout.split(":")[0]
+            await fleet.power_off("m3")
 
-        async def flagged() -> bool:
-            rows = await fleet.db_incidents("offline")
-            return len(rows) == 1 and rows[0]["details"].get("silenced") == silence_id
+            async def flagged() -> bool:
+                rows = await fleet.db_incidents("offline")
+                return len(rows) == 1 and rows[0]["details"].get("silenced") == silence_id
 
-        await fleet.wait_for(flagged, EVENT_TIMEOUT)
-        await asyncio.sleep(6 * TIMINGS.interval)  # room for a notification to arrive
-        assert receiver.posts == []
+            await fleet.wait_for(flagged, EVENT_TIMEOUT)
+            await asyncio.sleep(6 * TIMINGS.interval)  # room for a notification to arrive
+            assert receiver.posts == []
 
-        assert run_cli(home, "silence", "remove", silence_id).returncode == 0
-        await fleet.power_on("m3")
-        await receiver.until(lambda _: bool(titled(receiver, "is back")), EVENT_TIMEOUT)
-        await asyncio.sleep(6 * TIMINGS.interval)
-        assert receiver.titles() == ["clawd: machine-m3 is back"]
+            assert run_cli(home, "silence", "remove", silence_id).returncode == 0
+            await fleet.power_on("m3")
+            await receiver.until(lambda _: bool(titled(receiver, "is back")), EVENT_TIMEOUT)
+            await asyncio.sleep(6 * TIMINGS.interval)
+            assert receiver.titles() == ["clawd: machine-m3 is back"]
 
 
 async def test_a_json_fleet_tells_what_each_instance_saw(tmp_path: Path, pg_server: BasePg) -> None:
-    specs = [MachineSpec(f"m{n}", n) for n in range(1, 4)]
-    ids = [s.gateway_id for s in specs]
-    async with (
-        WebhookReceiver() as receiver,
-        fleet_of(
-            tmp_path / "fleet",
-            pg_server,
-            specs,
-            timings=TIMINGS,
-            extra_config=notify_config(receiver, "json"),
-            user_prefix="clawtell",
-        ) as fleet,
-    ):
-        await fleet.start_all()
-        await fleet.until(all_online(ids), AGREE_TIMEOUT)
-        # On JSON a silence is the machine's own: m1 silences m3, m2 does not.
-        home = fleet.machines["m1"].home
-        added = run_cli(home, "silence", "add", "m3", "--for", "1h", "--reason", "reboot")
-        assert added.returncode == 0, added.stderr
-        await asyncio.sleep(3 * SILENCES_POLL_SECONDS)  # the daemon reads the file
-        await fleet.power_off("m3")
-        await receiver.until(lambda _: bool(titled(receiver, "is offline")), EVENT_TIMEOUT)
+    async with WebhookReceiver() as receiver:
+        config = notify_config(receiver, "json")
+        async with running(tmp_path, pg_server, 3, config) as (fleet, _ids):
+            # On JSON a silence is the machine's own: m1 silences m3, m2 does not.
+            home = fleet.machines["m1"].home
+            added = run_cli(home, "silence", "add", "m3", "--for", "1h", "--reason", "reboot")
+            assert added.returncode == 0, added.stderr
+            await asyncio.sleep(3 * SILENCES_POLL_SECONDS)  # the daemon reads the file
+            await fleet.power_off("m3")
+            await receiver.until(lambda _: bool(titled(receiver, "is offline")), EVENT_TIMEOUT)
 
-        def m1_recorded() -> list[dict[str, Any]]:
-            return [i for i in fleet.incidents("m1", "offline") if i["gatewayId"] == "m3"]
+            def m1_recorded() -> list[dict[str, Any]]:
+                return [i for i in fleet.incidents("m1", "offline") if i["gatewayId"] == "m3"]
 
-        async def m1_has_it() -> bool:
-            return bool(m1_recorded())
+            async def m1_has_it() -> bool:
+                return bool(m1_recorded())
 
-        await fleet.wait_for(m1_has_it, EVENT_TIMEOUT)
-        assert m1_recorded()[0]["details"]["silenced"] == added.stdout.split(":")[0]
-        await asyncio.sleep(6 * TIMINGS.interval)
-        assert receiver.titles() == ["clawd: machine-m3 is offline"]  # m2's, not m1's
+            await fleet.wait_for(m1_has_it, EVENT_TIMEOUT)
+            assert m1_recorded()[0]["details"]["silenced"] == added.stdout.split(":")[0]
+            await asyncio.sleep(6 * TIMINGS.interval)
+            assert receiver.titles() == ["clawd: machine-m3 is offline"]  # m2's, not m1's
 
 
 async def test_a_real_alertmanager_gets_one_alert_per_outage_and_its_resolution(
@@ -196,28 +182,13 @@ async def test_a_real_alertmanager_gets_one_alert_per_outage_and_its_resolution(
     notifies its webhook of both."""
     if not alertmanagers.installed():
         pytest.fail(alertmanagers.NOT_FOUND, pytrace=False)
-    specs = [MachineSpec(f"m{n}", n) for n in range(1, 4)]
-    ids = [s.gateway_id for s in specs]
     async with (
         WebhookReceiver() as webhook,
         alertmanagers.running_alertmanager(webhook.port, tmp_path / "am") as am,
     ):
-        config = {
-            "backend": "postgres",
-            "storage": {"flushIntervalSeconds": 0.1, "leaderLease": True},
-            "detection": {"indirectProbes": 0},
-            "notify": {"alertmanager": [am.url], "fleet": "lab", "retryMaxSeconds": 2},
-        }
-        async with fleet_of(
-            tmp_path / "fleet",
-            pg_server,
-            specs,
-            timings=TIMINGS,
-            extra_config=config,
-            user_prefix="clawtell",
-        ) as fleet:
-            await fleet.start_all()
-            await fleet.until(all_online(ids), AGREE_TIMEOUT)
+        config = notify_config(webhook, "postgres")
+        config["notify"] = {"alertmanager": [am.url], "fleet": "lab", "retryMaxSeconds": 2}
+        async with running(tmp_path, pg_server, 3, config) as (fleet, _ids):
             await fleet.power_off("m3")
 
             def alerts(status: str) -> list[dict[str, Any]]:

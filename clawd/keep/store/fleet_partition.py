@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from clawd.core.model import EventType, Incident
+from clawd.keep.store.fleet_sql import INSERT_FLEET_INCIDENT as INSERT_ROW
 from clawd.keep.store.migrations import Conn
 
 # What a reporter sends with an `offline` report, for this judgement (stripped from rows).
@@ -59,12 +60,6 @@ WHERE e.target <> $1 AND v.verdict = 'up' AND e.event_type = 'offline'
                         AND $2::timestamptz + make_interval(secs => $3)
 """
 NAMES = "SELECT gateway_id, name FROM fleet_instances WHERE gateway_id = ANY($1::text[])"
-INSERT_ROW = """
-INSERT INTO incident_log (gateway_id, event_type, details, "timestamp", client_key)
-VALUES ($1, $2, $3::jsonb, $4, $5)
-ON CONFLICT (client_key) DO NOTHING
-RETURNING id
-"""
 OPEN = """
 INSERT INTO fleet_partition (started, window_seconds, minimum, members, down, incident_id)
 VALUES ($1, $2, $3, $4::text[], ARRAY[$5::text], $6)

@@ -21,6 +21,7 @@ from typing import Any
 from clawd.core.lock_ids import FLEET_EVENT_LOCK_ID, LEASE_SESSIONS, lease_session_name
 from clawd.core.model import EventType, Incident
 from clawd.keep.store import fleet_partition
+from clawd.keep.store.fleet_sql import INSERT_FLEET_INCIDENT
 from clawd.keep.store.migrations import Conn
 
 # The events of a machine's reachability: everything else is recorded as it comes.
@@ -61,12 +62,6 @@ SET details = jsonb_set(coalesce(details, '{}'), '{witnesses}',
 WHERE id = $1
   AND jsonb_array_length(coalesce(details -> 'witnesses', '[]')) < $3
   AND NOT coalesce(details -> 'witnesses', '[]') @> $4::jsonb
-"""
-INSERT_FLEET_INCIDENT = """
-INSERT INTO incident_log (gateway_id, event_type, details, "timestamp", client_key)
-VALUES ($1, $2, $3::jsonb, $4, $5)
-ON CONFLICT (client_key) DO NOTHING
-RETURNING id
 """
 SET_VERDICT = """
 UPDATE fleet_verdict
