@@ -102,6 +102,15 @@ async def test_a_postgres_fleet_sends_one_notification_per_real_event(
             await fleet.wait_for(recorded, EVENT_TIMEOUT)
             await asyncio.sleep(3 * TIMINGS.interval)  # a few retries fail meanwhile
             assert receiver.posts == []
+
+            async def leader_says_failing() -> bool:  # `clawd status`, as a person runs it
+                shown = await asyncio.to_thread(run_cli, fleet.machines["m1"].home, "status")
+                return (
+                    f"notifications to json://127.0.0.1:{receiver.port}/***: 1 waiting, failing"
+                    in shown.stdout
+                )
+
+            await fleet.wait_for(leader_says_failing, EVENT_TIMEOUT, poll=0.5)
             receiver.failing = False
             took = await receiver.until(lambda _: bool(titled(receiver, "is offline")), 30)
             print(f"\nthe receiver back: the `offline` notification {took:.1f} s later")

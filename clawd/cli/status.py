@@ -51,6 +51,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"not proven over SSH (never lead): {', '.join(unproven)}")
     if held := answer.get("unverified"):
         print(f"{len(held)} announcement(s) not proven yet, not peers: see `clawd peer list`")
+    for receiver in answer.get("alerts") or []:
+        # Only the ones that need a look: failing, or notifications waiting.
+        if receiver.get("failing_since") or receiver.get("pending"):
+            print(
+                f"notifications to {receiver.get('receiver')}: {receiver.get('pending')} waiting"
+                + (
+                    f", failing since {receiver['failing_since']}"
+                    if receiver.get("failing_since")
+                    else ""
+                )
+                + (f" ({receiver['last_error']})" if receiver.get("last_error") else "")
+            )
     return 0
 
 

@@ -35,6 +35,9 @@ class NotifySettings(Section):
     # The `fleet` label of every alert (several fleets may share one Alertmanager).
     fleet: str = Field(default="claw-clan", min_length=1, max_length=100)
     events: list[EventType] = Field(default_factory=lambda: list(DEFAULT_EVENTS))
+    # This machine's own backups: a failure told once (until one works again), and then
+    # that they work again.
+    backups: bool = True
     # Per receiver; a burst beyond it is sent as one digest.
     rate_per_minute: int = Field(default=20, ge=1, le=10_000)
     retry_max_seconds: float = Field(default=300.0, ge=1, le=86_400)

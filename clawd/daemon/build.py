@@ -126,8 +126,13 @@ async def assemble(
     """Open the store, then build every component; none runs yet."""
     s = settings
     live = Live(s)
+
     # First: the fleet keeper's status callback already shows the backup state.
-    backups = BackupManager(s, on_change=lambda: notifier.status(status.text()))
+    def backups_changed() -> None:
+        notifier.status(status.text())
+        alerts.backups_changed(backups.last_error)
+
+    backups = BackupManager(s, on_change=backups_changed)
     repo = build_repository(s)
     repo.watch_sink(lambda: notifier.status(status.text()))
     loaded = await repo.open()

@@ -17,11 +17,13 @@ from typing import Any
 import structlog
 
 from clawd.config.settings import Settings, lease_on
-from clawd.core.model import Incident
+from clawd.core.model import Incident, new_key, utcnow
+from clawd.core.text import printable
 from clawd.serve.alerts.alertmanager import AlertmanagerReceiver
 from clawd.serve.alerts.delivery import Delivery
 from clawd.serve.alerts.feed import IncidentFeed
 from clawd.serve.alerts.from_incidents import message_for
+from clawd.serve.alerts.message import Message
 from clawd.serve.alerts.outbox import Outbox
 from clawd.serve.alerts.receivers import AppriseReceiver, Receiver, redact_url
 from clawd.serve.alerts.silences import SILENCED, Silence, read_file, silencing
@@ -68,6 +70,9 @@ class AlertService:
         self.feed = IncidentFeed(self.offer)
         self.home = home
         self._silences: list[Silence] = []  # backend json: <home>/silences.json, re-read
+        # What this machine tells of itself (its backups), straight to the outbox.
+        self._messages: asyncio.Queue[Message] = asyncio.Queue()
+        self._backup_error: str | None = None
 
     # -- what to tell
 
@@ -112,6 +117,34 @@ class AlertService:
         if self._delivery is not None:
             self._delivery.wake()
 
+    def backups_changed(self, last_error: str | None) -> None:
+        """The backup manager's state changed: tell of a failure once (a new error is a new
+        failure), and of the first good backup after one."""
+        if not (self.settings.notify.enabled and self.settings.notify.backups):
+            self._backup_error = last_error
+            return
+        was, self._backup_error = self._backup_error, last_error
+        if last_error == was:
+            return
+        me = self.settings.instance.name or self.settings.instance.gateway_id
+        now = utcnow()
+        if last_error is not None:
+            title, body, event = f"clawd: backup failed on {me}", last_error, "backup_failed"
+        elif was is not None:
+            title, body, event = f"clawd: backups work again on {me}", "", "backup_ok"
+        else:
+            return
+        at = now.isoformat(timespec="seconds")
+        message = Message(
+            key=f"backup-{new_key()}",
+            event=event,
+            title=title,
+            body="\n".join(line for line in (printable(body), f"At {at}.") if line),
+            at=now,
+            gateway=self.settings.instance.gateway_id,
+        )
+        self._messages.put_nowait(message)
+
     # -- component
 
     async def run(self, ready: asyncio.Event) -> None:
@@ -132,6 +165,7 @@ class AlertService:
                 asyncio.create_task(delivery.run(), name="alerts-delivery"),
                 asyncio.create_task(self._take_local(), name="alerts-local"),
                 asyncio.create_task(self._read_silences(), name="alerts-silences"),
+                asyncio.create_task(self._take_messages(), name="alerts-messages"),
             ]
             waits = [
                 asyncio.create_task(self._stopping.wait()),
@@ -166,6 +200,14 @@ class AlertService:
         while True:
             incident = await self._local.get()
             await self.offer([incident])
+
+    async def _take_messages(self) -> None:
+        while True:
+            message = await self._messages.get()
+            if self._outbox is not None:
+                await asyncio.to_thread(self._outbox.append, message)
+                if self._delivery is not None:
+                    self._delivery.wake()
 
     def stop(self) -> None:
         self._stopping.set()
