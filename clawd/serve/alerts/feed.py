@@ -20,6 +20,7 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
+from clawd.core.errors import ClawdError
 from clawd.core.model import EventType, Incident, utcnow
 from clawd.keep.lease import LeaseRound
 from clawd.keep.store.fleet_record import INCIDENT_CHANNEL
@@ -49,6 +50,10 @@ _EVENTS = frozenset(e.value for e in EventType)
 ROW_KEYS = uuid.UUID("6f0d4a52-7a43-4c1e-9d5e-2b9c0f6e1a77")
 
 
+class _OutboxFailed(Exception):
+    """The outbox could not take the rows (raised inside the transaction: rolled back)."""
+
+
 class IncidentFeed:
     """On the lease holder: incident_log rows to the outbox (`offer`), each once."""
 
@@ -61,6 +66,13 @@ class IncidentFeed:
     async def ride(self, conn: asyncpg.Connection, seen: LeaseRound) -> None:
         if not seen.held:
             return
+        try:
+            await self._take(conn)
+        except _OutboxFailed as exc:
+            # The rows stay untold (rolled back): taken again at the next round.
+            log.warning("alerts_outbox_failed", error=str(exc.__cause__))
+
+    async def _take(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
             rows = await conn.fetch(NOT_NOTIFIED, BATCH, MAX_AGE.total_seconds())
             if not rows:
@@ -85,7 +97,10 @@ class IncidentFeed:
                     silence=silence.id,
                 )
             if told:
-                await self._offer(told)
+                try:
+                    await self._offer(told)
+                except (OSError, ClawdError) as exc:  # the home's disk: not the lease's fault
+                    raise _OutboxFailed from exc
             await conn.execute(MARK, [int(r["id"]) for r in rows])
         stale = len(rows) - len(fresh)
         log.debug("alerts_feed_taken", rows=len(rows), offered=len(told), stale=stale)

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from clawd.config.settings import Settings, lease_on
+from clawd.core.errors import ClawdError
 from clawd.core.model import Incident, new_key, utcnow
 from clawd.core.text import printable
 from clawd.serve.alerts.alertmanager import AlertmanagerReceiver
@@ -199,15 +200,23 @@ class AlertService:
     async def _take_local(self) -> None:
         while True:
             incident = await self._local.get()
-            await self.offer([incident])
+            try:
+                await self.offer([incident])
+            except (OSError, ClawdError) as exc:  # the home's disk: this one is not told
+                log.warning("alerts_outbox_failed", error=str(exc), key=str(incident.key))
 
     async def _take_messages(self) -> None:
         while True:
             message = await self._messages.get()
-            if self._outbox is not None:
+            if self._outbox is None:
+                continue
+            try:
                 await asyncio.to_thread(self._outbox.append, message)
-                if self._delivery is not None:
-                    self._delivery.wake()
+            except (OSError, ClawdError) as exc:
+                log.warning("alerts_outbox_failed", error=str(exc), key=message.key)
+                continue
+            if self._delivery is not None:
+                self._delivery.wake()
 
     def stop(self) -> None:
         self._stopping.set()
