@@ -22,10 +22,11 @@ import pytest
 from aiohttp import web
 
 from clawd.core.logs import configure_logging
+from clawd.serve.alerts.apprise_receiver import AppriseReceiver
 from clawd.serve.alerts.delivery import Delivery
 from clawd.serve.alerts.message import Message
 from clawd.serve.alerts.outbox import CURSORS_FILE, OUTBOX_FILE, Outbox
-from clawd.serve.alerts.receivers import AppriseReceiver, DeliveryError, redact_url, scrub
+from clawd.serve.alerts.receivers import DeliveryError, redact_url, scrub
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -26,7 +26,7 @@ from clawd.serve.alerts.feed import IncidentFeed
 from clawd.serve.alerts.from_incidents import message_for
 from clawd.serve.alerts.message import Message
 from clawd.serve.alerts.outbox import Outbox
-from clawd.serve.alerts.receivers import AppriseReceiver, Receiver, redact_url
+from clawd.serve.alerts.receivers import Receiver, redact_url
 from clawd.serve.alerts.silences import SILENCED, Silence, read_file, silencing
 
 log = structlog.get_logger("clawd.serve.alerts")
@@ -39,7 +39,10 @@ def build_receivers(settings: Settings) -> list[Receiver]:
     """A receiver per Apprise and Alertmanager URL; one that cannot be used is logged
     (redacted) and left out."""
     receivers: list[Receiver] = []
-    for url in settings.notify.urls():
+    urls = settings.notify.urls()
+    if urls:  # apprise loads every plugin it has: only when there is an Apprise URL
+        from clawd.serve.alerts.apprise_receiver import AppriseReceiver
+    for url in urls:
         try:
             receivers.append(AppriseReceiver(url))
         except ValueError:
@@ -153,7 +156,8 @@ class AlertService:
         ready.set()
         while not self._stopping.is_set():
             self._restart.clear()
-            receivers = build_receivers(self.settings)
+            # In a thread: the first Apprise URL imports apprise and all its plugins.
+            receivers = await asyncio.to_thread(build_receivers, self.settings)
             n = self.settings.notify
             delivery = Delivery(
                 self._outbox,
