@@ -1,4 +1,6 @@
-"""Issue 15: a partition of the fleet into two halves is one fleet event.
+"""NOT COLLECTED (flaky, see the stop-24 note): run with `pytest tests/fleet_partition_scenario.py`.
+
+Issue 15: a partition of the fleet into two halves is one fleet event.
 
 Five machines, each a network namespace of its own on one bridge (tests/fleetharness.py
 with a lab: its own OpenSSH sshd, unix user and `clawd run`; one shared PostgreSQL, reached
